@@ -1,0 +1,56 @@
+"""Gemma 4 attention over a static KV cache.
+
+One class serves every layer: a layer that owns a cache projects K/V and writes them at the
+query positions; a KV-shared layer (the target's last layers, and every drafter layer) has no
+K/V projections and attends to the cache of its store layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .components import RMSNorm, apply_rope, attend
+from .config import DecoderConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig, layer: int):
+        super().__init__()
+        self.head_dim = cfg.head_dims[layer]
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads[layer]
+        self.kv_shared = cfg.is_kv_shared(layer)
+        full = cfg.layer_types[layer] == "full_attention"
+        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        if not self.kv_shared:
+            kv_dim = self.num_kv_heads * self.head_dim
+            self.k_proj = nn.Linear(cfg.hidden_size, kv_dim, bias=False)
+            # attention_k_eq_v (full layers only): values are the un-normed keys.
+            self.v_proj = None if (cfg.attention_k_eq_v and full) else nn.Linear(cfg.hidden_size, kv_dim, bias=False)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.v_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, with_scale=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        batch, seq = x.shape[:2]
+        cos, sin = rope
+        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
+        q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)
+        if not self.kv_shared:
+            k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
+            v = k if self.v_proj is None else self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
+            k = apply_rope(self.k_norm(k), cos, sin).transpose(1, 2)
+            v = self.v_norm(v).transpose(1, 2)
+            k_cache.index_copy_(2, positions, k)
+            v_cache.index_copy_(2, positions, v)
+        return self.o_proj(attend(q, k_cache, v_cache, mask))

@@ -1,0 +1,123 @@
+"""Small building blocks shared by the target and the drafter: norms, RoPE, MLP, attention masks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DecoderConfig, RopeConfig
+
+ACTIVATIONS = {
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "silu": F.silu,
+}
+
+
+class RMSNorm(nn.Module):
+    """Gemma 4 RMSNorm: computed in fp32, scale multiplies directly (not 1 + w); v_norm has no scale."""
+
+    def __init__(self, dim: int, eps: float, with_scale: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.pow(h.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
+        if self.weight is not None:
+            h = h * self.weight.float()
+        return h.type_as(x)
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
+    """Inverse frequencies; "proportional" RoPE rotates the first share and leaves the rest (zero frequency)."""
+    rotated = int(rope.partial_rotary_factor * head_dim // 2)
+    inv = 1.0 / (rope.theta ** (torch.arange(0, 2 * rotated, 2, dtype=torch.int64).float() / head_dim))
+    return torch.cat([inv, torch.zeros(head_dim // 2 - rotated)])
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+    """cos/sin for positions [T] -> [1, T, 1, head_dim], computed in fp32 like the reference."""
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype)[None, :, None, :], emb.sin().to(dtype)[None, :, None, :]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class RotaryTables(nn.Module):
+    """One inv_freq buffer per layer type (head_dim differs between sliding and full layers)."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        for layer_type in sorted(set(cfg.layer_types)):
+            self.register_buffer(f"{layer_type}_inv_freq", self._inv_freq(layer_type), persistent=False)
+
+    def _inv_freq(self, layer_type: str) -> torch.Tensor:
+        head_dim = self.cfg.head_dims[self.cfg.layer_types.index(layer_type)]
+        return rope_inv_freq(self.cfg.rope[layer_type], head_dim)
+
+    def reset(self) -> None:
+        """Recompute in fp32 (after a dtype cast or a meta-device build): RoPE needs full precision."""
+        for layer_type in sorted(set(self.cfg.layer_types)):
+            setattr(self, f"{layer_type}_inv_freq", self._inv_freq(layer_type))
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {
+            name.removesuffix("_inv_freq"): rope_cos_sin(inv, positions, dtype) for name, inv in self.named_buffers()
+        }
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int, activation: str):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+def causal_masks(query_positions: torch.Tensor, cache_len: int, sliding_window: int) -> dict[str, torch.Tensor]:
+    """Boolean [1, 1, T, cache_len] masks (True = attend) for a static cache.
+
+    Keys at or after a query's position were either never written or hold a rolled-back
+    speculative token, so `key <= query` masks both; sliding layers also drop keys that
+    have left the window.
+    """
+    keys = torch.arange(cache_len, device=query_positions.device)[None, :]
+    q = query_positions[:, None]
+    full = keys <= q
+    sliding = full & (keys > q - sliding_window)
+    return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}
+
+
+def validated_masks(validated_length: torch.Tensor, cache_len: int, sliding_window: int) -> dict[str, torch.Tensor]:
+    """Drafter masks [1, 1, 1, cache_len]: only K/V of validated tokens (index < validated_length).
+
+    The reference drafter attends to the last `sliding_window + 1` validated keys on sliding
+    layers (a bidirectional window of radius `sliding_window`); this matches it.
+    """
+    keys = torch.arange(cache_len, device=validated_length.device)[None, :]
+    valid = keys < validated_length[:, None]
+    sliding = valid & (keys >= validated_length[:, None] - (sliding_window + 1))
+    return {"full_attention": valid[None, None], "sliding_attention": sliding[None, None]}
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """q [1, H, T, D], k/v [1, KV, S, D] -> [1, T, H*D]. Gemma 4 uses attention scaling 1.0."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)

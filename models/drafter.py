@@ -1,0 +1,107 @@
+"""The Gemma 4 assistant ("MTP drafter").
+
+Every layer is KV-shared: the drafter projects no K/V and writes no cache. Its layers attend to
+the target's store-layer K/V, masked to the validated length. One step takes the target's scaled
+embedding of the last token and a hidden state (the target's at first, then its own projected
+output), both at a position that stays constant for the whole drafting round.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .components import RMSNorm, RotaryTables, validated_masks
+from .config import DrafterConfig
+from .layer import DecoderLayer
+
+
+class ClusteredHead(nn.Module):
+    """Centroid LM head: score `num_centroids` clusters, keep the top k, score only their tokens."""
+
+    def __init__(self, cfg: DrafterConfig):
+        super().__init__()
+        self.top_k = cfg.centroid_top_k
+        self.num_centroids = cfg.num_centroids
+        self.centroids = nn.Linear(cfg.decoder.hidden_size, cfg.num_centroids, bias=False)
+        # token_ordering lists the vocabulary cluster by cluster: row c of its [centroids, per] view is cluster c.
+        self.register_buffer("token_ordering", torch.arange(cfg.decoder.vocab_size, dtype=torch.long))
+
+    def forward(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [B, T, D] -> candidate ids and logits, both [B, T, top_k * tokens_per_centroid]."""
+        _, clusters = torch.topk(self.centroids(hidden), k=self.top_k, dim=-1)
+        ids = self.token_ordering.view(self.num_centroids, -1)[clusters].flatten(-2)
+        rows = lm_head_weight[ids]  # [B, T, C, D]
+        logits = (hidden.unsqueeze(-2) @ rows.transpose(-1, -2)).squeeze(-2)
+        return ids, logits
+
+
+class Gemma4Drafter(nn.Module):
+    def __init__(self, cfg: DrafterConfig, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.decoder
+        self.pre_projection = nn.Linear(2 * cfg.backbone_hidden_size, d.hidden_size, bias=False)
+        self.post_projection = nn.Linear(d.hidden_size, cfg.backbone_hidden_size, bias=False)
+        self.layers = nn.ModuleList(DecoderLayer(d, i) for i in range(d.num_layers))
+        self.norm = RMSNorm(d.hidden_size, d.rms_norm_eps)
+        self.embed_tokens = nn.Embedding(d.vocab_size, d.hidden_size)  # the (tied) LM head
+        self.lm_head = None if d.tie_word_embeddings else nn.Linear(d.hidden_size, d.vocab_size, bias=False)
+        self.masked_embedding = ClusteredHead(cfg) if cfg.use_ordered_embeddings else None
+        self.rotary = RotaryTables(d)
+        self.to(dtype)
+        self.reset_derived_buffers()
+
+    def reset_derived_buffers(self) -> None:
+        self.rotary.reset()
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(
+        self,
+        token_embedding: torch.Tensor,
+        last_hidden: torch.Tensor,
+        position: torch.Tensor,
+        validated_length: torch.Tensor,
+        kv: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draft step. token_embedding, last_hidden [1, 1, backbone]; position, validated_length [1].
+
+        kv maps layer type -> the target's store-layer (k, v) buffers. Returns the drafter's
+        final hidden [1, 1, hidden] (input to the LM head) and the projected hidden
+        [1, 1, backbone] that feeds the next step.
+        """
+        d = self.cfg.decoder
+        x = self.pre_projection(torch.cat([token_embedding, last_hidden], dim=-1))
+        rope = self.rotary(position, x.dtype)
+        cache_len = next(iter(kv.values()))[0].shape[2]
+        masks = validated_masks(validated_length, cache_len, d.sliding_window)
+        for i, layer in enumerate(self.layers):
+            layer_type = d.layer_types[i]
+            k_cache, v_cache = kv[layer_type]
+            x = layer(x, None, rope[layer_type], masks[layer_type], k_cache, v_cache, position)
+        hidden = self.norm(x)
+        return hidden, self.post_projection(hidden)
+
+    def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the whole vocabulary (the assistant applies no softcap)."""
+        return F.linear(hidden, self.lm_head_weight)
+
+    def candidates(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, logits) of the candidate tokens: the clustered head's, or the whole vocabulary."""
+        if self.masked_embedding is None:
+            logits = self.full_logits(hidden)
+            ids = torch.arange(logits.shape[-1], device=logits.device).expand_as(logits)
+            return ids, logits
+        return self.masked_embedding(hidden, self.lm_head_weight)
+
+    def scattered_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits as the reference builds them (non-candidates at min - 1): for tests and training."""
+        if self.masked_embedding is None:
+            return self.full_logits(hidden)
+        ids, logits = self.candidates(hidden)
+        out = torch.full((*hidden.shape[:-1], self.cfg.decoder.vocab_size), logits.min().item() - 1.0, dtype=logits.dtype)
+        return out.scatter(-1, ids, logits)

@@ -1,0 +1,1 @@
+"""Artifacts -> tokens: the speculative decoding loop and its backends."""
