@@ -1,5 +1,221 @@
-"""The mtp-edge command line."""
+"""The mtp-edge command line.
+
+Each subcommand is an `add_<name>(subparsers)` that registers its arguments and a `cmd_<name>(args) -> int`;
+add a new one to SUBCOMMANDS. Heavy imports (torch, transformers) happen inside the commands so that
+`--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mtp_edge.models.errors import CheckpointError, MtpEdgeError
+
+PROG = "mtp-edge"
+
+
+# --------------------------------------------------------------------------- model resolution
+
+
+def resolve_configs(spec: str, drafter_dir: str | None = None):
+    """A preset name, a target or drafter checkpoint folder, or a folder holding target/ and drafter/.
+
+    Returns (target DecoderConfig or None, drafter DrafterConfig or None). Reads config.json only.
+    """
+    from mtp_edge.models import config as C
+
+    if spec in C.PRESETS:
+        pair = C.preset(spec)
+        target, drafter = pair.target, pair.drafter
+    else:
+        folder = Path(spec)
+        if not folder.is_dir():
+            raise CheckpointError(f"{spec}: neither a preset ({', '.join(C.PRESETS)}) nor a checkpoint folder.")
+        if (folder / "target").is_dir() and (folder / "drafter").is_dir():
+            target = C.target_config_from_folder(folder / "target")
+            drafter = C.drafter_config_from_folder(folder / "drafter")
+        elif C.read_config_json(folder).get("model_type") in C.DRAFTER_MODEL_TYPES:
+            target, drafter = None, C.drafter_config_from_folder(folder)
+        else:
+            target, drafter = C.target_config_from_folder(folder), None
+    if drafter_dir is not None:
+        if target is None:
+            raise CheckpointError(f"{spec} is a drafter; --drafter pairs a drafter with a target given as MODEL.")
+        drafter = C.drafter_config_from_folder(drafter_dir)
+    if target is not None and drafter is not None:
+        C.check_pair(target, drafter)  # sizes of a pair that cannot run together would mislead
+    return target, drafter
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _digits4(v: float) -> str:
+    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
+
+
+def human_bytes(n: int) -> str:
+    """Decimal units (1 GB = 10^9 bytes)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{_digits4(n / scale)} {unit}"
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    if n < 10_000:
+        return str(n)
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{_digits4(n / scale)}{unit}"
+    return str(n)
+
+
+LABEL_WIDTH = 46
+WIDTHS = ("fp32", "bf16", "int8", "int4")
+
+
+def _line(label: str, count: str, cells) -> str:
+    return f"  {label:<{LABEL_WIDTH}}{count:>12}" + "".join(f"{c:>12}" for c in cells)
+
+
+def _table(title: str, rows: list[tuple[str, dict]]) -> list[str]:
+    """rows: (label, {"parameters": n, "bytes": {...}}); the last row is the total."""
+    lines = [_line(title, "parameters", WIDTHS)]
+    for label, entry in rows:
+        lines.append(_line(label, human_count(entry["parameters"]), (human_bytes(entry["bytes"][w]) for w in WIDTHS)))
+    lines.insert(-1, "  " + "-" * (LABEL_WIDTH + 12 * (1 + len(WIDTHS))))
+    return lines
+
+
+TARGET_LABELS = {
+    "token_embedding": "token embedding",
+    "lm_head": "LM head (untied)",
+    "ple_table": "PLE table",
+    "ple_projections": "PLE projections",
+    "attention": "attention",
+    "mlp": "MLP",
+    "norms_other": "norms/other",
+}
+DRAFTER_LABELS = {
+    "lm_head": "LM head",
+    "centroid_head": "centroid head",
+    "projections": "pre/post projections",
+    "layers": "layers",
+    "norms_other": "norms/other",
+}
+
+
+def format_report(report: dict, source: str) -> str:
+    out = [f"{PROG} inspect {source}", "Sizes in decimal units (1 GB = 10^9 bytes); quantisation scales not counted.", ""]
+    t = report.get("target")
+    if t:
+        c = t["config"]
+        labels = dict(TARGET_LABELS)
+        if c["tie_word_embeddings"]:
+            labels["token_embedding"] = "token embedding (= tied LM head)"
+        out.append(
+            f"Target: {c['layers']} layers ({c['kv_shared_layers']} KV-shared), hidden {c['hidden_size']}, "
+            f"vocab {c['vocab_size']}, PLE dim {c['ple_dim']}"
+        )
+        rows = [(labels[k], v) for k, v in t["groups"].items()] + [("total", t)]
+        out += _table("weights", rows) + [""]
+
+        kv = t["kv_cache"]
+        kv_cells = lambda d: (human_bytes(d[w]) for w in ("fp32", "bf16"))
+        out += [
+            f"  KV cache: {kv['cache_layers']} cache layers ({kv['sliding_cache_layers']} sliding, "
+            f"{kv['full_cache_layers']} full), {kv['elements_per_token']} elements per token",
+            _line("KV cache bytes", "", ("fp32", "bf16")),
+            _line("per 1k tokens, full-length buffers (allocated)", "", kv_cells(kv["bytes_per_1k_tokens"])),
+            _line(f"window-bounded: sliding layers at {kv['sliding_window']} tokens", "",
+                  kv_cells(kv["sliding_layers_bytes_at_window"])),
+            _line("window-bounded: + full layers per 1k tokens", "", kv_cells(kv["full_layers_bytes_per_1k_tokens"])),
+            "",
+        ]
+        step_labels = {
+            "weights": "weights read whole",
+            "embedding_rows": "embedding rows (token + PLE, 1 each)",
+            "lm_head": "LM head read whole (logits)",
+        }
+        rows = [(step_labels[k], v) for k, v in t["decode_step"]["reads"].items()] + [("total", t["decode_step"])]
+        out += _table("one decode step reads (KV cache not incl.)", rows) + [""]
+
+    d = report.get("drafter")
+    if d:
+        c = d["config"]
+        head = (
+            f"clustered head {c['num_centroids']} centroids, top-{c['centroid_top_k']} -> {c['candidate_tokens']} candidates"
+            if c["clustered_head"] else "full LM head"
+        )
+        out.append(
+            f"Drafter: {c['layers']} layers, hidden {c['hidden_size']}, backbone {c['backbone_hidden_size']}, {head}"
+        )
+        rows = [(DRAFTER_LABELS[k], v) for k, v in d["groups"].items()] + [("total", d)]
+        out += _table("weights", rows) + [""]
+        step_labels = {
+            "weights": "weights read whole",
+            "centroid_head": "centroid head read whole",
+            "lm_head": f"LM head rows ({c['candidate_tokens']} candidates)" if c["clustered_head"] else "LM head read whole",
+            "target_embedding_row": "target embedding row (input)",
+        }
+        rows = [(step_labels[k], v) for k, v in d["draft_step"]["reads"].items()] + [("total", d["draft_step"])]
+        out += _table("one draft step reads (KV cache not incl.)", rows) + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def add_inspect(subparsers) -> None:
+    p = subparsers.add_parser(
+        "inspect",
+        help="parameter counts, weight bytes, KV-cache and per-step read bytes (reads config.json only)",
+        description="Sizes of a target and/or drafter, measured on the project's modules built on the meta device.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a preset (e2b, e4b, tiny), a target or drafter checkpoint folder, "
+                   "or a folder holding target/ and drafter/")
+    p.add_argument("--drafter", metavar="DIR", help="drafter checkpoint folder to pair with a target MODEL")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args) -> int:
+    from mtp_edge.models.sizes import model_sizes
+
+    target, drafter = resolve_configs(args.model, args.drafter)
+    report = {"model": args.model, "drafter_folder": args.drafter, **model_sizes(target, drafter)}
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        source = args.model + (f" --drafter {args.drafter}" if args.drafter else "")
+        sys.stdout.write(format_report(report, source))
+    return 0
+
+
+SUBCOMMANDS = (add_inspect,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Gemma 4 E2B/E4B + MTP drafter export toolkit.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
 
 
 def main(argv=None) -> int:
-    raise SystemExit("not yet")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MtpEdgeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
