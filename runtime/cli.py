@@ -197,7 +197,77 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-SUBCOMMANDS = (add_inspect,)
+def add_generate(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="speculative (or plain) decoding on the eager backend",
+                              description="Generate from a target checkpoint, drafting with its MTP drafter.")
+    p.add_argument("--model", required=True, metavar="DIR", help="target checkpoint folder")
+    p.add_argument("--drafter", metavar="DIR", help="drafter checkpoint folder (omit for target-only decoding)")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model folder)")
+    prompt.add_argument("--prompt-ids", help="prompt token ids, comma-separated")
+    p.add_argument("--k", type=int, default=4, help="draft tokens per round (default 4; 0 = plain decoding)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-seq-len", type=int, default=1024, help="KV-cache positions (default 1024)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-draft", action="store_true", help="decode with the target alone (same as --k 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON document: tokens, text, stats")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args) -> int:
+    from mtp_edge.models import load_drafter, load_target
+    from mtp_edge.runtime.backends.eager import EagerBackend
+    from mtp_edge.runtime.errors import GenerationError
+    from mtp_edge.runtime.sampling import SamplingConfig
+    from mtp_edge.runtime.speculative import generate
+    from mtp_edge.runtime.tokenizer import TextCodec, TextStream, parse_prompt_ids
+
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if args.max_seq_len < 2:
+        raise GenerationError(f"--max-seq-len must be >= 2, got {args.max_seq_len}.")
+    codec = TextCodec.from_folder(args.model)
+    if args.prompt is not None:
+        if codec is None:
+            raise GenerationError(f"{args.model} has no tokenizer.json: pass --prompt-ids instead of --prompt.")
+        prompt = codec.encode(args.prompt)
+    else:
+        prompt = parse_prompt_ids(args.prompt_ids)
+    k = 0 if args.no_draft else args.k
+    target = load_target(args.model, args.max_seq_len)
+    drafter = load_drafter(args.drafter, target=target.cfg) if args.drafter and k > 0 else None
+    if k > 0 and drafter is None:
+        raise GenerationError("speculative decoding needs --drafter DIR (or pass --no-draft / --k 0).")
+    backend = EagerBackend(target, drafter)
+
+    stream = TextStream(codec) if codec is not None and not args.json else None
+    on_token = (lambda t: sys.stdout.write(stream.push(t)) and sys.stdout.flush()) if stream else None
+    result = generate(backend, prompt, k=k, max_new_tokens=args.max_new_tokens, sampling=sampling,
+                      eos_ids=target.cfg.eos_token_ids, on_token=on_token)
+    stats = result.stats.as_dict()
+    if args.json:
+        doc = {"prompt_ids": prompt, "tokens": result.tokens, "k": k, "stats": stats}
+        if codec is not None:
+            doc["text"] = codec.decode(result.tokens)
+        json.dump(doc, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    if stream is None:
+        print(" ".join(map(str, result.tokens)))
+    else:
+        print()
+    print(
+        f"[{stats['new_tokens']} tokens, stop: {stats['stop_reason']}; K={k}, acceptance {stats['acceptance_rate']:.1%}, "
+        f"{stats['tokens_per_target_call']:.2f} tokens/target call; prefill {stats['prefill_tokens_per_s']:.1f} tok/s, "
+        f"decode {stats['decode_tokens_per_s']:.1f} tok/s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+SUBCOMMANDS = (add_inspect, add_generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
