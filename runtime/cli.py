@@ -267,7 +267,33 @@ def cmd_generate(args) -> int:
     return 0
 
 
-SUBCOMMANDS = (add_inspect, add_generate)
+def add_bench(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks that print figures (loop overhead, eager speed)")
+    p.add_argument("what", choices=["loop", "eager"], help="loop: the loop's own time per round on a free backend; "
+                   "eager: plain vs speculative tokens/s on a random-weight pair")
+    p.add_argument("--preset", default="tiny", help="geometry for `eager` (random weights; default tiny)")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from mtp_edge.runtime import bench
+    from mtp_edge.runtime.sampling import SamplingConfig
+
+    if args.what == "loop":
+        report = {"greedy": bench.bench_loop(args.k), "sampling": bench.bench_loop(args.k, sampling=SamplingConfig(1.0))}
+    else:
+        report = bench.bench_eager(args.preset, args.k, args.new_tokens)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+SUBCOMMANDS = (add_inspect, add_generate, add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
