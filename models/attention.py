@@ -38,10 +38,15 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
         positions: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Returns (output, the K/V attended over).
+
+        kv is this layer's cache buffers (written at `positions`, then attended over whole), the
+        store layer's K/V for a KV-shared layer, or None for a cache-free pass (training) that
+        attends over the fresh K/V.
+        """
         batch, seq = x.shape[:2]
         cos, sin = rope
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
@@ -51,6 +56,9 @@ class Attention(nn.Module):
             v = k if self.v_proj is None else self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
             k = apply_rope(self.k_norm(k), cos, sin).transpose(1, 2)
             v = self.v_norm(v).transpose(1, 2)
-            k_cache.index_copy_(2, positions, k)
-            v_cache.index_copy_(2, positions, v)
-        return self.o_proj(attend(q, k_cache, v_cache, mask))
+            if kv is not None:
+                kv[0].index_copy_(2, positions, k)
+                kv[1].index_copy_(2, positions, v)
+            else:
+                kv = (k, v)
+        return self.o_proj(attend(q, kv[0], kv[1], mask)), kv

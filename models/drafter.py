@@ -68,21 +68,20 @@ class Gemma4Drafter(nn.Module):
         validated_length: torch.Tensor,
         kv: dict[str, tuple[torch.Tensor, torch.Tensor]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One draft step. token_embedding, last_hidden [1, 1, backbone]; position, validated_length [1].
+        """One draft step. token_embedding, last_hidden [B, N, backbone]; position, validated_length [N].
 
-        kv maps layer type -> the target's store-layer (k, v) buffers. Returns the drafter's
+        N > 1 runs N independent draft queries at once (training). kv maps layer type -> the target's store-layer (k, v) buffers. Returns the drafter's
         final hidden [1, 1, hidden] (input to the LM head) and the projected hidden
         [1, 1, backbone] that feeds the next step.
         """
         d = self.cfg.decoder
         x = self.pre_projection(torch.cat([token_embedding, last_hidden], dim=-1))
         rope = self.rotary(position, x.dtype)
-        cache_len = next(iter(kv.values()))[0].shape[2]
-        masks = validated_masks(validated_length, cache_len, d.sliding_window)
+        key_len = next(iter(kv.values()))[0].shape[2]
+        masks = validated_masks(validated_length, key_len, d.sliding_window)
         for i, layer in enumerate(self.layers):
             layer_type = d.layer_types[i]
-            k_cache, v_cache = kv[layer_type]
-            x = layer(x, None, rope[layer_type], masks[layer_type], k_cache, v_cache, position)
+            x, _ = layer(x, None, rope[layer_type], masks[layer_type], kv[layer_type], position)
         hidden = self.norm(x)
         return hidden, self.post_projection(hidden)
 

@@ -94,24 +94,40 @@ class Gemma4Target(nn.Module):
     def forward(
         self, tokens: torch.Tensor, start_pos: torch.Tensor, logits_at: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [1, T] at positions start_pos[0] + arange(T).
+        """tokens [1, T] at positions start_pos[0] + arange(T), through the static cache.
 
         Returns (logits [1, T or len(logits_at), vocab], hidden [1, T, hidden]); `logits_at`
         selects the positions whose logits are needed (a prefill chunk needs one).
         """
-        cfg = self.cfg
         positions = start_pos + torch.arange(tokens.shape[1], device=tokens.device)
+        hidden, _ = self._decode(tokens, positions, self.max_seq_len, use_cache=True)
+        selected = hidden if logits_at is None else hidden.index_select(1, logits_at)
+        return self.logits(selected), hidden
+
+    def forward_train(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Cache-free pass over a batch [B, T] from position 0 (training, distillation).
+
+        Returns (logits [B, T, vocab], hidden [B, T, hidden], the store layers' K/V per layer type).
+        """
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        hidden, store = self._decode(tokens, positions, tokens.shape[1], use_cache=False)
+        return self.logits(hidden), hidden, store
+
+    def _decode(self, tokens, positions, key_len: int, use_cache: bool):
+        cfg = self.cfg
         x = self.embed(tokens)
         ple = self.per_layer_inputs(tokens, x) if cfg.ple_dim else None
         rope = self.rotary(positions, x.dtype)
-        masks = causal_masks(positions, self.max_seq_len, cfg.sliding_window)
+        masks = causal_masks(positions, key_len, cfg.sliding_window)
+        store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # K/V of the layers that own one
         for i, layer in enumerate(self.layers):
             layer_type = cfg.layer_types[i]
-            k_cache, v_cache = self.cache.layer(cfg.kv_source(i))
-            x = layer(x, ple[:, :, i] if ple is not None else None, rope[layer_type], masks[layer_type], k_cache, v_cache, positions)
-        hidden = self.norm(x)
-        selected = hidden if logits_at is None else hidden.index_select(1, logits_at)
-        return self.logits(selected), hidden
+            source = cfg.kv_source(i)
+            kv = self.cache.layer(source) if use_cache else store.get(source)
+            per_layer = ple[:, :, i] if ple is not None else None
+            x, store[source] = layer(x, per_layer, rope[layer_type], masks[layer_type], kv, positions)
+        by_type = {layer_type: store[layer] for layer_type, layer in cfg.store_layers.items()}
+        return self.norm(x), by_type
 
     def store_kv(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The store layers' K/V buffers, per layer type: what KV-shared layers and the drafter read."""

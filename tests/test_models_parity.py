@@ -123,3 +123,16 @@ def test_clustered_head_never_scores_the_vocabulary(hf_tiny, tiny_dirs):
     ids, logits = drafter.candidates(torch.randn(1, 1, cfg.decoder.hidden_size))
     assert ids.shape[-1] == logits.shape[-1] == cfg.num_candidates < cfg.decoder.vocab_size
     assert ids.unique().numel() == cfg.num_candidates  # clusters are disjoint
+
+
+@torch.no_grad()
+def test_batched_training_pass_matches_reference(loaded):
+    """forward_train (cache-free, batched) gives the reference logits, hidden and store K/V."""
+    hf, target, _ = loaded
+    tokens = torch.randint(0, target.cfg.vocab_size, (2, 20), generator=torch.Generator().manual_seed(8))
+    ref = hf.target(tokens, output_hidden_states=True, return_shared_kv_states=True, use_cache=False)
+    logits, hidden, store = target.forward_train(tokens)
+    assert (ref.logits - logits).abs().max() <= TOL
+    assert (ref.hidden_states[-1] - hidden).abs().max() <= TOL
+    for layer_type, (k, v) in ref.shared_kv_states.items():
+        assert (store[layer_type][0] - k).abs().max() <= TOL and (store[layer_type][1] - v).abs().max() <= TOL
