@@ -293,7 +293,64 @@ def cmd_bench(args) -> int:
     return 0
 
 
-SUBCOMMANDS = (add_inspect, add_generate, add_bench)
+def add_train_drafter(subparsers) -> None:
+    p = subparsers.add_parser("train-drafter", help="train or adapt a Gemma 4 MTP drafter for a target checkpoint",
+                              description="Distil a gemma4_assistant drafter from a target on a text corpus; writes a "
+                              "Hugging Face folder that transformers' Gemma4AssistantForCausalLM also loads.")
+    p.add_argument("--target", required=True, metavar="DIR", help="target checkpoint folder (with tokenizer.json)")
+    p.add_argument("--corpus", required=True, nargs="+", metavar="FILE", help="text files to train on")
+    p.add_argument("--out", required=True, metavar="DIR", help="output drafter folder")
+    p.add_argument("--init", metavar="DIR", help="start from this drafter (adapt it to a fine-tuned target)")
+    p.add_argument("--work", metavar="DIR", help="checkpoint folder (default OUT.work); rerun to resume")
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--intermediate", type=int, default=512)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--centroids", type=int, default=64, help="clusters of the centroid LM head")
+    p.add_argument("--top-k", type=int, default=8, help="clusters scored per draft step")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--unroll", type=int, default=4, help="draft steps trained per round (match the K you will use)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after", type=int, metavar="N", help="train at most N steps in this run, then checkpoint "
+                   "and exit (rerun to resume)")
+    p.set_defaults(func=cmd_train_drafter)
+
+
+def cmd_train_drafter(args) -> int:
+    from mtp_edge.models.train_drafter import corpus_stream, run_train_drafter
+
+    stream = corpus_stream(args.target, args.corpus)
+    drafter = run_train_drafter(
+        args.target, stream, args.out, work_dir=args.work, init_dir=args.init, steps=args.steps,
+        batch_size=args.batch_size, length=args.seq_len, unroll=args.unroll, lr=args.lr, seed=args.seed,
+        layers=args.layers, hidden=args.hidden, intermediate=args.intermediate, heads=args.heads,
+        num_centroids=args.centroids, top_k=args.top_k, stop_after=args.stop_after,
+    )
+    if drafter is not None:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def add_demo(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="the main job: the shipped pair, plain vs speculative, on every backend")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from mtp_edge.runtime.demo import format_demo, run_demo
+
+    report = run_demo(k=args.k, max_new_tokens=args.max_new_tokens)
+    sys.stdout.write(json.dumps(report) + "\n" if args.json else format_demo(report))
+    return 0
+
+
+SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

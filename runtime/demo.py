@@ -1,0 +1,89 @@
+"""The main job: the shipped default pair on held-out prompts, plain vs speculative, per backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .sampling import SamplingConfig
+from .speculative import generate
+
+
+
+def default_pair_dir() -> Path:
+    import mtp_edge.models
+
+    return Path(mtp_edge.models.__file__).resolve().parent / "default_pair"
+
+
+def heldout_prompts(pair_dir: Path | None = None) -> list[dict]:
+    """Prompts cut from held-out standard-library files (never trained on), shipped with the pair."""
+    return json.loads(((pair_dir or default_pair_dir()) / "heldout.json").read_text())["prompts"]
+
+
+def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 512):
+    from mtp_edge.models import load_pair
+
+    from .backends.eager import EagerBackend
+
+    pair_dir = pair_dir or default_pair_dir()
+    return EagerBackend(*load_pair(pair_dir / "target", pair_dir / "drafter", max_seq_len=max_seq_len))
+
+
+BACKENDS = {"eager": eager_backend}
+
+
+def compare(backend, prompts: list[list[int]], *, k: int, max_new_tokens: int, sampling=SamplingConfig(),
+            eos_ids=(), desc: str = "") -> dict:
+    """Plain and speculative decoding of the same prompts on one backend, with the figures the demo prints."""
+    plain_tokens = plain_s = spec_tokens = spec_s = rounds = drafted = accepted = 0
+    identical = True
+    for prompt in tqdm(prompts, desc=desc or "prompts", leave=False):
+        generate(backend, prompt, k=k, max_new_tokens=2, sampling=sampling, eos_ids=eos_ids)  # warm-up
+        plain = generate(backend, prompt, k=0, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids)
+        spec = generate(backend, prompt, k=k, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids)
+        identical &= spec.tokens == plain.tokens
+        plain_tokens += plain.stats.new_tokens - 1
+        plain_s += plain.stats.decode_s
+        spec_tokens += spec.stats.new_tokens - 1
+        spec_s += spec.stats.decode_s
+        rounds += spec.stats.rounds
+        drafted += spec.stats.drafted
+        accepted += spec.stats.accepted
+    plain_tps, spec_tps = plain_tokens / plain_s, spec_tokens / spec_s
+    return {
+        "k": k,
+        "plain_tokens_per_s": plain_tps,
+        "speculative_tokens_per_s": spec_tps,
+        "speedup": spec_tps / plain_tps,
+        "acceptance_rate": accepted / drafted if drafted else 0.0,
+        "tokens_per_target_call": spec_tokens / rounds if rounds else 0.0,
+        "token_identical": identical,
+    }
+
+
+def run_demo(k: int = 4, max_new_tokens: int = 64, backends=None) -> dict:
+    pair_dir = default_pair_dir()
+    prompts = [p["ids"] for p in heldout_prompts(pair_dir)]
+    from mtp_edge.models.config import target_config_from_folder
+
+    eos = target_config_from_folder(pair_dir / "target").eos_token_ids
+    rows = {}
+    for name in backends or BACKENDS:
+        backend = BACKENDS[name](pair_dir)
+        rows[name] = compare(backend, prompts, k=k, max_new_tokens=max_new_tokens, eos_ids=eos, desc=f"demo {name}")
+    return {"pair": str(pair_dir), "prompts": len(prompts), "max_new_tokens": max_new_tokens, "greedy": True,
+            "backends": rows}
+
+
+def format_demo(report: dict) -> str:
+    head = f"{'backend':<10}{'plain tok/s':>13}{'spec tok/s':>12}{'speedup':>9}{'accept':>8}{'tok/call':>10}{'identical':>11}"
+    lines = [f"default pair, {report['prompts']} held-out prompts, {report['max_new_tokens']} new tokens each, greedy", head]
+    for name, r in report["backends"].items():
+        lines.append(
+            f"{name:<10}{r['plain_tokens_per_s']:>13.1f}{r['speculative_tokens_per_s']:>12.1f}{r['speedup']:>8.2f}x"
+            f"{r['acceptance_rate']:>8.1%}{r['tokens_per_target_call']:>10.2f}{'yes' if r['token_identical'] else 'NO':>11}"
+        )
+    return "\n".join(lines) + "\n"
