@@ -87,14 +87,12 @@ def default_target_config() -> DecoderConfig:
 
 
 def main(argv=None) -> int:
-    from .hf_format import save_target
-    from .train_drafter import run_train_drafter
     from .train_target import evaluate_target, train_target
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(Path(__file__).parent / "default_pair"))
     parser.add_argument("--work", default="recipe_work", help="checkpoints and corpus cache (resumable)")
-    parser.add_argument("--target-steps", type=int, default=1150)
+    parser.add_argument("--target-steps", type=int, default=900)
     parser.add_argument("--drafter-steps", type=int, default=500)
     parser.add_argument("--stage", choices=["all", "target"], default="all")
     parser.add_argument("--seed", type=int, default=0)
@@ -127,6 +125,9 @@ def main(argv=None) -> int:
     print(json.dumps(report, indent=2), flush=True)
     if args.stage == "target":
         return 0
+
+    from .hf_format import save_target
+    from .train_drafter import run_train_drafter
 
     # Ship the target in bf16 and train the drafter against exactly what ships.
     target_dir, drafter_dir = work / "target", work / "drafter"
