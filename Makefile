@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mtp-edge inspect e2b
+	$(VENV)/bin/mtp-edge demo
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests

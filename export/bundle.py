@@ -1,0 +1,180 @@
+"""A bundle: one folder a runtime needs to serve a pair, nothing else.
+
+    model.pte        the ExecuTorch program (prefill / verify / decode / draft, one shared KV cache)
+    tokenizer.json   the target's tokenizer, when its checkpoint folder has one
+    manifest.json    schema_version 1: configs, method signatures, cache layout, K, prefill chunk,
+                     EOS ids, quantization recipe, versions, and the sha256 of every artifact
+
+write_bundle builds everything in a hidden sibling folder and renames it into place at the end,
+so an interrupted export never leaves a folder that reads as a bundle. read_manifest checks the
+schema version, that every artifact is there and that none was modified since export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from mtp_edge.models import MtpEdgeError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+PROGRAM_FILE = "model.pte"
+TOKENIZER_FILE = "tokenizer.json"
+QUANTIZATION_RECIPE = "none"
+
+
+class BundleError(MtpEdgeError, ValueError):
+    """A bundle folder that is missing, incomplete, modified or of an unknown format."""
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for dist in ("mtp-edge", "torch", "executorch", "transformers", "torchao"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+def _artifact(folder: Path, name: str) -> dict:
+    path = folder / name
+    return {"file": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def write_bundle(
+    target_dir: str | Path,
+    drafter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    k: int,
+    max_seq_len: int,
+    prefill_chunk: int,
+    backend: str = "xnnpack",
+    progress: bool = True,
+) -> dict:
+    """Load the pair, export it and write the bundle folder out_dir; returns the manifest."""
+    from mtp_edge.models import load_pair
+
+    from .pte import PAD_TOKEN, buffer_length, export_pte
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(f"{out_dir}: exists and is not a folder; choose another output path.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise BundleError(f"{out_dir}: a non-empty folder that is not a bundle; refusing to replace it. Choose another output path.")
+    if k < 1 or prefill_chunk < 1 or max_seq_len < 2:
+        raise BundleError(f"need k >= 1, prefill_chunk >= 1 and max_seq_len >= 2; got k={k}, prefill_chunk={prefill_chunk}, max_seq_len={max_seq_len}.")
+
+    started = time.perf_counter()
+    if progress:
+        print(f"[bundle] loading {target_dir} + {drafter_dir}", file=sys.stderr, flush=True)
+    target, drafter = load_pair(target_dir, drafter_dir, buffer_length(max_seq_len, k, prefill_chunk))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        info = export_pte(
+            target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
+            backend=backend, progress=progress,
+        )
+        artifacts = {"program": _artifact(tmp, PROGRAM_FILE)}
+        tokenizer = Path(target_dir) / TOKENIZER_FILE
+        if tokenizer.is_file():
+            shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+            artifacts["tokenizer"] = _artifact(tmp, TOKENIZER_FILE)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "format": "mtp-edge-bundle",
+            "target_config": dataclasses.asdict(target.cfg),
+            "drafter_config": dataclasses.asdict(drafter.cfg),
+            "methods": info["methods"],
+            "cache": info["cache"],
+            "k": k,
+            "prefill_chunk": prefill_chunk,
+            "backend": backend,
+            "eos_token_ids": list(target.cfg.eos_token_ids),
+            "bos_token_id": target.cfg.bos_token_id,
+            "pad_token_id": target.cfg.pad_token_id,
+            "tokenizer": TOKENIZER_FILE if "tokenizer" in artifacts else None,
+            "quantization": {"recipe": QUANTIZATION_RECIPE},
+            # The methods address one KV cache (memory arena 2): the C++ executorch::extension::Module
+            # must be built with share_memory_arenas=true; padded slots hold pad_token_for_padding.
+            "runtime": {"shared_kv_cache": True, "pad_token_for_padding": PAD_TOKEN},
+            "versions": library_versions(),
+            "sizes": info["sizes"],
+            "artifacts": artifacts,
+        }
+        # The manifest is written last: a folder without one is never taken for a bundle.
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        print(f"[bundle] wrote {out_dir} ({time.perf_counter() - started:.1f}s)", file=sys.stderr, flush=True)
+    return manifest
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Rename `new` onto `dest`; an old bundle (or empty folder) there is moved aside first, then removed."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(bundle_dir: str | Path, *, verify_hashes: bool = True) -> dict:
+    """Load and validate manifest.json: schema version, artifacts present, sha256 unchanged."""
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir}: not a folder. Pass a bundle folder written by `export`.")
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: no {MANIFEST}; not a bundle, or its export was interrupted. Export it again.")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e}); the manifest is damaged, export the bundle again.") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: not a bundle manifest (expected a JSON object).")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: bundle schema_version {version!r} is not supported; this mtp-edge reads schema_version "
+            f"{SCHEMA_VERSION}. Re-export the bundle with this version of mtp-edge."
+        )
+    artifacts = manifest.get("artifacts")
+    if not isinstance(artifacts, dict) or "program" not in artifacts:
+        raise BundleError(f"{path}: lists no program artifact; the manifest is damaged, export the bundle again.")
+    for role, entry in artifacts.items():
+        file = bundle_dir / entry["file"]
+        if not file.is_file():
+            raise BundleError(f"{bundle_dir}: missing artifact {entry['file']} ({role}) listed in {MANIFEST}; export the bundle again.")
+        if file.stat().st_size != entry["bytes"] or (verify_hashes and sha256_file(file) != entry["sha256"]):
+            raise BundleError(
+                f"{file}: artifact {entry['file']} was modified after export (sha256 does not match {MANIFEST}); export the bundle again."
+            )
+    return manifest

@@ -1,0 +1,124 @@
+"""The ExecuTorch backend: a bundle's .pte through the executorch.runtime Python API.
+
+The program's methods (prefill, verify, decode, draft: see mtp_edge.export.pte) share one KV
+cache allocation, so this backend only feeds tensors and keeps the validated length. Static
+shapes: a prompt goes in prefill_chunk tokens at a time (the last chunk padded), a verify of
+fewer than K + 1 tokens is padded to K + 1 (one token goes through decode); the padded slots'
+K/V land in positions that are masked until a later pass overwrites them, and the cache
+buffers were built with enough spare positions that no padded write leaves them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mtp_edge.export.bundle import BundleError, read_manifest
+from mtp_edge.export.pte import PAD_TOKEN
+
+from ..backend import DraftOutput
+from ..errors import GenerationError
+
+
+class PteBackend:
+    def __init__(self, bundle_dir: str | Path, *, verify_hashes: bool = True):
+        from executorch.runtime import Runtime
+
+        try:  # registers the quantized kernels a quantized bundle's methods need; harmless otherwise
+            import executorch.kernels.quantized  # noqa: F401
+        except ImportError:  # pragma: no cover - depends on the executorch build
+            pass
+
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = read_manifest(self.bundle_dir, verify_hashes=verify_hashes)
+        m = self.manifest
+        self.k = int(m["k"])
+        self.prefill_chunk = int(m["prefill_chunk"])
+        self.vocab_size = int(m["target_config"]["vocab_size"])
+        self.hidden_size = int(m["target_config"]["hidden_size"])
+        self.max_seq_len = int(m["cache"]["max_seq_len"])  # usable positions, not the buffer length
+        self.buffer_length = int(m["cache"]["buffer_length"])
+        self.max_draft = self.k
+        self.has_drafter = "draft" in m["methods"]
+        self.eos_ids = tuple(m["eos_token_ids"])
+        self.validated_length = 0
+
+        path = self.bundle_dir / m["artifacts"]["program"]["file"]
+        try:
+            self.program = Runtime.get().load_program(path)
+        except Exception as e:  # the pybindings raise RuntimeError/ValueError with an error code
+            raise BundleError(f"{path}: ExecuTorch could not load the program ({e}); re-export the bundle.") from None
+        missing = set(m["methods"]) - set(self.program.method_names)
+        if missing:
+            raise BundleError(f"{path}: the program lacks method(s) {sorted(missing)} listed in manifest.json; re-export the bundle.")
+        self.methods = {}
+        for name in m["methods"]:
+            try:
+                self.methods[name] = self.program.load_method(name)
+            except Exception as e:
+                raise BundleError(f"{path}: ExecuTorch could not load method {name!r} ({e}).") from None
+        self.dtype = getattr(torch, m["methods"]["decode"]["outputs"][1]["dtype"])
+
+    def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        return self.methods[name].execute(list(inputs))
+
+    @staticmethod
+    def _pos(value: int) -> torch.Tensor:
+        return torch.tensor([value], dtype=torch.long)
+
+    def _check_span(self, start: int, n: int) -> None:
+        if start < 0 or start + n > self.max_seq_len:
+            raise GenerationError(
+                f"positions {start}..{start + n - 1} are outside the exported context of {self.max_seq_len} positions; "
+                "re-export the bundle with a larger --max-seq-len."
+            )
+
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = tokens.reshape(-1).to(torch.long)
+        total = tokens.numel()
+        if total == 0:
+            raise GenerationError("the prompt is empty: give at least one token.")
+        self._check_span(0, total)
+        chunk = self.prefill_chunk
+        logits = hidden = None
+        for start in range(0, total, chunk):
+            piece = tokens[start:start + chunk]
+            n = piece.numel()
+            if n < chunk:
+                piece = torch.cat([piece, torch.full((chunk - n,), PAD_TOKEN, dtype=torch.long)])
+            logits, hidden = self._run("prefill", piece.view(1, -1), self._pos(start), self._pos(n - 1))
+        self.validated_length = total
+        return logits, hidden
+
+    def verify(self, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = tokens.reshape(-1).to(torch.long)
+        n = tokens.numel()
+        if not 1 <= n <= self.k + 1:
+            raise GenerationError(f"verify takes 1..{self.k + 1} tokens on this bundle (exported with K={self.k}), got {n}.")
+        self._check_span(start, n)
+        if n == 1:
+            logits, hidden = self._run("decode", tokens.view(1, 1), self._pos(start))
+            return logits.view(1, -1), hidden.view(1, -1)
+        if n < self.k + 1:
+            tokens = torch.cat([tokens, torch.full((self.k + 1 - n,), PAD_TOKEN, dtype=torch.long)])
+        logits, hidden = self._run("verify", tokens.view(1, -1), self._pos(start))
+        return logits[:n], hidden[:n]
+
+    def draft(self, token: int, hidden: torch.Tensor, position: int, validated_length: int) -> DraftOutput:
+        if not self.has_drafter:
+            raise GenerationError("this bundle has no drafter: generate with K=0.")
+        if not 0 <= position < self.max_seq_len or not 0 < validated_length <= self.max_seq_len:
+            raise GenerationError(f"draft position {position} / validated length {validated_length} outside the exported context of {self.max_seq_len}.")
+        ids, logits, projected = self._run(
+            "draft",
+            torch.tensor([token], dtype=torch.long),
+            hidden.reshape(-1).to(self.dtype).contiguous(),
+            self._pos(position),
+            self._pos(validated_length),
+        )
+        return DraftOutput(ids, logits, projected)
+
+    def rollback(self, length: int) -> None:
+        # The cache is static: later passes mask positions >= their own, the drafter those >= validated_length.
+        self.validated_length = length
