@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "default_pair"))
     parser.add_argument("--work", default="recipe_work", help="checkpoints and corpus cache (resumable)")
     parser.add_argument("--target-steps", type=int, default=900)
-    parser.add_argument("--drafter-steps", type=int, default=500)
+    parser.add_argument("--drafter-steps", type=int, default=400)
     parser.add_argument("--stage", choices=["all", "target"], default="all")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -200,8 +200,11 @@ def cmd_inspect(args) -> int:
 def add_generate(subparsers) -> None:
     p = subparsers.add_parser("generate", help="speculative (or plain) decoding on the eager backend",
                               description="Generate from a target checkpoint, drafting with its MTP drafter.")
-    p.add_argument("--model", required=True, metavar="DIR", help="target checkpoint folder")
-    p.add_argument("--drafter", metavar="DIR", help="drafter checkpoint folder (omit for target-only decoding)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="DIR", help="target checkpoint folder (eager backend)")
+    source.add_argument("--bundle", metavar="DIR", help="an exported bundle (written by mtp-edge export)")
+    p.add_argument("--drafter", metavar="DIR", help="drafter checkpoint folder with --model (omit for target-only decoding)")
+    p.add_argument("--backend", choices=["eager", "pte"], help="eager for --model (default), pte for --bundle (default)")
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model folder)")
     prompt.add_argument("--prompt-ids", help="prompt token ids, comma-separated")
@@ -228,24 +231,36 @@ def cmd_generate(args) -> int:
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.max_seq_len < 2:
         raise GenerationError(f"--max-seq-len must be >= 2, got {args.max_seq_len}.")
-    codec = TextCodec.from_folder(args.model)
+    folder = args.model or args.bundle
+    codec = TextCodec.from_folder(folder)
     if args.prompt is not None:
         if codec is None:
-            raise GenerationError(f"{args.model} has no tokenizer.json: pass --prompt-ids instead of --prompt.")
+            raise GenerationError(f"{folder} has no tokenizer.json: pass --prompt-ids instead of --prompt.")
         prompt = codec.encode(args.prompt)
     else:
         prompt = parse_prompt_ids(args.prompt_ids)
     k = 0 if args.no_draft else args.k
-    target = load_target(args.model, args.max_seq_len)
-    drafter = load_drafter(args.drafter, target=target.cfg) if args.drafter and k > 0 else None
-    if k > 0 and drafter is None:
-        raise GenerationError("speculative decoding needs --drafter DIR (or pass --no-draft / --k 0).")
-    backend = EagerBackend(target, drafter)
+    if args.bundle:
+        if args.backend not in (None, "pte"):
+            raise GenerationError(f"--backend {args.backend} cannot run a bundle; use --backend pte (or --model DIR for eager).")
+        from mtp_edge.runtime.backends.pte import PteBackend
+
+        backend = PteBackend(args.bundle)
+        eos_ids = backend.eos_ids
+    else:
+        if args.backend not in (None, "eager"):
+            raise GenerationError(f"--backend {args.backend} needs an exported --bundle DIR (see mtp-edge export).")
+        target = load_target(args.model, args.max_seq_len)
+        drafter = load_drafter(args.drafter, target=target.cfg) if args.drafter and k > 0 else None
+        if k > 0 and drafter is None:
+            raise GenerationError("speculative decoding needs --drafter DIR (or pass --no-draft / --k 0).")
+        backend = EagerBackend(target, drafter)
+        eos_ids = target.cfg.eos_token_ids
 
     stream = TextStream(codec) if codec is not None and not args.json else None
     on_token = (lambda t: sys.stdout.write(stream.push(t)) and sys.stdout.flush()) if stream else None
     result = generate(backend, prompt, k=k, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                      eos_ids=target.cfg.eos_token_ids, on_token=on_token)
+                      eos_ids=eos_ids, on_token=on_token)
     stats = result.stats.as_dict()
     if args.json:
         doc = {"prompt_ids": prompt, "tokens": result.tokens, "k": k, "stats": stats}
@@ -350,7 +365,35 @@ def cmd_demo(args) -> int:
     return 0
 
 
-SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_demo)
+def add_export(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a target + drafter pair to a bundle (ExecuTorch .pte + manifest)")
+    p.add_argument("--model", required=True, metavar="DIR", help="target checkpoint folder")
+    p.add_argument("--drafter", required=True, metavar="DIR", help="drafter checkpoint folder")
+    p.add_argument("--format", default="pte", choices=["pte"], help="artifact format (pte; onnx comes later)")
+    p.add_argument("--out", required=True, metavar="BUNDLE_DIR")
+    p.add_argument("--max-seq-len", type=int, default=1024, help="usable context positions (default 1024)")
+    p.add_argument("--k", type=int, default=4, help="largest draft length the bundle verifies (default 4)")
+    p.add_argument("--prefill-chunk", type=int, default=32, help="prompt tokens per prefill call (default 32)")
+    p.add_argument("--backend", default="xnnpack", choices=["xnnpack", "portable"])
+    p.add_argument("--quantize", default="none", choices=["none"], help="quantization recipe (only none for now)")
+    p.add_argument("--json", action="store_true", help="print the manifest as one JSON document")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from mtp_edge.export.bundle import write_bundle
+
+    manifest = write_bundle(args.model, args.drafter, args.out, k=args.k, max_seq_len=args.max_seq_len,
+                            prefill_chunk=args.prefill_chunk, backend=args.backend)
+    if args.json:
+        sys.stdout.write(json.dumps(manifest) + "\n")
+    else:
+        for name, artifact in manifest["artifacts"].items():
+            print(f"{name:<10} {artifact['file']:<16} {human_bytes(artifact['bytes'])}")
+    return 0
+
+
+SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_export, add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

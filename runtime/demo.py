@@ -23,7 +23,7 @@ def heldout_prompts(pair_dir: Path | None = None) -> list[dict]:
     return json.loads(((pair_dir or default_pair_dir()) / "heldout.json").read_text())["prompts"]
 
 
-def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 512):
+def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 256):
     from mtp_edge.models import load_pair
 
     from .backends.eager import EagerBackend
@@ -32,7 +32,38 @@ def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 512):
     return EagerBackend(*load_pair(pair_dir / "target", pair_dir / "drafter", max_seq_len=max_seq_len))
 
 
-BACKENDS = {"eager": eager_backend}
+DEMO_EXPORT = dict(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack")
+
+
+def cache_root() -> Path:
+    import os
+
+    return Path(os.environ.get("MTP_EDGE_CACHE") or Path.home() / ".cache" / "mtp-edge")
+
+
+def cached_bundle(pair_dir: Path, **export) -> Path:
+    """The pair exported once into the cache folder, keyed by its weights, the export settings and library versions."""
+    import hashlib
+
+    from mtp_edge.export.bundle import library_versions, sha256_file, write_bundle
+
+    key = json.dumps({
+        "weights": [sha256_file(pair_dir / sub / "model.safetensors") for sub in ("target", "drafter")],
+        "export": export, "versions": library_versions(),
+    }, sort_keys=True)
+    bundle = cache_root() / f"default-pair-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not (bundle / "manifest.json").is_file():
+        write_bundle(pair_dir / "target", pair_dir / "drafter", bundle, **export)
+    return bundle
+
+
+def pte_backend(pair_dir: Path | None = None):
+    from .backends.pte import PteBackend
+
+    return PteBackend(cached_bundle(pair_dir or default_pair_dir(), **DEMO_EXPORT))
+
+
+BACKENDS = {"eager": eager_backend, "pte": pte_backend}
 
 
 def compare(backend, prompts: list[list[int]], *, k: int, max_new_tokens: int, sampling=SamplingConfig(),
