@@ -284,8 +284,9 @@ def cmd_generate(args) -> int:
 
 def add_bench(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks that print figures (loop overhead, eager speed)")
-    p.add_argument("what", choices=["loop", "eager"], help="loop: the loop's own time per round on a free backend; "
-                   "eager: plain vs speculative tokens/s on a random-weight pair")
+    p.add_argument("what", choices=["loop", "eager", "acceptance"],
+                   help="loop: the loop's own time per round on a free backend; eager: plain vs speculative tokens/s on "
+                   "a random-weight pair; acceptance: the shipped pair at K=1..6, greedy and temperature 0.7")
     p.add_argument("--preset", default="tiny", help="geometry for `eager` (random weights; default tiny)")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -299,6 +300,8 @@ def cmd_bench(args) -> int:
 
     if args.what == "loop":
         report = {"greedy": bench.bench_loop(args.k), "sampling": bench.bench_loop(args.k, sampling=SamplingConfig(1.0))}
+    elif args.what == "acceptance":
+        report = bench.bench_acceptance(max_new_tokens=args.new_tokens)
     else:
         report = bench.bench_eager(args.preset, args.k, args.new_tokens)
     if args.json:

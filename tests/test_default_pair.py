@@ -18,8 +18,11 @@ from mtp_edge.runtime.speculative import generate
 
 PAIR = default_pair_dir()
 # Floors set from the recipe's own measurement (see README), with a margin: a regression fails CI.
+# Measured when the pair was trained: accuracy 0.44 on this slice, and at K=4 over the 8 prompts
+# 2.32 tokens per target call (1.32 accepted drafts per round).
 MIN_NEXT_TOKEN_ACCURACY = 0.40
-MIN_ACCEPTED_PER_ROUND_K4 = 1.5
+MIN_TOKENS_PER_TARGET_CALL_K4 = 2.0
+MIN_ACCEPTED_DRAFTS_PER_ROUND_K4 = 1.0
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024
 
 
@@ -67,14 +70,16 @@ def test_heldout_quality_floors(pair):
 
     backend = EagerBackend(target, drafter)
     eos = target.cfg.eos_token_ids
-    rounds = accepted = 0
+    rounds = accepted = emitted = 0
     for prompt in heldout_prompts():
-        plain = generate(backend, prompt["ids"], k=0, max_new_tokens=48, eos_ids=eos)
-        spec = generate(backend, prompt["ids"], k=4, max_new_tokens=48, eos_ids=eos)
+        plain = generate(backend, prompt["ids"], k=0, max_new_tokens=64, eos_ids=eos)
+        spec = generate(backend, prompt["ids"], k=4, max_new_tokens=64, eos_ids=eos)
         assert spec.tokens == plain.tokens
         rounds += spec.stats.rounds
         accepted += spec.stats.accepted
-    assert accepted / rounds >= MIN_ACCEPTED_PER_ROUND_K4
+        emitted += spec.stats.new_tokens - 1  # the first token comes from prefill
+    assert emitted / rounds >= MIN_TOKENS_PER_TARGET_CALL_K4
+    assert accepted / rounds >= MIN_ACCEPTED_DRAFTS_PER_ROUND_K4
 
 
 def test_demo_json_from_the_console_script():
