@@ -25,7 +25,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
-        h = h * torch.pow(h.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
+        # The mean over a 4-D view and rsqrt are ops XNNPACK delegates; a last-dim mean of a 3-D
+        # tensor and pow(-0.5) are not, and would split every exported method into ~90 pieces.
+        mean_square = (h * h).reshape(-1, 1, 1, h.shape[-1]).mean(dim=(2, 3)).reshape(*h.shape[:-1], 1)
+        h = h * torch.rsqrt(mean_square + self.eps)
         if self.weight is not None:
             h = h * self.weight.float()
         return h.type_as(x)

@@ -47,8 +47,14 @@ def cached_bundle(pair_dir: Path, **export) -> Path:
 
     from mtp_edge.export.bundle import library_versions, sha256_file, write_bundle
 
+    import mtp_edge.export
+    import mtp_edge.models
+
+    # The graphs depend on the model and export code too, not only on the weights.
+    sources = sorted(p for pkg in (mtp_edge.models, mtp_edge.export) for p in Path(pkg.__file__).parent.glob("*.py"))
     key = json.dumps({
         "weights": [sha256_file(pair_dir / sub / "model.safetensors") for sub in ("target", "drafter")],
+        "code": hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest(),
         "export": export, "versions": library_versions(),
     }, sort_keys=True)
     bundle = cache_root() / f"default-pair-{hashlib.sha256(key.encode()).hexdigest()[:16]}"

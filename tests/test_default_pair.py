@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,10 +83,15 @@ def test_heldout_quality_floors(pair):
     assert accepted / rounds >= MIN_ACCEPTED_DRAFTS_PER_ROUND_K4
 
 
-def test_demo_json_from_the_console_script():
+def test_demo_json_from_the_console_script(tmp_path):
+    """A fresh cache folder: the demo exports the pair to a bundle first, as on a user's first run."""
     exe = str(Path(sys.executable).with_name("mtp-edge"))
-    done = subprocess.run([exe, "demo", "--json", "--max-new-tokens", "12"], capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "MTP_EDGE_CACHE": str(tmp_path)}
+    done = subprocess.run([exe, "demo", "--json", "--max-new-tokens", "12"], capture_output=True, text=True,
+                          timeout=900, env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    row = report["backends"]["eager"]
-    assert row["token_identical"] and row["plain_tokens_per_s"] > 0 and row["tokens_per_target_call"] >= 1.0
+    assert set(report["backends"]) == {"eager", "pte"}
+    for row in report["backends"].values():
+        assert row["token_identical"] and row["plain_tokens_per_s"] > 0 and row["tokens_per_target_call"] >= 1.0
+    assert list(tmp_path.glob("default-pair-*/manifest.json"))
