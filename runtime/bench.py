@@ -181,6 +181,7 @@ def bench_methods(bundle_dir, repeats: int = 20, warmup: int = 2, fill_chunks: i
     """
     from .backends.pte import PteBackend
 
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     backend = PteBackend(bundle_dir, verify_hashes=False)
     load_s = time.perf_counter() - started
@@ -233,6 +234,9 @@ def bench_methods(bundle_dir, repeats: int = 20, warmup: int = 2, fill_chunks: i
         "cache_bytes": sizes.get("cache_bytes"),
         "load_s": load_s,
         "torch_threads": torch.get_num_threads(),
+        # 1-minute load average before/after: other work on the machine skews every latency here.
+        "loadavg_before_after": [load_before, os.getloadavg()[0]],
+        "cpus": os.cpu_count(),
         # Of this whole process (imports, the loaded program, anything run before in it).
         "process_peak_rss_bytes": _peak_rss_bytes(),
     }
@@ -243,6 +247,7 @@ def bench_eager_methods(target, drafter=None, *, k: int = 4, prefill_chunk: int 
     """The same four latencies as bench_methods, on the eager modules (the eager backend's calls)."""
     from .backends.eager import EagerBackend
 
+    load_before = os.getloadavg()[0]
     backend = EagerBackend(target, drafter)
     cfg = target.cfg
     max_seq_len = target.max_seq_len - max(k, prefill_chunk - 1)  # the usable length of an export with this buffer
@@ -281,6 +286,7 @@ def bench_eager_methods(target, drafter=None, *, k: int = 4, prefill_chunk: int 
         "methods": methods,
         "ratios": _ratios(methods, k),
         "torch_threads": torch.get_num_threads(),
+        "loadavg_before_after": [load_before, os.getloadavg()[0]],
     }
 
 
@@ -358,6 +364,10 @@ def _export_child(target_dir, drafter_dir, out_dir, **export) -> dict:
     """The child side of measure_export: write_bundle with an RSS watch on its progress lines."""
     from mtp_edge.export.bundle import write_bundle
 
+    try:  # a benchmark export that outgrows the machine should be the first thing the OOM killer ends
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
     watch = _RssWatch(sys.stderr)
     sys.stderr = watch
     try:
@@ -398,7 +408,7 @@ def measure_export(target_dir, drafter_dir, out_dir, *, k: int, max_seq_len: int
 # --------------------------------------------------------------------------- E2B-width slices
 
 
-def e2b_slice_configs(layers: int, preset_name: str = "e2b"):
+def e2b_slice_configs(layers: int, preset_name: str = "e2b", vocab_size: int | None = None):
     """(target DecoderConfig, DrafterConfig): the preset's real geometry with only `layers` decoder layers.
 
     Width, vocabulary, head dims, RoPE, softcap, the double-wide MLP and the PLE table (vocab x
@@ -406,6 +416,9 @@ def e2b_slice_configs(layers: int, preset_name: str = "e2b"):
     alternate sliding / full, the last one full (transformers forces it): the first two own the
     KV cache (the sliding and the full store layer) and the remaining `layers - 2` are KV-shared,
     double-wide layers, so every extra layer is one of the kind that makes up most of E2B (20 of 35).
+
+    vocab_size (a multiple of the drafter's 2048 centroids) shrinks the vocabulary of both (token
+    table, PLE table, drafter head) and nothing else: a cheaper point for memory-scaling fits.
     """
     from dataclasses import replace
 
@@ -422,7 +435,13 @@ def e2b_slice_configs(layers: int, preset_name: str = "e2b"):
         head_dims=tuple(by_type[t][0] for t in types), num_kv_heads=tuple(by_type[t][1] for t in types),
         num_kv_shared_layers=layers - 2,
     )
-    return target, pair.drafter
+    drafter = pair.drafter
+    if vocab_size is not None:
+        if vocab_size % drafter.num_centroids:
+            raise ValueError(f"vocab_size {vocab_size} must be a multiple of the drafter's {drafter.num_centroids} centroids.")
+        target = replace(target, vocab_size=vocab_size, ple_vocab_size=vocab_size)
+        drafter = replace(drafter, decoder=replace(drafter.decoder, vocab_size=vocab_size))
+    return target, drafter
 
 
 @torch.no_grad()
@@ -466,7 +485,8 @@ def fp32_weight_bytes(target_cfg, drafter_cfg) -> int:
 
 
 def bench_e2b_slice(out_dir, layers: int = 4, max_seq_len: int = 512, k: int = 4, prefill_chunk: int = 32,
-                    backend: str = "xnnpack", repeats: int = 20, eager: bool = True, keep: bool = True) -> dict:
+                    backend: str = "xnnpack", repeats: int = 20, eager: bool = True, keep: bool = True,
+                    vocab_size: int | None = None) -> dict:
     """Build an E2B-width slice with random weights (see e2b_slice_configs), save it as HF folders
     (bf16) under out_dir, export it to a bundle in a subprocess (wall time, peak RSS) and time its
     methods in another subprocess (latencies, runtime peak RSS); optionally the eager latencies too.
@@ -478,7 +498,7 @@ def bench_e2b_slice(out_dir, layers: int = 4, max_seq_len: int = 512, k: int = 4
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target_dir, drafter_dir, bundle_dir = out_dir / "target", out_dir / "drafter", out_dir / "bundle"
-    target_cfg, drafter_cfg = e2b_slice_configs(layers)
+    target_cfg, drafter_cfg = e2b_slice_configs(layers, vocab_size=vocab_size)
     report = {
         "slice": {"layers": layers, "layer_types": list(target_cfg.layer_types), "kv_shared_layers": target_cfg.num_kv_shared_layers,
                   "store_layers": target_cfg.store_layers, "hidden_size": target_cfg.hidden_size, "vocab_size": target_cfg.vocab_size,
@@ -488,7 +508,8 @@ def bench_e2b_slice(out_dir, layers: int = 4, max_seq_len: int = 512, k: int = 4
     }
 
     def say(msg: str) -> None:
-        print(f"[e2b-slice {layers}L] {msg}", file=sys.stderr, flush=True)
+        vocab = "" if vocab_size is None else f" vocab {vocab_size}"
+        print(f"[e2b-slice {layers}L{vocab}] {msg}", file=sys.stderr, flush=True)
 
     say(f"building random bf16 pair: layers {list(target_cfg.layer_types)}, {target_cfg.num_kv_shared_layers} KV-shared")
     started = time.perf_counter()
@@ -560,6 +581,7 @@ def extrapolate_e2b(slices: list[dict], layers: int | None = None, preset_name: 
         "pte_runtime_peak_rss_gib": lambda s: s["pte_runtime_peak_rss_gib"],
         **{f"pte_{m}_median_ms": (lambda s, m=m: s["pte_methods"]["methods"][m]["median_ms"]) for m in ("prefill", "verify", "decode", "draft")},
     }
+    vocabs = {s["slice"]["vocab_size"] for s in (s1, s2)}
     out = {"layers": n, "fp32_weight_bytes_full": w_full, "fp32_weight_gib_full": w_full / 2**30,
            "from_slices": {"layers": [l1, l2], "fp32_weight_bytes": [w1, w2]}, "fits": {}}
     for name, get in metrics.items():
@@ -568,7 +590,9 @@ def extrapolate_e2b(slices: list[dict], layers: int | None = None, preset_name: 
         aw, bw = _line(w1, y1, w2, y2)
         out["fits"][name] = {
             "measured": [y1, y2],
-            "by_layers": {"formula": f"{a:.4g} + {b:.4g} * L", "at_full": a + b * n},
+            "by_layers": {"formula": f"{a:.4g} + {b:.4g} * L", "at_full": a + b * n}
+            if vocabs == {pair.target.vocab_size} else
+            {"formula": f"{a:.4g} + {b:.4g} * L", "note": f"slices at vocab {sorted(vocabs)}: a line in layers at that vocabulary, not the full model's"},
             "by_weight_bytes": {"formula": f"{aw:.4g} + {bw:.4g} * W_bytes", "at_full": aw + bw * w_full},
         }
         if middle:
@@ -616,6 +640,7 @@ def _main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-eager", action="store_true", help="skip the eager latencies")
+    p.add_argument("--vocab-size", type=int, help="shrink the vocabulary (memory-scaling points); default the real 262144")
     export_args(p)
 
     p = sub.add_parser("e2b-scaling", help="e2b-slice at several layer counts, then extrapolate to the full E2B")
@@ -623,6 +648,7 @@ def _main(argv=None) -> int:
     p.add_argument("--layers", type=int, nargs="+", default=[2, 4])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-eager", action="store_true")
+    p.add_argument("--vocab-size", type=int)
     export_args(p)
 
     p = sub.add_parser("export-measured", help="write_bundle in a subprocess: wall time, peak RSS, per-stage RSS")
@@ -643,9 +669,11 @@ def _main(argv=None) -> int:
     if args.cmd == "methods":
         report = bench_methods(args.bundle, repeats=args.repeats, fill_chunks=args.fill_chunks)
     elif args.cmd == "e2b-slice":
-        report = bench_e2b_slice(args.out_dir, layers=args.layers, repeats=args.repeats, eager=not args.no_eager, **export())
+        report = bench_e2b_slice(args.out_dir, layers=args.layers, repeats=args.repeats, eager=not args.no_eager,
+                                 vocab_size=args.vocab_size, **export())
     elif args.cmd == "e2b-scaling":
-        report = bench_e2b_scaling(args.out_dir, tuple(args.layers), repeats=args.repeats, eager=not args.no_eager, **export())
+        report = bench_e2b_scaling(args.out_dir, tuple(args.layers), repeats=args.repeats, eager=not args.no_eager,
+                                   vocab_size=args.vocab_size, **export())
     elif args.cmd == "export-measured":
         report = measure_export(args.target_dir, args.drafter_dir, args.out_dir, **export())
     else:
