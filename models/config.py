@@ -7,7 +7,7 @@ this module flattens them into small frozen dataclasses that the export-friendly
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import CheckpointError
@@ -105,7 +105,6 @@ class DrafterConfig:
 class ModelPair:
     target: DecoderConfig
     drafter: DrafterConfig | None = None
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- HF parsing

@@ -21,17 +21,17 @@ def _run(*args) -> subprocess.CompletedProcess:
 
 def test_json_output_matches_transformers(hf_tiny, tiny_dirs):
     prompt = [2, 40, 41, 300, 7]
+    eos = hf_tiny.target.generation_config.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, list) else {eos}
     ref = hf_tiny.target.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=24)[0, len(prompt):].tolist()
     for k in (0, 3):
         done = _run("--model", tiny_dirs[0], "--drafter", tiny_dirs[1], "--prompt-ids", ",".join(map(str, prompt)),
                     "--k", k, "--max-new-tokens", 24, "--max-seq-len", 64, "--json")
         assert done.returncode == 0, done.stderr
         doc = json.loads(done.stdout)
-        stop_on_eos = ref[-1] in hf_tiny.target.generation_config.eos_token_id if isinstance(
-            hf_tiny.target.generation_config.eos_token_id, list) else ref[-1] == hf_tiny.target.generation_config.eos_token_id
         assert doc["tokens"] == ref
         assert doc["stats"]["new_tokens"] == len(ref)
-        assert doc["stats"]["stop_reason"] == ("eos" if stop_on_eos else "max_new_tokens")
+        assert doc["stats"]["stop_reason"] == ("eos" if ref[-1] in eos_ids else "max_new_tokens")
 
 
 def test_text_prompt_uses_tokenizer_json(tiny_dirs, tmp_path):
