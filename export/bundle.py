@@ -1,9 +1,12 @@
 """A bundle: one folder a runtime needs to serve a pair, nothing else.
 
     model.pte        the ExecuTorch program (prefill / verify / decode / draft, one shared KV cache)
+    target.onnx      ONNX graphs (prefill and verify; the draft step) that read one KV cache the
+    drafter.onnx     runtime owns and binds to both sessions (+ .data files above 2 GB)
     tokenizer.json   the target's tokenizer, when its checkpoint folder has one
     manifest.json    schema_version 1: configs, method signatures, cache layout, K, prefill chunk,
-                     EOS ids, quantization recipe, versions, and the sha256 of every artifact
+                     EOS ids, quantization recipe, versions, and the sha256 of every artifact;
+                     `formats` lists which of pte / onnx the bundle holds
 
 write_bundle builds everything in a hidden sibling folder and renames it into place at the end,
 so an interrupted export never leaves a folder that reads as a bundle. read_manifest checks the
@@ -29,6 +32,22 @@ MANIFEST = "manifest.json"
 PROGRAM_FILE = "model.pte"
 TOKENIZER_FILE = "tokenizer.json"
 QUANTIZATION_RECIPE = "none"
+FORMATS = ("pte", "onnx")
+# Artifact roles each format needs (read_manifest checks them; a manifest without `formats` is a pte bundle).
+FORMAT_ARTIFACTS = {"pte": ("program",), "onnx": ("onnx_target", "onnx_drafter")}
+
+
+def parse_formats(text: str | tuple | list) -> tuple[str, ...]:
+    """"pte", "onnx", "pte,onnx" -> a tuple in canonical order; a clear error otherwise."""
+    names = [f.strip() for f in text.split(",")] if isinstance(text, str) else list(text)
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown or not names:
+        raise BundleError(f"unknown export format(s) {unknown or names!r}; choose from {', '.join(FORMATS)} (comma-separated for several).")
+    return tuple(f for f in FORMATS if f in names)
+
+
+def bundle_formats(manifest: dict) -> tuple[str, ...]:
+    return tuple(manifest.get("formats", ("pte",)))
 
 
 class BundleError(MtpEdgeError, ValueError):
@@ -45,7 +64,7 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
 
 def library_versions() -> dict[str, str | None]:
     versions = {}
-    for dist in ("mtp-edge", "torch", "executorch", "transformers", "torchao"):
+    for dist in ("mtp-edge", "torch", "executorch", "transformers", "torchao", "onnx", "onnxruntime", "onnxscript"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -67,12 +86,15 @@ def write_bundle(
     max_seq_len: int,
     prefill_chunk: int,
     backend: str = "xnnpack",
+    formats: str | tuple = ("pte",),
     progress: bool = True,
 ) -> dict:
-    """Load the pair, export it and write the bundle folder out_dir; returns the manifest."""
+    """Load the pair, export it in each of `formats` and write the bundle folder out_dir; returns the manifest."""
     from mtp_edge.models import load_pair
 
-    from .pte import PAD_TOKEN, buffer_length, export_pte
+    from .pte import PAD_TOKEN, buffer_length, cache_layout, export_pte
+
+    formats = parse_formats(formats)
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -92,11 +114,25 @@ def write_bundle(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        info = export_pte(
-            target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
-            backend=backend, progress=progress,
-        )
-        artifacts = {"program": _artifact(tmp, PROGRAM_FILE)}
+        artifacts, sections, sizes = {}, {}, {}
+        if "pte" in formats:
+            info = export_pte(
+                target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
+                backend=backend, progress=progress,
+            )
+            artifacts["program"] = _artifact(tmp, PROGRAM_FILE)
+            sections.update(methods=info["methods"], backend=backend)
+            sizes.update(info["sizes"])
+        if "onnx" in formats:
+            from .onnx import export_onnx
+
+            info = export_onnx(target, drafter, tmp, max_seq_len=max_seq_len, progress=progress)
+            artifacts["onnx_target"] = _artifact(tmp, info["graphs"]["target"]["file"])
+            artifacts["onnx_drafter"] = _artifact(tmp, info["graphs"]["drafter"]["file"])
+            for i, name in enumerate(info["data_files"]):
+                artifacts[f"onnx_data_{i}"] = _artifact(tmp, name)
+            sections["onnx"] = info["graphs"]
+            sizes["onnx_bytes"] = info["bytes"]
         tokenizer = Path(target_dir) / TOKENIZER_FILE
         if tokenizer.is_file():
             shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
@@ -106,11 +142,11 @@ def write_bundle(
             "format": "mtp-edge-bundle",
             "target_config": dataclasses.asdict(target.cfg),
             "drafter_config": dataclasses.asdict(drafter.cfg),
-            "methods": info["methods"],
-            "cache": info["cache"],
+            "formats": list(formats),
+            **sections,
+            "cache": cache_layout(target, max_seq_len),
             "k": k,
             "prefill_chunk": prefill_chunk,
-            "backend": backend,
             "eos_token_ids": list(target.cfg.eos_token_ids),
             "bos_token_id": target.cfg.bos_token_id,
             "pad_token_id": target.cfg.pad_token_id,
@@ -120,7 +156,7 @@ def write_bundle(
             # must be built with share_memory_arenas=true; padded slots hold pad_token_for_padding.
             "runtime": {"shared_kv_cache": True, "pad_token_for_padding": PAD_TOKEN},
             "versions": library_versions(),
-            "sizes": info["sizes"],
+            "sizes": sizes,
             "artifacts": artifacts,
         }
         # The manifest is written last: a folder without one is never taken for a bundle.
@@ -146,8 +182,9 @@ def _replace_dir(new: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def read_manifest(bundle_dir: str | Path, *, verify_hashes: bool = True) -> dict:
-    """Load and validate manifest.json: schema version, artifacts present, sha256 unchanged."""
+def read_manifest(bundle_dir: str | Path, *, verify_hashes: bool = True, needs: str | None = None) -> dict:
+    """Load and validate manifest.json: schema version, artifacts present, sha256 unchanged; with
+    `needs`, that the bundle holds that format."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise BundleError(f"{bundle_dir}: not a folder. Pass a bundle folder written by `export`.")
@@ -167,8 +204,12 @@ def read_manifest(bundle_dir: str | Path, *, verify_hashes: bool = True) -> dict
             f"{SCHEMA_VERSION}. Re-export the bundle with this version of mtp-edge."
         )
     artifacts = manifest.get("artifacts")
-    if not isinstance(artifacts, dict) or "program" not in artifacts:
-        raise BundleError(f"{path}: lists no program artifact; the manifest is damaged, export the bundle again.")
+    formats = manifest.get("formats", ["pte"])
+    if not isinstance(formats, list) or not formats or any(f not in FORMATS for f in formats):
+        raise BundleError(f"{path}: formats {formats!r} is not a list of {', '.join(FORMATS)}; the manifest is damaged, export the bundle again.")
+    needed = [role for f in formats for role in FORMAT_ARTIFACTS[f]]
+    if not isinstance(artifacts, dict) or any(role not in artifacts for role in needed):
+        raise BundleError(f"{path}: lists no {' / '.join(needed)} artifact for formats {formats}; the manifest is damaged, export the bundle again.")
     for role, entry in artifacts.items():
         file = bundle_dir / entry["file"]
         if not file.is_file():
@@ -177,4 +218,9 @@ def read_manifest(bundle_dir: str | Path, *, verify_hashes: bool = True) -> dict
             raise BundleError(
                 f"{file}: artifact {entry['file']} was modified after export (sha256 does not match {MANIFEST}); export the bundle again."
             )
+    if needs is not None and needs not in formats:
+        raise BundleError(
+            f"{bundle_dir}: this bundle holds {', '.join(formats)} only, not {needs}; use --backend {formats[0]} or "
+            f"re-export with --format {','.join([*formats, needs])}."
+        )
     return manifest

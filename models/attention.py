@@ -7,10 +7,27 @@ K/V projections and attends to the cache of its store layer.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
-from .components import RMSNorm, apply_rope, attend
+from .components import RMSNorm, apply_rope, attend, attend_grouped
+
+
+class ReadOnlyCache(NamedTuple):
+    """A cache that a pass reads and never writes (an ONNX graph's cache inputs): the owning layer
+    attends over it plus its fresh K/V and returns those as PendingKV for the caller to store."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class PendingKV(NamedTuple):
+    past_k: torch.Tensor
+    past_v: torch.Tensor
+    new_k: torch.Tensor
+    new_v: torch.Tensor
 from .config import DecoderConfig
 
 
@@ -45,7 +62,9 @@ class Attention(nn.Module):
 
         kv is this layer's cache buffers (written at `positions`, then attended over whole), the
         store layer's K/V for a KV-shared layer, or None for a cache-free pass (training) that
-        attends over the fresh K/V.
+        attends over the fresh K/V. A ReadOnlyCache (mask: a (past, new) pair) is attended
+        over without being written, the fresh K/V beside it: the layer returns them as PendingKV.
+        A KV-shared layer given a ReadOnlyCache (the exported drafter) attends over it with a plain mask.
         """
         batch, seq = x.shape[:2]
         cos, sin = rope
@@ -56,9 +75,17 @@ class Attention(nn.Module):
             v = k if self.v_proj is None else self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
             k = apply_rope(self.k_norm(k), cos, sin).transpose(1, 2)
             v = self.v_norm(v).transpose(1, 2)
-            if kv is not None:
+            if isinstance(kv, ReadOnlyCache):
+                kv = PendingKV(kv.k, kv.v, k, v)
+            elif kv is not None:
                 kv[0].index_copy_(2, positions, k)
                 kv[1].index_copy_(2, positions, v)
             else:
                 kv = (k, v)
-        return self.o_proj(attend(q, kv[0], kv[1], mask)), kv
+        if isinstance(kv, PendingKV):
+            out = attend_grouped(q, [(kv.past_k, kv.past_v, mask[0]), (kv.new_k, kv.new_v, mask[1])])
+        elif isinstance(kv, ReadOnlyCache):
+            out = attend_grouped(q, [(kv.k, kv.v, mask)])
+        else:
+            out = attend(q, kv[0], kv[1], mask)
+        return self.o_proj(out), kv

@@ -104,6 +104,29 @@ def causal_masks(query_positions: torch.Tensor, cache_len: int, sliding_window: 
     return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}
 
 
+def split_causal_masks(
+    query_positions: torch.Tensor, start_pos: torch.Tensor, cache_len: int, sliding_window: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Masks for a pass that reads a cache it does not write (ONNX graphs): (past [1, 1, T, cache_len],
+    new [1, 1, T, T]), True = attend.
+
+    Cache keys count only below start_pos (later slots are stale or unwritten); the pass's own
+    fresh keys are causal among themselves. Sliding layers drop keys that left the window.
+    """
+    q = query_positions[:, None]
+    past = torch.arange(cache_len, device=q.device)[None, :]
+    past_full = (past < start_pos) & (past < q)  # the second term only broadcasts to [T, L]
+    new = query_positions[None, :]
+    new_full = new <= q
+    masks = {}
+    for layer_type, window in (("full_attention", None), ("sliding_attention", sliding_window)):
+        p, n = past_full, new_full
+        if window is not None:
+            p, n = p & (past > q - window), n & (new > q - window)
+        masks[layer_type] = (p[None, None], n[None, None])
+    return masks
+
+
 def validated_masks(validated_length: torch.Tensor, cache_len: int, sliding_window: int) -> dict[str, torch.Tensor]:
     """Drafter masks [1, 1, 1, cache_len]: only K/V of validated tokens (index < validated_length).
 
@@ -124,3 +147,28 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         v = v.repeat_interleave(groups, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+
+def attend_grouped(q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Attention of q [1, H, T, D] over several K/V parts [1, KV, S_i, D], each with a mask [1, 1, T, S_i].
+
+    Query heads are grouped per KV head instead of repeating K/V, the parts are never
+    concatenated, and scores are computed key-major (k @ q^T) so that only small tensors are
+    transposed: a graph that reads the KV cache this way feeds it straight into matmuls and
+    never copies it.
+    """
+    batch, heads, seq, dim = q.shape
+    kv_heads = parts[0][0].shape[1]
+    groups = heads // kv_heads
+    qt = q.reshape(batch, kv_heads, groups * seq, dim).transpose(-1, -2)  # [1, KV, D, G*T]
+    scores = []
+    for k, _, mask in parts:
+        s = k @ qt  # [1, KV, S, G*T]; Gemma 4 uses attention scaling 1.0
+        keep = mask.repeat(1, 1, groups, 1).transpose(-1, -2)
+        scores.append(s.masked_fill(~keep, torch.finfo(s.dtype).min))
+    probs = torch.softmax(torch.cat(scores, dim=-2).float(), dim=-2).to(q.dtype).transpose(-1, -2)  # [1, KV, G*T, sum S]
+    out, offset = 0, 0
+    for k, v, _ in parts:
+        out = out + probs[..., offset:offset + k.shape[2]] @ v
+        offset += k.shape[2]
+    return out.reshape(batch, heads, seq, dim).transpose(1, 2).reshape(batch, seq, heads * dim)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .components import RMSNorm, RotaryTables, causal_masks
+from .attention import ReadOnlyCache
+from .components import RMSNorm, RotaryTables, causal_masks, split_causal_masks
 from .config import DecoderConfig
 from .layer import DecoderLayer
 
@@ -104,6 +105,22 @@ class Gemma4Target(nn.Module):
         selected = hidden if logits_at is None else hidden.index_select(1, logits_at)
         return self.logits(selected), hidden
 
+    def forward_external(
+        self, tokens: torch.Tensor, start_pos: torch.Tensor, logits_at: torch.Tensor, cache: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """The forward of a graph that does not own its cache (ONNX): reads `cache` (layer -> K/V
+        [1, kv_heads, L, head_dim], valid below start_pos) and never writes it.
+
+        Returns (logits [1, len(logits_at), vocab], hidden [1, len(logits_at), hidden], the new
+        K/V rows [1, kv_heads, T, head_dim] per cache layer, for the caller to store at
+        start_pos..start_pos+T-1).
+        """
+        positions = start_pos + torch.arange(tokens.shape[1], device=tokens.device)
+        views = {layer: ReadOnlyCache(*kv) for layer, kv in cache.items()}
+        hidden, pending = self._decode(tokens, positions, 0, use_cache=False, external=views, start_pos=start_pos)
+        hidden = hidden.index_select(1, logits_at)
+        return self.logits(hidden), hidden, {layer: (kv.new_k, kv.new_v) for layer, kv in pending.items()}
+
     def forward_train(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Cache-free pass over a batch [B, T] from position 0 (training, distillation).
 
@@ -113,19 +130,28 @@ class Gemma4Target(nn.Module):
         hidden, store = self._decode(tokens, positions, tokens.shape[1], use_cache=False)
         return self.logits(hidden), hidden, store
 
-    def _decode(self, tokens, positions, key_len: int, use_cache: bool):
+    def _decode(self, tokens, positions, key_len: int, use_cache: bool, external=None, start_pos=None):
         cfg = self.cfg
         x = self.embed(tokens)
         ple = self.per_layer_inputs(tokens, x) if cfg.ple_dim else None
         rope = self.rotary(positions, x.dtype)
-        masks = causal_masks(positions, key_len, cfg.sliding_window)
+        if external is None:
+            masks = causal_masks(positions, key_len, cfg.sliding_window)
+        else:
+            cache_len = next(iter(external.values())).k.shape[2]
+            masks = split_causal_masks(positions, start_pos, cache_len, cfg.sliding_window)
         store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # K/V of the layers that own one
         for i, layer in enumerate(self.layers):
             layer_type = cfg.layer_types[i]
             source = cfg.kv_source(i)
-            kv = self.cache.layer(source) if use_cache else store.get(source)
+            if external is not None:
+                kv = store[source] if source in store else external[source]
+            else:
+                kv = self.cache.layer(source) if use_cache else store.get(source)
             per_layer = ple[:, :, i] if ple is not None else None
             x, store[source] = layer(x, per_layer, rope[layer_type], masks[layer_type], kv, positions)
+        if external is not None:
+            return self.norm(x), store
         by_type = {layer_type: store[layer] for layer_type, layer in cfg.store_layers.items()}
         return self.norm(x), by_type
 

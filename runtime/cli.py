@@ -204,7 +204,9 @@ def add_generate(subparsers) -> None:
     source.add_argument("--model", metavar="DIR", help="target checkpoint folder (eager backend)")
     source.add_argument("--bundle", metavar="DIR", help="an exported bundle (written by mtp-edge export)")
     p.add_argument("--drafter", metavar="DIR", help="drafter checkpoint folder with --model (omit for target-only decoding)")
-    p.add_argument("--backend", choices=["eager", "pte"], help="eager for --model (default), pte for --bundle (default)")
+    p.add_argument("--backend", choices=["eager", "pte", "onnx"],
+                   help="eager for --model (default); pte or onnx for --bundle (default: the bundle's first format)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model folder)")
     prompt.add_argument("--prompt-ids", help="prompt token ids, comma-separated")
@@ -241,11 +243,11 @@ def cmd_generate(args) -> int:
         prompt = parse_prompt_ids(args.prompt_ids)
     k = 0 if args.no_draft else args.k
     if args.bundle:
-        if args.backend not in (None, "pte"):
-            raise GenerationError(f"--backend {args.backend} cannot run a bundle; use --backend pte (or --model DIR for eager).")
-        from mtp_edge.runtime.backends.pte import PteBackend
+        from mtp_edge.runtime.backends import open_bundle
 
-        backend = PteBackend(args.bundle)
+        if args.threads is not None and args.threads < 1:
+            raise GenerationError(f"--threads must be >= 1, got {args.threads}.")
+        backend = open_bundle(args.bundle, args.backend, threads=args.threads)
         eos_ids = backend.eos_ids
     else:
         if args.backend not in (None, "eager"):
@@ -369,15 +371,15 @@ def cmd_demo(args) -> int:
 
 
 def add_export(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export a target + drafter pair to a bundle (ExecuTorch .pte + manifest)")
+    p = subparsers.add_parser("export", help="export a target + drafter pair to a bundle (ExecuTorch .pte and/or ONNX + manifest)")
     p.add_argument("--model", required=True, metavar="DIR", help="target checkpoint folder")
     p.add_argument("--drafter", required=True, metavar="DIR", help="drafter checkpoint folder")
-    p.add_argument("--format", default="pte", choices=["pte"], help="artifact format (pte; onnx comes later)")
+    p.add_argument("--format", default="pte", help="pte, onnx, or pte,onnx for both in one bundle (default pte)")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR")
     p.add_argument("--max-seq-len", type=int, default=1024, help="usable context positions (default 1024)")
     p.add_argument("--k", type=int, default=4, help="largest draft length the bundle verifies (default 4)")
     p.add_argument("--prefill-chunk", type=int, default=32, help="prompt tokens per prefill call (default 32)")
-    p.add_argument("--backend", default="xnnpack", choices=["xnnpack", "portable"])
+    p.add_argument("--backend", default="xnnpack", choices=["xnnpack", "portable"], help="ExecuTorch kernels for the .pte")
     p.add_argument("--quantize", default="none", choices=["none"], help="quantization recipe (only none for now)")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON document")
     p.set_defaults(func=cmd_export)
@@ -387,12 +389,12 @@ def cmd_export(args) -> int:
     from mtp_edge.export.bundle import write_bundle
 
     manifest = write_bundle(args.model, args.drafter, args.out, k=args.k, max_seq_len=args.max_seq_len,
-                            prefill_chunk=args.prefill_chunk, backend=args.backend)
+                            prefill_chunk=args.prefill_chunk, backend=args.backend, formats=args.format)
     if args.json:
         sys.stdout.write(json.dumps(manifest) + "\n")
     else:
         for name, artifact in manifest["artifacts"].items():
-            print(f"{name:<10} {artifact['file']:<16} {human_bytes(artifact['bytes'])}")
+            print(f"{name:<13} {artifact['file']:<18} {human_bytes(artifact['bytes'])}")
     return 0
 
 

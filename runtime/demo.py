@@ -32,7 +32,7 @@ def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 256):
     return EagerBackend(*load_pair(pair_dir / "target", pair_dir / "drafter", max_seq_len=max_seq_len))
 
 
-DEMO_EXPORT = dict(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack")
+DEMO_EXPORT = dict(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack", formats=("pte", "onnx"))
 
 
 def cache_root() -> Path:
@@ -69,19 +69,31 @@ def pte_backend(pair_dir: Path | None = None):
     return PteBackend(cached_bundle(pair_dir or default_pair_dir(), **DEMO_EXPORT))
 
 
-BACKENDS = {"eager": eager_backend, "pte": pte_backend}
+def onnx_backend(pair_dir: Path | None = None):
+    from .backends.onnx import OnnxBackend
+
+    return OnnxBackend(cached_bundle(pair_dir or default_pair_dir(), **DEMO_EXPORT))
+
+
+BACKENDS = {"eager": eager_backend, "pte": pte_backend, "onnx": onnx_backend}
 
 
 def compare(backend, prompts: list[list[int]], *, k: int, max_new_tokens: int, sampling=SamplingConfig(),
-            eos_ids=(), desc: str = "") -> dict:
-    """Plain and speculative decoding of the same prompts on one backend, with the figures the demo prints."""
+            eos_ids=(), desc: str = "", reference: list[list[int]] | None = None) -> dict:
+    """Plain and speculative decoding of the same prompts on one backend, with the figures the demo prints.
+
+    `outputs` holds the plain generations; with `reference` (another backend's outputs),
+    `matches_reference` says whether this backend produced the very same tokens.
+    """
     plain_tokens = plain_s = spec_tokens = spec_s = rounds = drafted = accepted = 0
     identical = True
+    outputs = []
     for prompt in tqdm(prompts, desc=desc or "prompts", leave=False):
         generate(backend, prompt, k=k, max_new_tokens=2, sampling=sampling, eos_ids=eos_ids)  # warm-up
         plain = generate(backend, prompt, k=0, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids)
         spec = generate(backend, prompt, k=k, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids)
         identical &= spec.tokens == plain.tokens
+        outputs.append(plain.tokens)
         plain_tokens += plain.stats.new_tokens - 1
         plain_s += plain.stats.decode_s
         spec_tokens += spec.stats.new_tokens - 1
@@ -98,6 +110,8 @@ def compare(backend, prompts: list[list[int]], *, k: int, max_new_tokens: int, s
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         "tokens_per_target_call": spec_tokens / rounds if rounds else 0.0,
         "token_identical": identical,
+        "matches_reference": None if reference is None else outputs == reference,
+        "outputs": outputs,
     }
 
 
@@ -107,20 +121,27 @@ def run_demo(k: int = 4, max_new_tokens: int = 64, backends=None) -> dict:
     from mtp_edge.models.config import target_config_from_folder
 
     eos = target_config_from_folder(pair_dir / "target").eos_token_ids
-    rows = {}
-    for name in backends or BACKENDS:
+    rows, reference = {}, None
+    for name in backends or BACKENDS:  # eager first: every other backend is held to its tokens
         backend = BACKENDS[name](pair_dir)
-        rows[name] = compare(backend, prompts, k=k, max_new_tokens=max_new_tokens, eos_ids=eos, desc=f"demo {name}")
+        row = compare(backend, prompts, k=k, max_new_tokens=max_new_tokens, eos_ids=eos, desc=f"demo {name}",
+                      reference=reference)
+        reference = reference or row["outputs"]
+        rows[name] = {key: value for key, value in row.items() if key != "outputs"}
     return {"pair": str(pair_dir), "prompts": len(prompts), "max_new_tokens": max_new_tokens, "greedy": True,
             "backends": rows}
 
 
 def format_demo(report: dict) -> str:
-    head = f"{'backend':<10}{'plain tok/s':>13}{'spec tok/s':>12}{'speedup':>9}{'accept':>8}{'tok/call':>10}{'identical':>11}"
+    head = (f"{'backend':<10}{'plain tok/s':>13}{'spec tok/s':>12}{'speedup':>9}{'accept':>8}{'tok/call':>10}"
+            f"{'spec=plain':>12}{'=first':>8}")
     lines = [f"default pair, {report['prompts']} held-out prompts, {report['max_new_tokens']} new tokens each, greedy", head]
     for name, r in report["backends"].items():
         lines.append(
             f"{name:<10}{r['plain_tokens_per_s']:>13.1f}{r['speculative_tokens_per_s']:>12.1f}{r['speedup']:>8.2f}x"
-            f"{r['acceptance_rate']:>8.1%}{r['tokens_per_target_call']:>10.2f}{'yes' if r['token_identical'] else 'NO':>11}"
+            f"{r['acceptance_rate']:>8.1%}{r['tokens_per_target_call']:>10.2f}{'yes' if r['token_identical'] else 'NO':>12}"
+            f"{'-' if r['matches_reference'] is None else 'yes' if r['matches_reference'] else 'NO':>8}"
         )
+    lines.append("spec=plain: speculative output identical to target-only output on that backend; "
+                 "=first: plain output identical to the first row's")
     return "\n".join(lines) + "\n"

@@ -91,7 +91,9 @@ def test_demo_json_from_the_console_script(tmp_path):
                           timeout=900, env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert set(report["backends"]) == {"eager", "pte"}
-    for row in report["backends"].values():
+    assert list(report["backends"]) == ["eager", "pte", "onnx"]
+    for name, row in report["backends"].items():
         assert row["token_identical"] and row["plain_tokens_per_s"] > 0 and row["tokens_per_target_call"] >= 1.0
+        # Each bundle backend's greedy tokens equal the eager backend's (the first row).
+        assert row["matches_reference"] is (None if name == "eager" else True), name
     assert list(tmp_path.glob("default-pair-*/manifest.json"))

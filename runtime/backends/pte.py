@@ -31,7 +31,7 @@ class PteBackend:
             pass
 
         self.bundle_dir = Path(bundle_dir)
-        self.manifest = read_manifest(self.bundle_dir, verify_hashes=verify_hashes)
+        self.manifest = read_manifest(self.bundle_dir, verify_hashes=verify_hashes, needs="pte")
         m = self.manifest
         self.k = int(m["k"])
         self.prefill_chunk = int(m["prefill_chunk"])

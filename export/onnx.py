@@ -1,0 +1,201 @@
+"""ONNX export of a target + drafter pair: two graphs that read one KV cache owned by the runtime.
+
+    target.onnx   (tokens [1, T] i64, start_pos [1] i64, logits_at [N] i64, cache_k_{l}, cache_v_{l} ...)
+                  -> (logits [N, V], hidden [N, H], new_k_{l}, new_v_{l} ... [1, kv_heads, T, head_dim])
+                  T and N are dynamic: one graph serves prefill chunks (N = 1: the last prompt
+                  position), verify (T = N = K + 1) and single-token decode.
+    drafter.onnx  (token [1] i64, hidden [H], position [1] i64, validated_length [1] i64,
+                   cache_k_{l}, cache_v_{l} of the store layers)
+                  -> (candidate_ids [C] i64, candidate_logits [C], next_hidden [H])
+
+ONNX graphs are functional: a graph cannot write into one of its inputs. So the cache is a set of
+graph inputs that both sessions bind to the same OrtValues, the target graph returns only the
+K/V rows of its T new tokens, and the runtime writes those T rows into the cache (at most K + 1
+rows per cache tensor per round). Inside the graphs attention reads the cache through matmuls
+(query heads grouped per KV head, cache and fresh keys scored separately: see
+models.components.attend_grouped), so no node copies a cache tensor either.
+
+The drafter graph carries its own copy of the target's token embedding (it embeds the token it
+drafts from); for the shipped pair that is 1 MB.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mtp_edge.models import Gemma4Drafter, Gemma4Target
+
+from .pte import CACHE_FQN_PREFIX, ExportError, _Progress, _dtype_name, _TargetView
+
+OPSET = 18
+TARGET_FILE = "target.onnx"
+DRAFTER_FILE = "drafter.onnx"
+TWO_GB = 2**31
+
+
+def cache_input(kind: str, layer: int) -> str:
+    return f"cache_{kind}_{layer}"
+
+
+def new_rows_output(kind: str, layer: int) -> str:
+    return f"new_{kind}_{layer}"
+
+
+class TargetGraph(nn.Module):
+    def __init__(self, target: Gemma4Target):
+        super().__init__()
+        self.target = target
+        self.cache_layers = tuple(target.cfg.cache_layers)
+
+    def forward(self, tokens, start_pos, logits_at, cache_flat: list[torch.Tensor]):
+        cache = {layer: (cache_flat[2 * i], cache_flat[2 * i + 1]) for i, layer in enumerate(self.cache_layers)}
+        logits, hidden, new = self.target.forward_external(tokens, start_pos, logits_at, cache)
+        return (logits[0], hidden[0], *(t for layer in self.cache_layers for t in new[layer]))
+
+
+class DrafterGraph(nn.Module):
+    def __init__(self, target: Gemma4Target, drafter: Gemma4Drafter):
+        super().__init__()
+        self.target = _TargetView(target)
+        self.drafter = drafter
+        self.store_layers = dict(target.cfg.store_layers)
+        self.read_layers = tuple(sorted(set(self.store_layers.values())))
+
+    def forward(self, token, hidden, position, validated_length, cache_flat: list[torch.Tensor]):
+        from mtp_edge.models.attention import ReadOnlyCache
+
+        cache = {layer: ReadOnlyCache(cache_flat[2 * i], cache_flat[2 * i + 1]) for i, layer in enumerate(self.read_layers)}
+        kv = {layer_type: cache[layer] for layer_type, layer in self.store_layers.items()}
+        embedding = Gemma4Target.embed(self.target, token.view(1, 1))
+        h, projected = self.drafter(embedding, hidden.view(1, 1, -1), position, validated_length, kv)
+        ids, logits = self.drafter.candidates(h)
+        return ids.reshape(-1), logits.reshape(-1), projected.reshape(-1)
+
+
+def _cache_inputs(target: Gemma4Target, layers) -> tuple[list[str], list[torch.Tensor], dict[str, str]]:
+    """Input names, example tensors and input -> cache buffer name for the cache of `layers`."""
+    names, examples, alias = [], [], {}
+    for layer in layers:
+        for kind, buf in zip("kv", target.cache.layer(layer)):
+            name = cache_input(kind, layer)
+            names.append(name)
+            # A fresh tensor per input: the exported graph must not assume two inputs alias.
+            examples.append(torch.zeros(buf.shape, dtype=buf.dtype))
+            alias[name] = f"{CACHE_FQN_PREFIX}{kind}_{layer}"
+    return names, examples, alias
+
+
+def _value_info(value) -> dict:
+    import onnx
+
+    tensor = value.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
+    return {"name": value.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
+
+
+def graph_signature(path: str | Path) -> dict:
+    """Inputs and outputs (name, shape with dynamic dims by name, dtype) of a saved ONNX graph."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        "inputs": [_value_info(v) for v in model.graph.input],
+        "outputs": [_value_info(v) for v in model.graph.output],
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+    }
+
+
+def check_graph(path: str | Path) -> None:
+    """onnx.checker's full check (shape inference included), reading external data next to the graph."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"{path}: the exported graph fails onnx.checker: {str(e).splitlines()[0]}") from None
+
+
+def _export_graph(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes, external: bool) -> None:
+    program = torch.onnx.export(
+        module.eval(), args, dynamo=True, opset_version=OPSET, input_names=input_names, output_names=output_names,
+        dynamic_shapes=dynamic_shapes, optimize=True, verbose=False, external_data=external,
+    )
+    program.save(path, external_data=external)
+
+
+def export_onnx(
+    target: Gemma4Target,
+    drafter: Gemma4Drafter,
+    out_dir: str | Path,
+    *,
+    max_seq_len: int,
+    progress: bool = True,
+) -> dict:
+    """Write target.onnx and drafter.onnx (and their .data files when over 2 GB) into out_dir.
+
+    out_dir is written into directly: write_bundle hands over a private temporary folder.
+    Returns the graph contract for the manifest: files, signatures, which inputs are the cache.
+    """
+    out_dir = Path(out_dir)
+    cfg = target.cfg
+    if max_seq_len > target.max_seq_len:
+        raise ExportError(f"max_seq_len {max_seq_len} exceeds the target's cache of {target.max_seq_len} positions.")
+    weight_bytes = sum(p.numel() * p.element_size() for p in target.parameters())
+    external = weight_bytes >= TWO_GB  # protobuf cannot hold a graph over 2 GB
+    started = time.perf_counter()
+    step = _Progress(progress, total=4)
+    i64 = dict(dtype=torch.long)
+
+    target_cache, target_examples, target_alias = _cache_inputs(target, cfg.cache_layers)
+    target_inputs = ["tokens", "start_pos", "logits_at", *target_cache]
+    new_rows = [new_rows_output(kind, layer) for layer in cfg.cache_layers for kind in "kv"]
+    target_outputs = ["logits", "hidden", *new_rows]
+    tokens_dim, logits_dim = torch.export.Dim("tokens", min=1, max=max_seq_len), torch.export.Dim("logits", min=1, max=max_seq_len)
+    # Example T = 3 and N = 2: sizes 0 and 1 would be specialised away by torch.export.
+    target_args = (torch.zeros(1, 3, **i64), torch.zeros(1, **i64), torch.tensor([1, 2]), target_examples)
+    target_dynamic = ({1: tokens_dim}, None, {0: logits_dim}, [None] * len(target_examples))
+
+    drafter_module = DrafterGraph(target, drafter)
+    drafter_cache, drafter_examples, drafter_alias = _cache_inputs(target, drafter_module.read_layers)
+    drafter_inputs = ["token", "hidden", "position", "validated_length", *drafter_cache]
+    drafter_outputs = ["candidate_ids", "candidate_logits", "next_hidden"]
+    hidden = torch.zeros(cfg.hidden_size, dtype=target.embed_tokens.weight.dtype)
+    drafter_args = (torch.zeros(1, **i64), hidden, torch.zeros(1, **i64), torch.ones(1, **i64), drafter_examples)
+
+    # The module's own cache buffers are not graph state here; leave them out of the weights.
+    own_cache, target.cache = target.cache, nn.Module()
+    try:
+        with torch.no_grad():
+            _export_graph(TargetGraph(target), target_args, out_dir / TARGET_FILE, target_inputs, target_outputs,
+                          target_dynamic, external)
+            step(f"torch.onnx.export {TARGET_FILE}")
+            drafter_module.target.cache = nn.Module()
+            _export_graph(drafter_module, drafter_args, out_dir / DRAFTER_FILE, drafter_inputs, drafter_outputs,
+                          None, external)
+            step(f"torch.onnx.export {DRAFTER_FILE}")
+    finally:
+        target.cache = own_cache
+    for name in (TARGET_FILE, DRAFTER_FILE):
+        check_graph(out_dir / name)
+    step("onnx.checker (full)")
+
+    graphs = {
+        "target": {"file": TARGET_FILE, **graph_signature(out_dir / TARGET_FILE),
+                   "cache_inputs": target_alias,
+                   "new_rows_outputs": {new_rows_output(kind, layer): target_alias[cache_input(kind, layer)]
+                                        for layer in cfg.cache_layers for kind in "kv"}},
+        "drafter": {"file": DRAFTER_FILE, **graph_signature(out_dir / DRAFTER_FILE), "cache_inputs": drafter_alias},
+    }
+    data_files = sorted(p.name for p in out_dir.iterdir() if p.name.endswith(".data"))
+    step(f"wrote {', '.join([TARGET_FILE, DRAFTER_FILE, *data_files])}")
+    return {
+        "graphs": graphs,
+        "data_files": data_files,
+        "bytes": {p.name: p.stat().st_size for p in out_dir.iterdir() if p.suffix in (".onnx", ".data")},
+        "export_s": time.perf_counter() - started,
+        "dtype": _dtype_name(target.embed_tokens.weight.dtype),
+    }
