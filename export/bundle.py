@@ -87,6 +87,7 @@ def write_bundle(
     prefill_chunk: int,
     backend: str = "xnnpack",
     formats: str | tuple = ("pte",),
+    onnx_external_data: bool | None = None,
     progress: bool = True,
 ) -> dict:
     """Load the pair, export it in each of `formats` and write the bundle folder out_dir; returns the manifest."""
@@ -126,7 +127,7 @@ def write_bundle(
         if "onnx" in formats:
             from .onnx import export_onnx
 
-            info = export_onnx(target, drafter, tmp, max_seq_len=max_seq_len, progress=progress)
+            info = export_onnx(target, drafter, tmp, max_seq_len=max_seq_len, external_data=onnx_external_data, progress=progress)
             artifacts["onnx_target"] = _artifact(tmp, info["graphs"]["target"]["file"])
             artifacts["onnx_drafter"] = _artifact(tmp, info["graphs"]["drafter"]["file"])
             for i, name in enumerate(info["data_files"]):

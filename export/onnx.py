@@ -34,7 +34,9 @@ from .pte import CACHE_FQN_PREFIX, ExportError, _Progress, _dtype_name, _TargetV
 OPSET = 18
 TARGET_FILE = "target.onnx"
 DRAFTER_FILE = "drafter.onnx"
-TWO_GB = 2**31
+# Protobuf cannot serialize a message of 2 GiB or more; past this many bytes of weights (leaving
+# room for the graph itself) a graph keeps its weights in a .data file beside it.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
 
 def cache_input(kind: str, layer: int) -> str:
@@ -133,9 +135,13 @@ def export_onnx(
     out_dir: str | Path,
     *,
     max_seq_len: int,
+    external_data: bool | None = None,
     progress: bool = True,
 ) -> dict:
     """Write target.onnx and drafter.onnx (and their .data files when over 2 GB) into out_dir.
+
+    external_data: None keeps a graph's weights inside it unless they approach protobuf's 2 GB
+    limit; True / False force the choice for both graphs.
 
     out_dir is written into directly: write_bundle hands over a private temporary folder.
     Returns the graph contract for the manifest: files, signatures, which inputs are the cache.
@@ -144,8 +150,13 @@ def export_onnx(
     cfg = target.cfg
     if max_seq_len > target.max_seq_len:
         raise ExportError(f"max_seq_len {max_seq_len} exceeds the target's cache of {target.max_seq_len} positions.")
-    weight_bytes = sum(p.numel() * p.element_size() for p in target.parameters())
-    external = weight_bytes >= TWO_GB  # protobuf cannot hold a graph over 2 GB
+    def needs_external(*tensors) -> bool:
+        if external_data is not None:
+            return external_data
+        return sum(t.numel() * t.element_size() for t in tensors) >= EXTERNAL_DATA_THRESHOLD
+
+    target_external = needs_external(*target.parameters())
+    drafter_external = needs_external(target.embed_tokens.weight, *drafter.parameters())
     started = time.perf_counter()
     step = _Progress(progress, total=4)
     i64 = dict(dtype=torch.long)
@@ -171,11 +182,11 @@ def export_onnx(
     try:
         with torch.no_grad():
             _export_graph(TargetGraph(target), target_args, out_dir / TARGET_FILE, target_inputs, target_outputs,
-                          target_dynamic, external)
+                          target_dynamic, target_external)
             step(f"torch.onnx.export {TARGET_FILE}")
             drafter_module.target.cache = nn.Module()
             _export_graph(drafter_module, drafter_args, out_dir / DRAFTER_FILE, drafter_inputs, drafter_outputs,
-                          None, external)
+                          None, drafter_external)
             step(f"torch.onnx.export {DRAFTER_FILE}")
     finally:
         target.cache = own_cache

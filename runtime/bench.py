@@ -242,6 +242,65 @@ def bench_methods(bundle_dir, repeats: int = 20, warmup: int = 2, fill_chunks: i
     }
 
 
+def bench_onnx_methods(bundle_dir, threads: int | None = None, repeats: int = 20, warmup: int = 2,
+                       fill_chunks: int = 4, seed: int = 0) -> dict:
+    """The four latencies of bench_methods on the ONNX Runtime backend (target.onnx: a prefill chunk,
+    a verify of K + 1 tokens, a one-token decode; drafter.onnx: one draft step), plus the cache bytes
+    the backend copies per call (the new K/V rows) against the cache's size."""
+    from .backends.onnx import OnnxBackend
+
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    backend = OnnxBackend(bundle_dir, threads=threads, verify_hashes=False)
+    load_s = time.perf_counter() - started
+    k, chunk, vocab = backend.k, backend.prefill_chunk, backend.vocab_size
+    fill = _bench_positions(backend.max_seq_len, k, chunk, fill_chunks)
+    gen = torch.Generator().manual_seed(seed)
+
+    def tokens(n: int) -> torch.Tensor:
+        return torch.randint(0, vocab, (n,), generator=gen)
+
+    hidden = None
+    for start in range(0, fill, chunk):
+        _, hidden = backend.prefill_at(tokens(chunk), start)
+    if hidden is None:
+        hidden = torch.zeros(backend.manifest["target_config"]["hidden_size"])
+    hidden = hidden.reshape(-1)
+    calls = {
+        "prefill": (lambda t=tokens(chunk): backend.prefill_at(t, fill)),
+        "verify": (lambda t=tokens(k + 1): backend.verify(t, fill)),
+        "decode": (lambda t=tokens(1): backend.verify(t, fill)),
+    }
+    token, last = int(tokens(1)), max(fill, 1)
+    calls["draft"] = lambda: backend.draft(token, hidden, last - 1, last)
+    methods, copied = {}, {}
+    for name, call in tqdm(calls.items(), desc="onnx sessions", leave=False):
+        before = backend.bytes_copied
+        call()
+        copied[name] = backend.bytes_copied - before
+        methods[name] = _time_calls(call, repeats, warmup)
+    methods["prefill"]["ms_per_token"] = methods["prefill"]["median_ms"] / chunk
+    m = backend.manifest
+    return {
+        "bundle": str(bundle_dir),
+        "backend": "onnx",
+        "threads": backend.session_threads,
+        "k": k,
+        "prefill_chunk": chunk,
+        "max_seq_len": backend.max_seq_len,
+        "filled_positions": fill,
+        "methods": methods,
+        "ratios": _ratios(methods, k),
+        "cache_bytes_copied_per_call": copied,
+        "cache_bytes": m["cache"]["bytes"],
+        "onnx_bytes": m["sizes"].get("onnx_bytes"),
+        "load_s": load_s,
+        "loadavg_before_after": [load_before, os.getloadavg()[0]],
+        "cpus": os.cpu_count(),
+        "process_peak_rss_bytes": _peak_rss_bytes(),
+    }
+
+
 def bench_eager_methods(target, drafter=None, *, k: int = 4, prefill_chunk: int = 32, repeats: int = 20,
                         warmup: int = 2, fill_chunks: int = 4, seed: int = 0) -> dict:
     """The same four latencies as bench_methods, on the eager modules (the eager backend's calls)."""
@@ -624,8 +683,10 @@ def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtp_edge.runtime.bench", description="export benchmarks; print JSON")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="{methods,e2b-slice,e2b-scaling,export-measured}")
 
-    p = sub.add_parser("methods", help="per-method latency of a bundle on the pte backend")
+    p = sub.add_parser("methods", help="per-method latency of a bundle on the pte or onnx backend")
     p.add_argument("bundle")
+    p.add_argument("--backend", default="pte", choices=("pte", "onnx"))
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--fill-chunks", type=int, default=4)
 
@@ -667,7 +728,10 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
     export = lambda: dict(k=args.k, max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, backend=args.backend)  # noqa: E731
     if args.cmd == "methods":
-        report = bench_methods(args.bundle, repeats=args.repeats, fill_chunks=args.fill_chunks)
+        if args.backend == "onnx":
+            report = bench_onnx_methods(args.bundle, threads=args.threads, repeats=args.repeats, fill_chunks=args.fill_chunks)
+        else:
+            report = bench_methods(args.bundle, repeats=args.repeats, fill_chunks=args.fill_chunks)
     elif args.cmd == "e2b-slice":
         report = bench_e2b_slice(args.out_dir, layers=args.layers, repeats=args.repeats, eager=not args.no_eager,
                                  vocab_size=args.vocab_size, **export())

@@ -270,6 +270,34 @@ def test_requests_beyond_the_export_are_refused(onnx_backend):
         onnx_backend.verify(torch.ones(K + 2, dtype=torch.long), 0)
 
 
+def test_external_data_bundle(tiny_dirs, tmp_path, eager):
+    """Weights in .data files beside the graphs (automatic above 2 GB, forced here on the tiny pair)."""
+    out = tmp_path / "external"
+    write_bundle(*tiny_dirs, out, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats="onnx",
+                 onnx_external_data=True, progress=False)
+    manifest = read_manifest(out)
+    data = sorted(a["file"] for role, a in manifest["artifacts"].items() if role.startswith("onnx_data_"))
+    assert len(data) == 2 and all(f.endswith(".data") for f in data)
+    for role in ("target", "drafter"):
+        path = out / manifest["onnx"][role]["file"]
+        model = onnx.load(str(path), load_external_data=False)
+        assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+        assert (out / f"{path.name}.data").stat().st_size > 0
+        onnx.checker.check_model(str(path), full_check=True)
+    prompt = _rand(30, 7).tolist()
+    spec = generate(OnnxBackend(out, threads=1), prompt, k=K, max_new_tokens=20)
+    assert spec.tokens == generate(eager, prompt, k=0, max_new_tokens=20).tokens
+    data_file = out / data[0]
+    blob = bytearray(data_file.read_bytes())
+    blob[len(blob) // 3] ^= 0xFF
+    data_file.write_bytes(bytes(blob))
+    with pytest.raises(BundleError, match=rf"{data[0].replace('.', '[.]')} was modified after export"):
+        OnnxBackend(out)
+    data_file.unlink()
+    with pytest.raises(BundleError, match=rf"missing artifact {data[0].replace('.', '[.]')}"):
+        OnnxBackend(out)
+
+
 # --------------------------------------------------------------------------- command line
 
 

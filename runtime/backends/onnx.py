@@ -41,6 +41,8 @@ class OnnxBackend:
     def __init__(self, bundle_dir: str | Path, *, threads: int | None = None, verify_hashes: bool = True):
         import onnxruntime as ort
 
+        if threads is not None and threads < 1:
+            raise GenerationError(f"threads must be >= 1 (or None for all cores), got {threads}.")
         self.bundle_dir = Path(bundle_dir)
         self.manifest = m = read_manifest(self.bundle_dir, verify_hashes=verify_hashes, needs="onnx")
         graphs = m["onnx"]
@@ -51,7 +53,7 @@ class OnnxBackend:
         self.max_draft = self.k
         self.has_drafter = True
         self.eos_ids = tuple(m["eos_token_ids"])
-        self.threads = threads
+        self.session_threads = session_options(threads).intra_op_num_threads
         self.bytes_copied = 0  # cache bytes written by this backend (the new K/V rows), over its lifetime
 
         self.sessions = {}
@@ -140,8 +142,14 @@ class OnnxBackend:
         self._check_span(0, total)
         logits = hidden = None
         for start in range(0, total, self.prefill_chunk):
-            piece = tokens[start:start + self.prefill_chunk]
-            logits, hidden = self._run_target(piece, start, self._i64([piece.size - 1]))
+            logits, hidden = self.prefill_at(torch.from_numpy(tokens[start:start + self.prefill_chunk]), start)
+        return logits, hidden
+
+    def prefill_at(self, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prefill chunk at positions start..: (logits [vocab], hidden [backbone]) of its last token."""
+        tokens = tokens.reshape(-1).to(torch.long).numpy()
+        self._check_span(start, tokens.size)
+        logits, hidden = self._run_target(tokens, start, self._i64([tokens.size - 1]))
         return logits[0], hidden[0]
 
     def verify(self, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
