@@ -31,7 +31,6 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRAM_FILE = "model.pte"
 TOKENIZER_FILE = "tokenizer.json"
-QUANTIZATION_RECIPE = "none"
 FORMATS = ("pte", "onnx")
 # Artifact roles each format needs (read_manifest checks them; a manifest without `formats` is a pte bundle).
 FORMAT_ARTIFACTS = {"pte": ("program",), "onnx": ("onnx_target", "onnx_drafter")}
@@ -88,14 +87,20 @@ def write_bundle(
     backend: str = "xnnpack",
     formats: str | tuple = ("pte",),
     onnx_external_data: bool | None = None,
+    quantize: str | None = "none",
     progress: bool = True,
 ) -> dict:
-    """Load the pair, export it in each of `formats` and write the bundle folder out_dir; returns the manifest."""
+    """Load the pair, export it in each of `formats` and write the bundle folder out_dir; returns the manifest.
+
+    quantize: a --quantize string (see quantize.recipes; None = the default recipe, "none" = fp32).
+    """
     from mtp_edge.models import load_pair
+    from mtp_edge.quantize.recipes import parse_recipe
 
     from .pte import PAD_TOKEN, buffer_length, cache_layout, export_pte
 
     formats = parse_formats(formats)
+    recipe = parse_recipe(quantize)
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -116,24 +121,32 @@ def write_bundle(
     tmp.mkdir()
     try:
         artifacts, sections, sizes = {}, {}, {}
-        if "pte" in formats:
-            info = export_pte(
-                target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
-                backend=backend, progress=progress,
-            )
-            artifacts["program"] = _artifact(tmp, PROGRAM_FILE)
-            sections.update(methods=info["methods"], backend=backend)
-            sizes.update(info["sizes"])
-        if "onnx" in formats:
+        quantization = recipe.as_dict()
+        layout = cache_layout(target, max_seq_len)  # before quantization touches the modules
+        if "onnx" in formats:  # first: it quantizes the exported graphs, so it needs the fp32 modules
             from .onnx import export_onnx
 
-            info = export_onnx(target, drafter, tmp, max_seq_len=max_seq_len, external_data=onnx_external_data, progress=progress)
+            info = export_onnx(target, drafter, tmp, max_seq_len=max_seq_len, external_data=onnx_external_data,
+                               recipe=recipe, progress=progress)
             artifacts["onnx_target"] = _artifact(tmp, info["graphs"]["target"]["file"])
             artifacts["onnx_drafter"] = _artifact(tmp, info["graphs"]["drafter"]["file"])
             for i, name in enumerate(info["data_files"]):
                 artifacts[f"onnx_data_{i}"] = _artifact(tmp, name)
             sections["onnx"] = info["graphs"]
             sizes["onnx_bytes"] = info["bytes"]
+            quantization["onnx"] = _count_schemes(info["quantized_nodes"])
+        if "pte" in formats:
+            if not recipe.is_none:
+                from mtp_edge.quantize.modules import quantize_pair
+
+                quantization["pte"] = quantize_pair(target, drafter, recipe, progress=progress)
+            info = export_pte(
+                target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
+                backend=backend, quantized=not recipe.is_none, progress=progress,
+            )
+            artifacts["program"] = _artifact(tmp, PROGRAM_FILE)
+            sections.update(methods=info["methods"], backend=backend)
+            sizes.update(info["sizes"])
         tokenizer = Path(target_dir) / TOKENIZER_FILE
         if tokenizer.is_file():
             shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
@@ -145,14 +158,16 @@ def write_bundle(
             "drafter_config": dataclasses.asdict(drafter.cfg),
             "formats": list(formats),
             **sections,
-            "cache": cache_layout(target, max_seq_len),
+            "cache": layout,
             "k": k,
             "prefill_chunk": prefill_chunk,
             "eos_token_ids": list(target.cfg.eos_token_ids),
             "bos_token_id": target.cfg.bos_token_id,
             "pad_token_id": target.cfg.pad_token_id,
             "tokenizer": TOKENIZER_FILE if "tokenizer" in artifacts else None,
-            "quantization": {"recipe": QUANTIZATION_RECIPE},
+            "quantization": quantization,
+            # Where the unquantized pair came from: `mtp-edge eval` compares against it.
+            "source": {"target": str(Path(target_dir).resolve()), "drafter": str(Path(drafter_dir).resolve())},
             # The methods address one KV cache (memory arena 2): the C++ executorch::extension::Module
             # must be built with share_memory_arenas=true; padded slots hold pad_token_for_padding.
             "runtime": {"shared_kv_cache": True, "pad_token_for_padding": PAD_TOKEN},
@@ -169,6 +184,18 @@ def write_bundle(
     if progress:
         print(f"[bundle] wrote {out_dir} ({time.perf_counter() - started:.1f}s)", file=sys.stderr, flush=True)
     return manifest
+
+
+def _count_schemes(quantized_nodes: dict) -> dict:
+    """Per graph: how many nodes each scheme quantized (the full node list would swamp the manifest)."""
+    counts = {}
+    for graph, nodes in quantized_nodes.items():
+        per = {}
+        for entry in nodes.values():
+            key = entry["scheme"] if entry["scheme"] in ("8da8w", "emb8") else f"{entry['scheme']}:{entry['group']}"
+            per[key] = per.get(key, 0) + 1
+        counts[graph] = per
+    return counts
 
 
 def _replace_dir(new: Path, dest: Path) -> None:

@@ -121,12 +121,29 @@ def check_graph(path: str | Path) -> None:
         raise ExportError(f"{path}: the exported graph fails onnx.checker: {str(e).splitlines()[0]}") from None
 
 
-def _export_graph(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes, external: bool) -> None:
+def _export_graph(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes, external: bool,
+                  recipe=None) -> dict:
+    """torch.onnx.export one graph to `path`; with a recipe, quantize it with onnxruntime's tools.
+    Returns the quantization plan applied (node -> scheme)."""
     program = torch.onnx.export(
         module.eval(), args, dynamo=True, opset_version=OPSET, input_names=input_names, output_names=output_names,
         dynamic_shapes=dynamic_shapes, optimize=True, verbose=False, external_data=external,
     )
-    program.save(path, external_data=external)
+    if recipe is None or recipe.is_none:
+        program.save(path, external_data=external)
+        return {}
+    import onnx
+
+    from mtp_edge.quantize.graphs import quantize_graph
+
+    model, applied = quantize_graph(program.model_proto, recipe)
+    del program
+    if external:
+        onnx.save(model, path, save_as_external_data=True, location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save(model, path)
+    return {node: {"kind": kind, "scheme": scheme, "group": group, "weight": weight}
+            for node, (kind, scheme, group, weight) in applied.items()}
 
 
 def export_onnx(
@@ -136,9 +153,13 @@ def export_onnx(
     *,
     max_seq_len: int,
     external_data: bool | None = None,
+    recipe=None,
     progress: bool = True,
 ) -> dict:
     """Write target.onnx and drafter.onnx (and their .data files when over 2 GB) into out_dir.
+
+    recipe (a quantize.recipes.PairRecipe): quantize the exported graphs with onnxruntime's tools;
+    the modules given must be unquantized.
 
     external_data: None keeps a graph's weights inside it unless they approach protobuf's 2 GB
     limit; True / False force the choice for both graphs.
@@ -181,13 +202,14 @@ def export_onnx(
     own_cache, target.cache = target.cache, nn.Module()
     try:
         with torch.no_grad():
-            _export_graph(TargetGraph(target), target_args, out_dir / TARGET_FILE, target_inputs, target_outputs,
-                          target_dynamic, target_external)
-            step(f"torch.onnx.export {TARGET_FILE}")
+            quantized = {}
+            quantized["target"] = _export_graph(TargetGraph(target), target_args, out_dir / TARGET_FILE, target_inputs,
+                                                target_outputs, target_dynamic, target_external, recipe)
+            step(f"torch.onnx.export {TARGET_FILE}" + (" + quantize" if quantized["target"] else ""))
             drafter_module.target.cache = nn.Module()
-            _export_graph(drafter_module, drafter_args, out_dir / DRAFTER_FILE, drafter_inputs, drafter_outputs,
-                          None, drafter_external)
-            step(f"torch.onnx.export {DRAFTER_FILE}")
+            quantized["drafter"] = _export_graph(drafter_module, drafter_args, out_dir / DRAFTER_FILE, drafter_inputs,
+                                                 drafter_outputs, None, drafter_external, recipe)
+            step(f"torch.onnx.export {DRAFTER_FILE}" + (" + quantize" if quantized["drafter"] else ""))
     finally:
         target.cache = own_cache
     for name in (TARGET_FILE, DRAFTER_FILE):
@@ -205,6 +227,7 @@ def export_onnx(
     step(f"wrote {', '.join([TARGET_FILE, DRAFTER_FILE, *data_files])}")
     return {
         "graphs": graphs,
+        "quantized_nodes": quantized,
         "data_files": data_files,
         "bytes": {p.name: p.stat().st_size for p in out_dir.iterdir() if p.suffix in (".onnx", ".data")},
         "export_s": time.perf_counter() - started,

@@ -289,6 +289,7 @@ def export_pte(
     prefill_chunk: int,
     max_seq_len: int | None = None,
     backend: str = "xnnpack",
+    quantized: bool = False,
     progress: bool = True,
 ) -> dict:
     """Export the pair to out_path (written to a temporary name, renamed at the end).
@@ -339,6 +340,9 @@ def export_pte(
                 # on the shared buffer; without it every step copies each cache buffer twice (a
                 # functional index_put into a fresh activation, then a copy_ back into the buffer).
                 run_reinplace_pass=True,
+                # Quantized (torchao) weights: fold the weight-side dequantize/pack ops into constants
+                # and fuse the quantized embedding pattern into ExecuTorch's embedding kernels.
+                do_quant_fusion_and_const_prop=quantized,
             )
         )
         step("to_executorch (memory planning, emit)")

@@ -380,7 +380,8 @@ def add_export(subparsers) -> None:
     p.add_argument("--k", type=int, default=4, help="largest draft length the bundle verifies (default 4)")
     p.add_argument("--prefill-chunk", type=int, default=32, help="prompt tokens per prefill call (default 32)")
     p.add_argument("--backend", default="xnnpack", choices=["xnnpack", "portable"], help="ExecuTorch kernels for the .pte")
-    p.add_argument("--quantize", default="none", choices=["none"], help="quantization recipe (only none for now)")
+    p.add_argument("--quantize", default=None, metavar="RECIPE",
+                   help="none, or e.g. target=8da4w+emb4,drafter=8da8w (see README: Quantization); default: the default recipe")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON document")
     p.set_defaults(func=cmd_export)
 
@@ -389,7 +390,8 @@ def cmd_export(args) -> int:
     from mtp_edge.export.bundle import write_bundle
 
     manifest = write_bundle(args.model, args.drafter, args.out, k=args.k, max_seq_len=args.max_seq_len,
-                            prefill_chunk=args.prefill_chunk, backend=args.backend, formats=args.format)
+                            prefill_chunk=args.prefill_chunk, backend=args.backend, formats=args.format,
+                            quantize=args.quantize)
     if args.json:
         sys.stdout.write(json.dumps(manifest) + "\n")
     else:
@@ -398,7 +400,41 @@ def cmd_export(args) -> int:
     return 0
 
 
-SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_export, add_demo)
+def add_eval(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="quality report of a (quantized) bundle against its unquantized pair")
+    p.add_argument("bundle", metavar="BUNDLE_DIR")
+    p.add_argument("--backend", choices=["pte", "onnx"], help="default: the bundle's first format")
+    p.add_argument("--reference-model", metavar="DIR", help="unquantized target (default: the folder the bundle came from)")
+    p.add_argument("--reference-drafter", metavar="DIR", help="unquantized drafter (default: the folder the bundle came from)")
+    p.add_argument("--text", metavar="FILE", help="held-out text (default: the shipped pair's held-out ids)")
+    p.add_argument("--positions", type=int, default=1024, help="teacher-forced positions (default 1024)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--no-rss", action="store_true", help="skip the per-component peak RSS subprocesses")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from mtp_edge.runtime.evaluate import evaluate_bundle, format_eval
+    from mtp_edge.runtime.tokenizer import TextCodec
+
+    text_ids = None
+    if args.text:
+        codec = TextCodec.from_folder(args.bundle)
+        if codec is None:
+            raise MtpEdgeError(f"{args.bundle} has no tokenizer.json to tokenize --text with.")
+        try:
+            text_ids = codec.encode(Path(args.text).read_text())
+        except OSError as e:
+            raise MtpEdgeError(f"--text {args.text}: {e.strerror}.") from None
+    report = evaluate_bundle(args.bundle, backend=args.backend, reference_model=args.reference_model,
+                             reference_drafter=args.reference_drafter, text_ids=text_ids, positions=args.positions,
+                             max_new_tokens=args.max_new_tokens, rss=not args.no_rss)
+    sys.stdout.write(json.dumps(report) + "\n" if args.json else format_eval(report))
+    return 0
+
+
+SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_export, add_eval, add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

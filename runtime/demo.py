@@ -49,9 +49,11 @@ def cached_bundle(pair_dir: Path, **export) -> Path:
 
     import mtp_edge.export
     import mtp_edge.models
+    import mtp_edge.quantize
 
     # The graphs depend on the model and export code too, not only on the weights.
-    sources = sorted(p for pkg in (mtp_edge.models, mtp_edge.export) for p in Path(pkg.__file__).parent.glob("*.py"))
+    sources = sorted(p for pkg in (mtp_edge.models, mtp_edge.export, mtp_edge.quantize)
+                     for p in Path(pkg.__file__).parent.glob("*.py"))
     key = json.dumps({
         "weights": [sha256_file(pair_dir / sub / "model.safetensors") for sub in ("target", "drafter")],
         "code": hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest(),
@@ -89,7 +91,8 @@ def compare(backend, prompts: list[list[int]], *, k: int, max_new_tokens: int, s
     identical = True
     outputs = []
     for prompt in tqdm(prompts, desc=desc or "prompts", leave=False):
-        generate(backend, prompt, k=k, max_new_tokens=2, sampling=sampling, eos_ids=eos_ids)  # warm-up
+        # Warm-up long enough for full rounds: ONNX Runtime plans memory per new input shape.
+        generate(backend, prompt, k=k, max_new_tokens=3 * (k + 1), sampling=sampling, eos_ids=eos_ids)
         plain = generate(backend, prompt, k=0, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids)
         spec = generate(backend, prompt, k=k, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids)
         identical &= spec.tokens == plain.tokens

@@ -1,0 +1,103 @@
+"""Quantize the PyTorch modules of a pair in place with torchao (the ExecuTorch path).
+
+torchao swaps each weight for a quantized tensor subclass; torch.export then sees
+dequantize / dynamic-quantize patterns that ExecuTorch lowers to XNNPACK's int8 x int4 / int8 x
+int8 GEMMs (linears) and to its quantized embedding kernels (gathers). The same modules run
+eagerly too, which is what the quality report compares against.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from mtp_edge.models import Gemma4Drafter, Gemma4Target
+
+from .recipes import PairRecipe, Scheme
+
+BITS = {"8da4w": torch.int4, "int4": torch.int4, "8da8w": torch.int8, "emb4": torch.int4, "emb8": torch.int8}
+
+
+def _granularity(scheme: str, group: int):
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    return PerGroup(group) if scheme in ("8da4w", "int4", "emb4") else PerAxis(0)
+
+
+def linear_config(scheme: str, group: int):
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+
+    if scheme in ("8da4w", "8da8w"):
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=BITS[scheme], weight_granularity=_granularity(scheme, group))
+    return IntxWeightOnlyConfig(weight_dtype=BITS[scheme], granularity=_granularity(scheme, group))
+
+
+def embedding_config(scheme: str, group: int):
+    from torchao.quantization.quant_api import IntxWeightOnlyConfig
+
+    return IntxWeightOnlyConfig(weight_dtype=BITS[scheme], granularity=_granularity(scheme, group))
+
+
+def untie_lm_head(target: Gemma4Target) -> None:
+    """Give a tied target its own lm_head Linear over the same weight (stored once until quantized)."""
+    if target.lm_head is None:
+        head = nn.Linear(target.cfg.hidden_size, target.cfg.vocab_size, bias=False, device="meta")
+        head.weight = target.embed_tokens.weight
+        target.lm_head = head
+
+
+def quantize_model(model: nn.Module, scheme: Scheme, *, name: str, progress: bool = True) -> dict:
+    """Quantize `model` in place per `scheme`; returns what was quantized and what was skipped (why)."""
+    from torchao.quantization.quant_api import quantize_
+
+    report = {"embeddings": [], "linears": {}, "skipped": {}}
+    if scheme.embedding != "none":
+        group = scheme.embedding_group_size
+
+        def is_embedding(module, fqn):
+            if not isinstance(module, nn.Embedding):
+                return False
+            if scheme.embedding == "emb4" and module.embedding_dim % group:
+                report["skipped"][fqn] = f"embedding dim {module.embedding_dim} is not a multiple of group size {group}"
+                return False
+            report["embeddings"].append(fqn)
+            return True
+
+        quantize_(model, embedding_config(scheme.embedding, group), filter_fn=is_embedding)
+    # One quantize_ pass per distinct (linear scheme, group) so that overrides apply per module.
+    wanted: dict[tuple[str, int], list[str]] = {}
+    for fqn, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        linear, group = scheme.linear_for(fqn)
+        if linear == "none":
+            continue
+        if linear in ("8da4w", "int4") and module.in_features % group:
+            report["skipped"][fqn] = f"in_features {module.in_features} is not a multiple of group size {group}"
+            continue
+        wanted.setdefault((linear, group), []).append(fqn)
+    for (linear, group), names in wanted.items():
+        selected = set(names)
+        quantize_(model, linear_config(linear, group), filter_fn=lambda m, fqn: fqn in selected and isinstance(m, nn.Linear))
+        for fqn in names:
+            report["linears"][fqn] = f"{linear}:{group}" if linear in ("8da4w", "int4") else linear
+    if progress:
+        print(f"[quantize] {name}: {len(report['linears'])} linears, {len(report['embeddings'])} embedding tables"
+              + (f", {len(report['skipped'])} kept fp32 (shape)" if report["skipped"] else ""), file=sys.stderr, flush=True)
+    return report
+
+
+def quantize_pair(target: Gemma4Target, drafter: Gemma4Drafter | None, recipe: PairRecipe, *, progress: bool = True) -> dict:
+    """Quantize both models in place. The target's drafter-facing embedding is the target's own
+    table, so the drafter step reads it at the target's precision."""
+    reports = {}
+    if not recipe.target.is_none:
+        untie_lm_head(target)
+        with torch.no_grad():
+            reports["target"] = quantize_model(target, recipe.target, name="target", progress=progress)
+    if drafter is not None and not recipe.drafter.is_none:
+        with torch.no_grad():
+            reports["drafter"] = quantize_model(drafter, recipe.drafter, name="drafter", progress=progress)
+    return reports

@@ -1,0 +1,54 @@
+"""The --quantize syntax: named recipes per model, group sizes, per-module overrides, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtp_edge.quantize.recipes import DEFAULT_RECIPE_TEXT, PairRecipe, RecipeError, Scheme, parse_recipe
+
+
+def test_none_and_default():
+    assert parse_recipe("none") == PairRecipe() and parse_recipe("none").is_none
+    default = parse_recipe(None)
+    assert default == parse_recipe(DEFAULT_RECIPE_TEXT) and not default.is_none
+    assert parse_recipe(default.text()) == default
+
+
+def test_schemes_groups_and_round_trip():
+    recipe = parse_recipe("target=8da4w:64+emb4,drafter=8da8w+emb8")
+    assert recipe.target == Scheme("8da4w", 64, "emb4", 32)
+    assert recipe.drafter == Scheme("8da8w", 32, "emb8", 32)
+    assert recipe.text() == "target=8da4w:64+emb4,drafter=8da8w+emb8"
+    assert parse_recipe(recipe.text()) == recipe
+    assert parse_recipe("target=int4:128,drafter=none").drafter.is_none
+
+
+def test_a_model_not_named_keeps_the_default():
+    default = parse_recipe(None)
+    recipe = parse_recipe("target=8da8w")
+    assert recipe.target.linear == "8da8w" and recipe.drafter == default.drafter
+
+
+def test_per_module_overrides():
+    recipe = parse_recipe("drafter=8da4w+emb4,drafter.pre_projection=8da8w,drafter.layers.0.mlp=none")
+    scheme = recipe.drafter
+    assert scheme.linear_for("pre_projection") == ("8da8w", 32)
+    assert scheme.linear_for("layers.0.mlp.up_proj") == ("none", 32)
+    assert scheme.linear_for("layers.0.self_attn.q_proj") == ("8da4w", 32)
+    assert scheme.linear_for("pre_projection_extra") == ("8da4w", 32)  # a prefix matches whole path parts only
+    assert parse_recipe(recipe.text()) == recipe
+
+
+@pytest.mark.parametrize("text, message", [
+    ("target=8da3w", r"unknown linear scheme '8da3w'; expected one of none, 8da4w, 8da8w, int4"),
+    ("target=8da4w:48", r"group size 48 of 8da4w is not supported; use one of 32, 64, 128"),
+    ("target=8da8w:64", r"8da8w takes no group size"),
+    ("target=emb4:x", r"group size 'x' of emb4 must be an even number"),
+    ("encoder=8da4w", r"start it with target or drafter"),
+    ("8da4w", r"is not KEY=SCHEME"),
+    ("drafter.pre_projection=emb4", r"unknown linear scheme 'emb4'"),
+])
+def test_bad_recipes_are_named(text, message):
+    with pytest.raises(RecipeError, match=message) as e:
+        parse_recipe(text)
+    assert "\n" not in str(e.value)
