@@ -101,6 +101,10 @@ def write_bundle(
 
     formats = parse_formats(formats)
     recipe = parse_recipe(quantize)
+    if "pte" in formats:
+        from mtp_edge.quantize.modules import check_pte_recipe
+
+        check_pte_recipe(recipe)
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

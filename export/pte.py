@@ -198,15 +198,28 @@ def cache_layout(target: Gemma4Target, max_seq_len: int) -> dict:
     }
 
 
+def _storages(t: torch.Tensor):
+    """The plain tensors behind t: itself, or a quantized subclass's inner data / scales / zero points."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        for name in names:
+            yield from _storages(getattr(t, name))
+    else:
+        yield t
+
+
 def _weight_bytes(*modules: nn.Module) -> int:
     """Bytes of the distinct parameter and constant-buffer storages (tied weights counted once)."""
     seen, total = set(), 0
     for module in modules:
-        for name, t in [*module.named_parameters(), *module.named_buffers()]:
-            if name.startswith("cache.") or t.untyped_storage().data_ptr() in seen:
+        for name, param in [*module.named_parameters(), *module.named_buffers()]:
+            if name.startswith("cache."):
                 continue
-            seen.add(t.untyped_storage().data_ptr())
-            total += t.untyped_storage().nbytes()
+            for t in _storages(param):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
     return total
 
 

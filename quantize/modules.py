@@ -15,7 +15,7 @@ from torch import nn
 
 from mtp_edge.models import Gemma4Drafter, Gemma4Target
 
-from .recipes import PairRecipe, Scheme
+from .recipes import PairRecipe, RecipeError, Scheme
 
 BITS = {"8da4w": torch.int4, "int4": torch.int4, "8da8w": torch.int8, "emb4": torch.int4, "emb8": torch.int8}
 
@@ -38,6 +38,18 @@ def embedding_config(scheme: str, group: int):
     from torchao.quantization.quant_api import IntxWeightOnlyConfig
 
     return IntxWeightOnlyConfig(weight_dtype=BITS[scheme], granularity=_granularity(scheme, group))
+
+
+def check_pte_recipe(recipe: PairRecipe) -> None:
+    """Refuse, before any work, what ExecuTorch 1.5.1 cannot run on XNNPACK."""
+    for role in ("target", "drafter"):
+        scheme = getattr(recipe, role)
+        linears = {scheme.linear, *(o[1] for o in scheme.overrides)}
+        if "int4" in linears:
+            raise RecipeError(
+                f"{role}: int4 (weight-only) linears have no ExecuTorch/XNNPACK kernel in executorch 1.5.1 (the export "
+                "stops at torchao::dequantize_affine); use 8da4w for the pte format, or export int4 with --format onnx."
+            )
 
 
 def untie_lm_head(target: Gemma4Target) -> None:

@@ -8,7 +8,7 @@
                                                          module path prefix inside that model
 
 Linear schemes: 8da4w (int8 dynamic activations, int4 weights in groups), 8da8w (int8 dynamic
-activations, int8 per-channel weights), int4 (int4 weight-only in groups), none.
+activations, int8 per-channel weights), int4 (int4 weight-only in groups; ONNX only), none.
 Embedding schemes: emb4 (int4 rows in groups), emb8 (int8 per row), none. They cover the token
 embedding, the Per-Layer-Embedding table and the drafter's LM head (the clustered head gathers
 its candidate rows out of it). A tied target LM head is untied first: it is a linear and
@@ -25,6 +25,7 @@ LINEAR_SCHEMES = ("none", "8da4w", "8da8w", "int4")
 EMBEDDING_SCHEMES = ("none", "emb4", "emb8")
 GROUPED = {"8da4w", "int4", "emb4"}  # schemes that take a group size
 LINEAR_GROUP_SIZES = (32, 64, 128)
+EMBEDDING_GROUP_SIZES = (16, 32, 64, 128)  # onnxruntime's GatherBlockQuantized takes powers of two >= 16
 DEFAULT_GROUP_SIZE = 32
 ROLES = ("target", "drafter")
 
@@ -104,10 +105,9 @@ def _parse_item(item: str, allowed: tuple[str, ...], what: str) -> tuple[str, in
         return name, DEFAULT_GROUP_SIZE
     if name not in GROUPED:
         raise RecipeError(f"{name} takes no group size (it quantizes per channel / per row); drop ':{group}'.")
-    if not group.isdigit() or int(group) < 2 or int(group) % 2:
-        raise RecipeError(f"group size {group!r} of {name} must be an even number.")
-    if name != "emb4" and int(group) not in LINEAR_GROUP_SIZES:
-        raise RecipeError(f"group size {group} of {name} is not supported; use one of {', '.join(map(str, LINEAR_GROUP_SIZES))}.")
+    allowed_groups = EMBEDDING_GROUP_SIZES if name == "emb4" else LINEAR_GROUP_SIZES
+    if not group.isdigit() or int(group) not in allowed_groups:
+        raise RecipeError(f"group size {group} of {name} is not supported; use one of {', '.join(map(str, allowed_groups))}.")
     return name, int(group)
 
 

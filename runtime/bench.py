@@ -674,6 +674,37 @@ def bench_e2b_scaling(out_dir, layer_counts=(2, 4), **slice_kwargs) -> dict:
     return {"slices": reports, "extrapolated": extrapolate_e2b(reports)}
 
 
+def bench_recipes(recipes: list[str], formats=("pte", "onnx"), k: int = 4, max_new_tokens: int = 64) -> dict:
+    """End-to-end greedy speed of the shipped pair per quantization recipe and backend (the demo's
+    measurement: plain vs speculative tok/s over the held-out prompts), plus each bundle's eval
+    figures (top-1 agreement, tokens per target call vs the unquantized pair, bytes). This is how
+    the default recipe was chosen: the fastest whose tokens per target call stay within 2%."""
+    from .backends import open_bundle
+    from .demo import DEMO_EXPORT, cached_bundle, compare, default_pair_dir, heldout_prompts
+    from .evaluate import evaluate_bundle
+
+    pair_dir = default_pair_dir()
+    prompts = [p["ids"] for p in heldout_prompts(pair_dir)]
+    rows = {}
+    for recipe in recipes:
+        export = {**DEMO_EXPORT, "formats": tuple(formats), "quantize": recipe}
+        bundle = cached_bundle(pair_dir, **export)
+        for fmt in formats:
+            speed = compare(open_bundle(bundle, fmt), prompts, k=k, max_new_tokens=max_new_tokens, desc=f"{recipe} {fmt}")
+            speed.pop("outputs")
+            quality = evaluate_bundle(bundle, backend=fmt, rss=False)
+            rows[f"{recipe} | {fmt}"] = {
+                "recipe": recipe, "backend": fmt, **speed,
+                "top1_agreement": quality["quality"]["top1_agreement"],
+                "eval_tokens_per_target_call": quality["speculation"]["tokens_per_target_call"],
+                "eval_tokens_per_target_call_change": quality["speculation"]["relative_change"],
+                "bundle_bytes": quality["bytes"]["per_format"][fmt],
+            }
+            print(json.dumps({k2: v for k2, v in rows[f"{recipe} | {fmt}"].items() if not isinstance(v, dict)}),
+                  file=sys.stderr, flush=True)
+    return {"k": k, "max_new_tokens": max_new_tokens, "rows": rows}
+
+
 # --------------------------------------------------------------------------- python -m mtp_edge.runtime.bench
 
 
@@ -681,7 +712,7 @@ def _main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m mtp_edge.runtime.bench", description="export benchmarks; print JSON")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{methods,e2b-slice,e2b-scaling,export-measured}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{methods,recipes,e2b-slice,e2b-scaling,export-measured}")
 
     p = sub.add_parser("methods", help="per-method latency of a bundle on the pte or onnx backend")
     p.add_argument("bundle")
@@ -695,6 +726,11 @@ def _main(argv=None) -> int:
         p.add_argument("--k", type=int, default=4)
         p.add_argument("--prefill-chunk", type=int, default=32)
         p.add_argument("--backend", default="xnnpack", choices=("xnnpack", "portable"))
+
+    p = sub.add_parser("recipes", help="shipped pair: speed and quality per quantization recipe and backend")
+    p.add_argument("recipes", nargs="+")
+    p.add_argument("--formats", default="pte,onnx")
+    p.add_argument("--k", type=int, default=4)
 
     p = sub.add_parser("e2b-slice", help="random E2B-width slice: save, export (time, peak RSS), time the methods")
     p.add_argument("out_dir")
@@ -732,6 +768,8 @@ def _main(argv=None) -> int:
             report = bench_onnx_methods(args.bundle, threads=args.threads, repeats=args.repeats, fill_chunks=args.fill_chunks)
         else:
             report = bench_methods(args.bundle, repeats=args.repeats, fill_chunks=args.fill_chunks)
+    elif args.cmd == "recipes":
+        report = bench_recipes(args.recipes, formats=tuple(args.formats.split(",")), k=args.k)
     elif args.cmd == "e2b-slice":
         report = bench_e2b_slice(args.out_dir, layers=args.layers, repeats=args.repeats, eager=not args.no_eager,
                                  vocab_size=args.vocab_size, **export())

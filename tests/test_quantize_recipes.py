@@ -43,7 +43,7 @@ def test_per_module_overrides():
     ("target=8da3w", r"unknown linear scheme '8da3w'; expected one of none, 8da4w, 8da8w, int4"),
     ("target=8da4w:48", r"group size 48 of 8da4w is not supported; use one of 32, 64, 128"),
     ("target=8da8w:64", r"8da8w takes no group size"),
-    ("target=emb4:x", r"group size 'x' of emb4 must be an even number"),
+    ("target=emb4:x", r"group size x of emb4 is not supported; use one of 16, 32, 64, 128"),
     ("encoder=8da4w", r"start it with target or drafter"),
     ("8da4w", r"is not KEY=SCHEME"),
     ("drafter.pre_projection=emb4", r"unknown linear scheme 'emb4'"),
