@@ -102,21 +102,29 @@ def test_int4_for_pte_is_refused_before_any_work(tiny_dirs, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_eager_quantized_modules_track_the_fp32_pair(tiny_dirs):
-    """torchao's 8da4w+emb4 on the eager modules: logits stay close to fp32 and greedy output is
-    still lossless between plain and speculative decoding (the eager backend runs quantized modules)."""
-    target, drafter = load_pair(*tiny_dirs, max_seq_len=MAX_SEQ)
-    reference = EagerBackend(*load_pair(*tiny_dirs, max_seq_len=MAX_SEQ), max_draft=K)
+def test_eager_quantized_modules_track_the_fp32_pair():
+    """torchao's 8da4w+emb4 on the shipped pair's eager modules: the quantized target still agrees
+    with the fp32 target on most held-out tokens, and plain vs speculative decoding stays lossless."""
+    import json
+
+    from mtp_edge.runtime.demo import default_pair_dir
+
+    pair = default_pair_dir()
+    ids = torch.tensor(json.loads((pair / "heldout.json").read_text())["eval_ids"][:256])[None]
+    reference, _ = load_pair(pair / "target", pair / "drafter", max_seq_len=64)
+    target, drafter = load_pair(pair / "target", pair / "drafter", max_seq_len=64)
     report = quantize_pair(target, drafter, parse_recipe("target=8da4w+emb4,drafter=8da4w+emb4"), progress=False)
-    assert report["target"]["linears"] and report["target"]["embeddings"]
-    quantized = EagerBackend(target, drafter, max_draft=K)
-    prompt = torch.tensor(_rand(5, 12))
-    q_logits, _ = quantized.prefill(prompt)
-    r_logits, _ = reference.prefill(prompt)
-    spread = float(r_logits.max() - r_logits.min())
-    assert 0 < float((q_logits - r_logits).abs().max()) < 0.2 * spread
-    spec = generate(quantized, prompt.tolist(), k=K, max_new_tokens=20)
-    assert spec.tokens == generate(quantized, prompt.tolist(), k=0, max_new_tokens=20).tokens
+    assert report["target"]["linears"] and report["target"]["embeddings"] == ["embed_tokens", "embed_tokens_per_layer"]
+    assert report["drafter"]["embeddings"] == ["embed_tokens"]  # the drafter's LM head rows
+    with torch.no_grad():
+        q_logits = target.forward_train(ids)[0]
+        r_logits = reference.forward_train(ids)[0]
+    assert not torch.equal(q_logits, r_logits)
+    assert float((q_logits.argmax(-1) == r_logits.argmax(-1)).float().mean()) >= 0.85  # 0.92 measured in the bundles
+    quantized = EagerBackend(target, drafter, max_draft=4)
+    prompt = ids[0, :16].tolist()
+    spec = generate(quantized, prompt, k=4, max_new_tokens=24)
+    assert spec.tokens == generate(quantized, prompt, k=0, max_new_tokens=24).tokens
 
 
 # --------------------------------------------------------------------------- the shipped pair's quality report
