@@ -1,18 +1,24 @@
 """Quantize exported ONNX graphs with onnxruntime's quantization tools (the ONNX path).
 
-    8da4w:G  MatMul -> MatMulNBits, 4-bit blocks of G, accuracy_level 4 (int8 activations in the GEMM)
-    int4:G   MatMul -> MatMulNBits, 4-bit blocks of G, fp32 compute
+    8da4w:G  MatMul -> MatMulNBits, 4-bit blocks of G, fp32 activations (see below)
+    int4:G   MatMul -> MatMulNBits, 4-bit blocks of G, fp32 activations
              (both round-to-nearest with a zero point per block: on the shipped pair that agreed
              with the fp32 target on 92.0% of tokens vs 90.3% without zero points; HQQ reached
              93.5% but takes minutes per GB of weights)
-    8da8w    MatMul -> MatMulNBits, 8-bit blocks of 32, accuracy_level 4. Not quantize_dynamic: its
-             DynamicQuantizeLinear takes one scale for the whole activation tensor, so a token's
-             logits would depend on the other tokens of the same call, and a verify pass would no
-             longer reproduce one-token decoding (speculative output then differed from target-only
-             output on the tiny pair). MatMulNBits quantizes activations per row.
+    8da8w    MatMul -> MatMulNBits, 8-bit blocks of 32, fp32 activations
     emb4:G   Gather -> GatherBlockQuantized, 4-bit blocks of G along the row
     emb8     Gather -> GatherBlockQuantized (bits=8), 8-bit blocks of 32 along the row: onnxruntime's
              quantizer writes only 4-bit gathers, so this one node is built here
+
+Activations stay fp32 on this path, whatever the recipe's name says, because a speculative
+decoder needs a verify pass of K + 1 tokens to reproduce one-token decoding exactly:
+- quantize_dynamic (DynamicQuantizeLinear + MatMulInteger) takes one activation scale for the
+  whole tensor, so a token's logits depend on the other tokens of the call: speculative and
+  target-only outputs diverged on the tiny pair;
+- MatMulNBits with accuracy_level 4 (int8 activations) gave different results for one row and for
+  several rows: on the shipped pair at 8da4w+emb4, speculative output differed from target-only
+  output on the same bundle.
+The weights are what a phone reads per token, so the sizes are those of the recipe either way.
 
 Which recipe applies to a node comes from the module it was exported from: torch's exporter
 records the module path in each node's `pkg.torch.onnx.name_scopes`, and the graph modules hold
@@ -168,7 +174,7 @@ def quantize_graph(model, recipe: PairRecipe):
         excluded = [n.name for n in model.graph.node if n.op_type == op_type and n.name not in chosen]
         quantizer = MatMulNBitsQuantizer(
             model, bits=8 if scheme == "8da8w" else 4, block_size=EMB8_BLOCK if scheme == "8da8w" else group,
-            is_symmetric=False, accuracy_level=4 if scheme in ("8da4w", "8da8w") else None,
+            is_symmetric=False, accuracy_level=None,
             nodes_to_exclude=excluded, op_types_to_quantize=(op_type,), quant_axes=(("Gather", 1), ("MatMul", 0)),
         )
         quantizer.process()

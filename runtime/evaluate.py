@@ -60,13 +60,17 @@ def quality(bundle_backend, reference_backend, windows: list[list[int]], chunk: 
             "perplexity_delta": ppl_q - ppl_r, "perplexity_ratio": ppl_q / ppl_r}
 
 
-def tokens_per_call(backend, prompts: list[list[int]], k: int, max_new_tokens: int) -> float:
+def tokens_per_call(backend, prompts: list[list[int]], k: int, max_new_tokens: int) -> tuple[float, bool]:
+    """Greedy tokens per target call over the prompts, and whether every speculative output equals
+    the same backend's target-only output (losslessness, whatever the weights)."""
     emitted = rounds = 0
+    lossless = True
     for prompt in prompts:
         result = generate(backend, prompt, k=k, max_new_tokens=max_new_tokens)
         emitted += result.stats.new_tokens - 1  # the first token comes from prefill
         rounds += result.stats.rounds
-    return emitted / rounds if rounds else 0.0
+        lossless &= result.tokens == generate(backend, prompt, k=0, max_new_tokens=max_new_tokens).tokens
+    return (emitted / rounds if rounds else 0.0), lossless
 
 
 # --------------------------------------------------------------------------- peak RSS per component
@@ -169,11 +173,12 @@ def evaluate_bundle(bundle_dir, *, backend: str | None = None, reference_model=N
         rest = heldout_windows(target_dir, text_ids, positions + 32 * 64, 32)[len(windows) * window // 32:]
         prompts = (shipped + rest)[:num_prompts]
     k = bundled.k
-    quantized_tpc = tokens_per_call(bundled, prompts, k, max_new_tokens)
-    reference_tpc = tokens_per_call(reference, prompts, k, max_new_tokens)
+    quantized_tpc, lossless = tokens_per_call(bundled, prompts, k, max_new_tokens)
+    reference_tpc, _ = tokens_per_call(reference, prompts, k, max_new_tokens)
     report["speculation"] = {"k": k, "prompts": len(prompts), "max_new_tokens": max_new_tokens,
                              "tokens_per_target_call": quantized_tpc, "reference_tokens_per_target_call": reference_tpc,
-                             "relative_change": quantized_tpc / reference_tpc - 1.0}
+                             "relative_change": quantized_tpc / reference_tpc - 1.0,
+                             "speculative_equals_target_only": lossless}
     fp32 = sum(t.numel() * 4 for m in (reference.target, reference.drafter) for t in m.parameters())
     artifacts = {role: a["bytes"] for role, a in manifest["artifacts"].items() if role != "tokenizer"}
     per_format = {"pte": sum(b for r, b in artifacts.items() if r == "program"),
@@ -194,7 +199,8 @@ def format_eval(report: dict) -> str:
         f"target top-1 agreement with the unquantized target: {q['top1_agreement']:.2%} over {q['positions']} positions",
         f"perplexity {q['perplexity']:.3f} vs {q['reference_perplexity']:.3f} unquantized (delta {q['perplexity_delta']:+.3f})",
         f"tokens per target call (K={s['k']}, greedy): {s['tokens_per_target_call']:.3f} vs "
-        f"{s['reference_tokens_per_target_call']:.3f} unquantized ({s['relative_change']:+.1%})",
+        f"{s['reference_tokens_per_target_call']:.3f} unquantized ({s['relative_change']:+.1%}); speculative output "
+        f"{'identical to' if s['speculative_equals_target_only'] else 'DIFFERENT from'} target-only output",
     ]
     for fmt, size in b["per_format"].items():
         lines.append(f"{fmt}: {size / 2**20:.2f} MiB on disk, {b['fp32_over_bundle'][fmt]:.2f}x smaller than the fp32 weights")

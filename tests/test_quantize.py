@@ -159,6 +159,7 @@ def test_shipped_pair_eval_report(tmp_path):
         assert report["bytes"]["fp32_over_bundle"][backend] >= 4.0
         assert report["quality"]["top1_agreement"] >= MIN_TOP1_AGREEMENT
         assert abs(report["speculation"]["relative_change"]) <= 0.05
+        assert report["speculation"]["speculative_equals_target_only"]  # 32 prompts x 64 tokens
         assert report["quality"]["perplexity_ratio"] < 1.05
         for component, rss in report["peak_rss"].items():
             assert rss["peak_rss_bytes"] > rss["baseline_rss_bytes"] > 0, component
