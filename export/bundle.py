@@ -92,7 +92,7 @@ def write_bundle(
 ) -> dict:
     """Load the pair, export it in each of `formats` and write the bundle folder out_dir; returns the manifest.
 
-    quantize: a --quantize string (see quantize.recipes; None = the default recipe, "none" = fp32).
+    quantize: a --quantize string (see quantize.recipes; None = each format's default recipe, "none" = fp32).
     """
     from mtp_edge.models import load_pair
     from mtp_edge.quantize.recipes import parse_recipe
@@ -100,11 +100,11 @@ def write_bundle(
     from .pte import PAD_TOKEN, buffer_length, cache_layout, export_pte
 
     formats = parse_formats(formats)
-    recipe = parse_recipe(quantize)
+    recipes = {fmt: parse_recipe(quantize, fmt) for fmt in formats}  # no --quantize: each format's default
     if "pte" in formats:
         from mtp_edge.quantize.modules import check_pte_recipe
 
-        check_pte_recipe(recipe)
+        check_pte_recipe(recipes["pte"])
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -125,13 +125,18 @@ def write_bundle(
     tmp.mkdir()
     try:
         artifacts, sections, sizes = {}, {}, {}
-        quantization = recipe.as_dict()
+        texts = {fmt: r.text() for fmt, r in recipes.items()}
+        first = recipes[formats[0]]
+        if len(set(texts.values())) == 1:
+            quantization = {**first.as_dict(), "recipes": texts}
+        else:  # the per-format defaults differ
+            quantization = {"recipe": "default (" + ", ".join(f"{f}: {t}" for f, t in texts.items()) + ")", "recipes": texts}
         layout = cache_layout(target, max_seq_len)  # before quantization touches the modules
         if "onnx" in formats:  # first: it quantizes the exported graphs, so it needs the fp32 modules
             from .onnx import export_onnx
 
             info = export_onnx(target, drafter, tmp, max_seq_len=max_seq_len, external_data=onnx_external_data,
-                               recipe=recipe, progress=progress)
+                               recipe=recipes["onnx"], progress=progress)
             artifacts["onnx_target"] = _artifact(tmp, info["graphs"]["target"]["file"])
             artifacts["onnx_drafter"] = _artifact(tmp, info["graphs"]["drafter"]["file"])
             for i, name in enumerate(info["data_files"]):
@@ -140,13 +145,13 @@ def write_bundle(
             sizes["onnx_bytes"] = info["bytes"]
             quantization["onnx"] = _count_schemes(info["quantized_nodes"])
         if "pte" in formats:
-            if not recipe.is_none:
+            if not recipes["pte"].is_none:
                 from mtp_edge.quantize.modules import quantize_pair
 
-                quantization["pte"] = quantize_pair(target, drafter, recipe, progress=progress)
+                quantization["pte"] = quantize_pair(target, drafter, recipes["pte"], progress=progress)
             info = export_pte(
                 target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
-                backend=backend, quantized=not recipe.is_none, progress=progress,
+                backend=backend, quantized=not recipes["pte"].is_none, progress=progress,
             )
             artifacts["program"] = _artifact(tmp, PROGRAM_FILE)
             sections.update(methods=info["methods"], backend=backend)

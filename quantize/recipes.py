@@ -1,7 +1,8 @@
 """Named quantization recipes for a target + drafter pair, and the `--quantize` syntax.
 
+    (no flag)                                            the default recipe of each format (DEFAULT_RECIPES)
     --quantize none                                      both models stay fp32
-    --quantize target=8da4w+emb4,drafter=8da8w           a scheme per model (a model not named keeps the default)
+    --quantize target=8da4w+emb4,drafter=8da8w           a scheme per model (a model not named stays fp32)
     --quantize target=8da4w:64+emb4:32                   group sizes (linears: 32, 64 or 128; default 32)
     --quantize drafter=8da4w+emb4,drafter.pre_projection=8da8w,drafter.post_projection=8da8w
                                                          per-module overrides of the linear scheme, by
@@ -93,8 +94,12 @@ def _with_group(name: str, group: int) -> str:
     return f"{name}:{group}" if name in GROUPED and group != DEFAULT_GROUP_SIZE else name
 
 
-# The default: see the README's quantization figures for how it was chosen.
-DEFAULT_RECIPE_TEXT = "target=8da4w+emb4,drafter=8da4w+emb4"
+# The default per format: the fastest end to end on the shipped pair (`python -m
+# mtp_edge.runtime.bench recipes`, speculative tok/s, 2 cores) among recipes that lose at most 2% of
+# the unquantized pair's tokens per target call. pte: 8da4w+emb4 241.6 tok/s vs 217.8 (8da8w+emb8)
+# and 183.0 (none), tokens per call +0.7%. onnx: none 402.4 tok/s vs 300.0 (8da4w+emb4) and 130.9
+# (8da8w+emb8): onnxruntime's MatMulNBits with fp32 activations is slower than sgemm at this size.
+DEFAULT_RECIPES = {"pte": "target=8da4w+emb4,drafter=8da4w+emb4", "onnx": "none"}
 
 
 def _parse_item(item: str, allowed: tuple[str, ...], what: str) -> tuple[str, int]:
@@ -123,15 +128,14 @@ def _parse_scheme(text: str) -> Scheme:
     return Scheme(linear[0], linear[1], embedding[0], embedding[1])
 
 
-def parse_recipe(text: str | None) -> PairRecipe:
-    """--quantize text -> PairRecipe. None (no flag) is the default recipe; "none" is fp32."""
+def parse_recipe(text: str | None, fmt: str = "pte") -> PairRecipe:
+    """--quantize text -> PairRecipe. None (no flag) is the default recipe of format `fmt`; "none" is fp32."""
     if text is None:
-        text = DEFAULT_RECIPE_TEXT
+        text = DEFAULT_RECIPES[fmt]
     text = text.strip()
     if text == "none":
         return PairRecipe()
-    default = parse_recipe(DEFAULT_RECIPE_TEXT) if text != DEFAULT_RECIPE_TEXT else None
-    schemes = {role: (getattr(default, role) if default else Scheme()) for role in ROLES}
+    schemes = {role: Scheme() for role in ROLES}
     overrides: dict[str, list] = {role: [] for role in ROLES}
     for item in filter(None, (s.strip() for s in text.split(","))):
         key, sep, value = item.partition("=")

@@ -32,7 +32,8 @@ def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 256):
     return EagerBackend(*load_pair(pair_dir / "target", pair_dir / "drafter", max_seq_len=max_seq_len))
 
 
-DEMO_EXPORT = dict(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack", formats=("pte", "onnx"), quantize="none")
+# quantize=None: each format's default recipe (quantize.recipes.DEFAULT_RECIPES).
+DEMO_EXPORT = dict(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack", formats=("pte", "onnx"), quantize=None)
 
 
 def cache_root() -> Path:
@@ -125,12 +126,14 @@ def run_demo(k: int = 4, max_new_tokens: int = 64, backends=None) -> dict:
 
     eos = target_config_from_folder(pair_dir / "target").eos_token_ids
     rows, reference = {}, None
-    for name in backends or BACKENDS:  # eager first: every other backend is held to its tokens
+    for name in backends or BACKENDS:  # eager first: every unquantized backend is held to its tokens
         backend = BACKENDS[name](pair_dir)
+        manifest = getattr(backend, "manifest", None)
+        recipe = manifest["quantization"].get("recipes", {}).get(name, manifest["quantization"]["recipe"]) if manifest else "none"
         row = compare(backend, prompts, k=k, max_new_tokens=max_new_tokens, eos_ids=eos, desc=f"demo {name}",
-                      reference=reference)
+                      reference=reference if recipe == "none" else None)
         reference = reference or row["outputs"]
-        rows[name] = {key: value for key, value in row.items() if key != "outputs"}
+        rows[name] = {"recipe": recipe, **{key: value for key, value in row.items() if key != "outputs"}}
     return {"pair": str(pair_dir), "prompts": len(prompts), "max_new_tokens": max_new_tokens, "greedy": True,
             "backends": rows}
 
@@ -145,6 +148,9 @@ def format_demo(report: dict) -> str:
             f"{r['acceptance_rate']:>8.1%}{r['tokens_per_target_call']:>10.2f}{'yes' if r['token_identical'] else 'NO':>12}"
             f"{'-' if r['matches_reference'] is None else 'yes' if r['matches_reference'] else 'NO':>8}"
         )
+    for name, r in report["backends"].items():
+        if r["recipe"] != "none":
+            lines.append(f"{name} runs the quantized recipe {r['recipe']}")
     lines.append("spec=plain: speculative output identical to target-only output on that backend; "
-                 "=first: plain output identical to the first row's")
+                 "=first: plain output identical to the first row's (unquantized backends)")
     return "\n".join(lines) + "\n"

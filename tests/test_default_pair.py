@@ -94,6 +94,8 @@ def test_demo_json_from_the_console_script(tmp_path):
     assert list(report["backends"]) == ["eager", "pte", "onnx"]
     for name, row in report["backends"].items():
         assert row["token_identical"] and row["plain_tokens_per_s"] > 0 and row["tokens_per_target_call"] >= 1.0
-        # Each bundle backend's greedy tokens equal the eager backend's (the first row).
-        assert row["matches_reference"] is (None if name == "eager" else True), name
+        # Each unquantized bundle backend's greedy tokens equal the eager backend's (the first row).
+        assert row["matches_reference"] is (None if name == "eager" or row["recipe"] != "none" else True), name
+    assert report["backends"]["pte"]["recipe"] != "none"  # the pte default recipe is quantized
+    assert report["backends"]["onnx"]["matches_reference"] is True
     assert list(tmp_path.glob("default-pair-*/manifest.json"))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mtp_edge.quantize.recipes import DEFAULT_RECIPE_TEXT, PairRecipe, RecipeError, Scheme, parse_recipe
+from mtp_edge.quantize.recipes import DEFAULT_RECIPES, PairRecipe, RecipeError, Scheme, parse_recipe
 
 
 def test_none_and_default():
     assert parse_recipe("none") == PairRecipe() and parse_recipe("none").is_none
-    default = parse_recipe(None)
-    assert default == parse_recipe(DEFAULT_RECIPE_TEXT) and not default.is_none
-    assert parse_recipe(default.text()) == default
+    for fmt, text in DEFAULT_RECIPES.items():
+        default = parse_recipe(None, fmt)
+        assert default == parse_recipe(text) and parse_recipe(default.text()) == default
+    assert not parse_recipe(None, "pte").is_none
 
 
 def test_schemes_groups_and_round_trip():
@@ -23,10 +24,9 @@ def test_schemes_groups_and_round_trip():
     assert parse_recipe("target=int4:128,drafter=none").drafter.is_none
 
 
-def test_a_model_not_named_keeps_the_default():
-    default = parse_recipe(None)
+def test_a_model_not_named_stays_fp32():
     recipe = parse_recipe("target=8da8w")
-    assert recipe.target.linear == "8da8w" and recipe.drafter == default.drafter
+    assert recipe.target.linear == "8da8w" and recipe.drafter.is_none
 
 
 def test_per_module_overrides():
