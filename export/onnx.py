@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mtp_edge.models import Gemma4Drafter, Gemma4Target
+from mtp_edge.models.attention import ReadOnlyCache
 
 from .pte import CACHE_FQN_PREFIX, ExportError, _Progress, _dtype_name, _TargetView
 
@@ -68,8 +69,6 @@ class DrafterGraph(nn.Module):
         self.read_layers = tuple(sorted(set(self.store_layers.values())))
 
     def forward(self, token, hidden, position, validated_length, cache_flat: list[torch.Tensor]):
-        from mtp_edge.models.attention import ReadOnlyCache
-
         cache = {layer: ReadOnlyCache(cache_flat[2 * i], cache_flat[2 * i + 1]) for i, layer in enumerate(self.read_layers)}
         kv = {layer_type: cache[layer] for layer_type, layer in self.store_layers.items()}
         embedding = Gemma4Target.embed(self.target, token.view(1, 1))
