@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .components import RMSNorm, apply_rope, attend, attend_grouped
+from .config import DecoderConfig
 
 
 class ReadOnlyCache(NamedTuple):
@@ -28,7 +29,6 @@ class PendingKV(NamedTuple):
     past_v: torch.Tensor
     new_k: torch.Tensor
     new_v: torch.Tensor
-from .config import DecoderConfig
 
 
 class Attention(nn.Module):
