@@ -6,7 +6,8 @@
                   position), verify (T = N = K + 1) and single-token decode.
     drafter.onnx  (token [1] i64, hidden [H], position [1] i64, validated_length [1] i64,
                    cache_k_{l}, cache_v_{l} of the store layers)
-                  -> (candidate_ids [C] i64, candidate_logits [C], next_hidden [H])
+                  -> (candidate_ids [C] i64, candidate_logits [C], next_hidden [H], argmax_id [1] i64)
+                  C = clusters kept x tokens per cluster: no tensor of the graph has the vocabulary's size.
 
 ONNX graphs are functional: a graph cannot write into one of its inputs. So the cache is a set of
 graph inputs that both sessions bind to the same OrtValues, the target graph returns only the
@@ -72,9 +73,7 @@ class DrafterGraph(nn.Module):
         cache = {layer: ReadOnlyCache(cache_flat[2 * i], cache_flat[2 * i + 1]) for i, layer in enumerate(self.read_layers)}
         kv = {layer_type: cache[layer] for layer_type, layer in self.store_layers.items()}
         embedding = Gemma4Target.embed(self.target, token.view(1, 1))
-        h, projected = self.drafter(embedding, hidden.view(1, 1, -1), position, validated_length, kv)
-        ids, logits = self.drafter.candidates(h)
-        return ids.reshape(-1), logits.reshape(-1), projected.reshape(-1)
+        return self.drafter.draft_step(embedding, hidden.view(1, 1, -1), position, validated_length, kv)
 
 
 def _cache_inputs(target: Gemma4Target, layers) -> tuple[list[str], list[torch.Tensor], dict[str, str]]:
@@ -193,7 +192,7 @@ def export_onnx(
     drafter_module = DrafterGraph(target, drafter)
     drafter_cache, drafter_examples, drafter_alias = _cache_inputs(target, drafter_module.read_layers)
     drafter_inputs = ["token", "hidden", "position", "validated_length", *drafter_cache]
-    drafter_outputs = ["candidate_ids", "candidate_logits", "next_hidden"]
+    drafter_outputs = ["candidate_ids", "candidate_logits", "next_hidden", "argmax_id"]
     hidden = torch.zeros(cfg.hidden_size, dtype=target.embed_tokens.weight.dtype)
     drafter_args = (torch.zeros(1, **i64), hidden, torch.zeros(1, **i64), torch.ones(1, **i64), drafter_examples)
 

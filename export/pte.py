@@ -10,7 +10,7 @@ Methods (all shapes static):
   decode(tokens [1, 1] i64, start_pos [1] i64) -> (logits [V], hidden [H])
       One token: the K = 0 path and one-token rounds.
   draft(token [1] i64, hidden [H], position [1] i64, validated_length [1] i64)
-      -> (candidate_ids [C] i64, candidate_logits [C], hidden [H])
+      -> (candidate_ids [C] i64, candidate_logits [C], hidden [H], argmax_id [1] i64)
       One drafter step: the target's scaled embedding of `token`, its store-layer K/V masked to
       positions < validated_length, the drafter's clustered head.
 
@@ -130,9 +130,7 @@ class DraftMethod(nn.Module):
         self._touch_cache(position)
         embedding = Gemma4Target.embed(self.target, token.view(1, 1))
         kv = {layer_type: self.target.cache.layer(layer) for layer_type, layer in self.store_layers.items()}
-        h, projected = self.drafter(embedding, hidden.view(1, 1, -1), position, validated_length, kv)
-        ids, logits = self.drafter.candidates(h)
-        return ids.reshape(-1), logits.reshape(-1), projected.reshape(-1)
+        return self.drafter.draft_step(embedding, hidden.view(1, 1, -1), position, validated_length, kv)
 
 
 # Input/output names per method, in call order (the manifest and the runtime read these).
@@ -140,7 +138,7 @@ METHOD_IO = {
     "prefill": (("tokens", "start_pos", "logits_at"), ("logits", "hidden")),
     "verify": (("tokens", "start_pos"), ("logits", "hidden")),
     "decode": (("tokens", "start_pos"), ("logits", "hidden")),
-    "draft": (("token", "hidden", "position", "validated_length"), ("candidate_ids", "candidate_logits", "hidden")),
+    "draft": (("token", "hidden", "position", "validated_length"), ("candidate_ids", "candidate_logits", "hidden", "argmax_id")),
 }
 
 
@@ -303,9 +301,13 @@ def export_pte(
     max_seq_len: int | None = None,
     backend: str = "xnnpack",
     quantized: bool = False,
+    methods: tuple[str, ...] | None = None,
     progress: bool = True,
 ) -> dict:
     """Export the pair to out_path (written to a temporary name, renamed at the end).
+
+    `methods` keeps a subset of prefill / verify / decode / draft (default all four): a
+    draft-only program is what `bench head` times.
 
     The target's cache buffers must be `buffer_length(max_seq_len, k, prefill_chunk)` long
     (load the target with that max_seq_len); max_seq_len defaults to the longest that fits.
@@ -333,6 +335,11 @@ def export_pte(
     out_path = Path(out_path)
     started = time.perf_counter()
     modules = method_modules(target, drafter, k, prefill_chunk)
+    if methods is not None:
+        unknown = sorted(set(methods) - set(modules))
+        if unknown or not methods:
+            raise ExportError(f"unknown method(s) {unknown or methods}; expected a subset of {', '.join(modules)}.")
+        modules = {name: modules[name] for name in methods}
     step = _Progress(progress, total=len(modules) + 3)
 
     exported = {}

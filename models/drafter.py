@@ -87,6 +87,25 @@ class Gemma4Drafter(nn.Module):
         hidden = self.norm(x)
         return hidden, self.post_projection(hidden)
 
+    def draft_step(
+        self,
+        token_embedding: torch.Tensor,
+        last_hidden: torch.Tensor,
+        position: torch.Tensor,
+        validated_length: torch.Tensor,
+        kv: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exported draft step: (candidate ids [C], candidate logits [C], next hidden [backbone], argmax id [1]).
+
+        With the clustered head C = top_k * tokens per cluster, and nothing here has the
+        vocabulary's size; the argmax is taken over the candidates, so greedy drafting reads
+        one id and never the logits.
+        """
+        h, projected = self(token_embedding, last_hidden, position, validated_length, kv)
+        ids, logits = self.candidates(h)
+        ids, logits = ids.reshape(-1), logits.reshape(-1)
+        return ids, logits, projected.reshape(-1), ids.gather(0, logits.argmax().view(1))
+
     def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary (the assistant applies no softcap)."""
         return F.linear(hidden, self.lm_head_weight)

@@ -17,6 +17,12 @@ class DraftOutput:
     candidate_ids: torch.Tensor  # [C] int64: the tokens the drafter scored
     candidate_logits: torch.Tensor  # [C] float: their logits
     hidden: torch.Tensor  # [backbone_hidden]: projected hidden, fed to the next draft step
+    argmax_id: int | None = None  # the graph's greedy pick among the candidates (None: take it from the logits)
+
+    def greedy_token(self) -> int:
+        if self.argmax_id is not None:
+            return self.argmax_id
+        return int(self.candidate_ids[torch.argmax(self.candidate_logits)])
 
 
 class Backend(Protocol):

@@ -506,12 +506,16 @@ def e2b_slice_configs(layers: int, preset_name: str = "e2b", vocab_size: int | N
 @torch.no_grad()
 def random_modules(target_cfg, drafter_cfg, *, max_seq_len: int = 1, dtype: torch.dtype = torch.bfloat16, seed: int = 0, std: float = 0.02):
     """Random-weight target and drafter, built straight in `dtype` (no fp32 detour): matrices
-    N(0, std), norm scales and layer scalars 1, a random token ordering for the clustered head."""
+    N(0, std), norm scales and layer scalars 1, a random token ordering for the clustered head.
+    drafter_cfg None: the target alone, (target, None)."""
     from mtp_edge.models import Gemma4Drafter, Gemma4Target
 
     gen = torch.Generator().manual_seed(seed)
     out = []
     for cls, cfg, kw in ((Gemma4Target, target_cfg, {"max_seq_len": max_seq_len}), (Gemma4Drafter, drafter_cfg, {})):
+        if cfg is None:
+            out.append(None)
+            continue
         with torch.device("meta"):
             module = cls(cfg, dtype=dtype, **kw)
         module.to_empty(device="cpu")

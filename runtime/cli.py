@@ -286,10 +286,14 @@ def cmd_generate(args) -> int:
 
 def add_bench(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks that print figures (loop overhead, eager speed)")
-    p.add_argument("what", choices=["loop", "eager", "acceptance"],
+    p.add_argument("what", choices=["loop", "eager", "acceptance", "head"],
                    help="loop: the loop's own time per round on a free backend; eager: plain vs speculative tokens/s on "
-                   "a random-weight pair; acceptance: the shipped pair at K=1..6, greedy and temperature 0.7")
-    p.add_argument("--preset", default="tiny", help="geometry for `eager` (random weights; default tiny)")
+                   "a random-weight pair; acceptance: the shipped pair at K=1..6, greedy and temperature 0.7; head: one "
+                   "draft step with the clustered vs the full LM head, eager and pte, and the bytes each reads")
+    p.add_argument("--preset", help="geometry, random weights (default: tiny for `eager`, e2b for `head`)")
+    p.add_argument("--context", type=int, default=1024, help="`head`: cache positions the draft step attends over")
+    p.add_argument("--repeats", type=int, default=20, help="`head`: timed calls per measurement")
+    p.add_argument("--no-pte", action="store_true", help="`head`: eager only (no .pte export)")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--json", action="store_true")
@@ -304,8 +308,15 @@ def cmd_bench(args) -> int:
         report = {"greedy": bench.bench_loop(args.k), "sampling": bench.bench_loop(args.k, sampling=SamplingConfig(1.0))}
     elif args.what == "acceptance":
         report = bench.bench_acceptance(max_new_tokens=args.new_tokens)
+    elif args.what == "head":
+        from mtp_edge.runtime.bench_head import bench_head, summary
+
+        report = bench_head(args.preset or "e2b", context=args.context, repeats=args.repeats, pte=not args.no_pte)
+        if not args.json:
+            print(summary(report))
+            return 0
     else:
-        report = bench.bench_eager(args.preset, args.k, args.new_tokens)
+        report = bench.bench_eager(args.preset or "tiny", args.k, args.new_tokens)
     if args.json:
         print(json.dumps(report))
     else:

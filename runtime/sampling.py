@@ -118,11 +118,15 @@ def accept_drafts(
     return len(drafts), choose(target_logits[len(drafts)], cfg, rng)
 
 
-def draft_token(ids: torch.Tensor, logits: torch.Tensor, vocab_size: int, cfg: SamplingConfig, rng: SplitMix64):
-    """Pick a draft from the drafter's candidates; returns (token, q over the vocabulary or None if greedy)."""
+def draft_token(out, vocab_size: int, cfg: SamplingConfig, rng: SplitMix64):
+    """Pick a draft from a DraftOutput's candidates; returns (token, q over the vocabulary or None if greedy).
+
+    Sampling draws from the drafter's distribution over its candidates only (the clustered head
+    never scores the rest): q is zero outside them, and the accept rule uses that same q.
+    """
     if cfg.greedy:
-        return int(ids[torch.argmax(logits)]), None
-    q_candidates = probabilities(logits, cfg)
-    token = int(ids[sample(q_candidates, rng)])
-    q = torch.zeros(vocab_size, dtype=torch.float64).index_put_((ids.long(),), q_candidates, accumulate=True)
+        return out.greedy_token(), None
+    q_candidates = probabilities(out.candidate_logits, cfg)
+    token = int(out.candidate_ids[sample(q_candidates, rng)])
+    q = torch.zeros(vocab_size, dtype=torch.float64).index_put_((out.candidate_ids.long(),), q_candidates, accumulate=True)
     return token, q

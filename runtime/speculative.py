@@ -109,7 +109,7 @@ def draft(
     token = last
     for _ in range(k):
         out = backend.draft(token, hidden, position, validated_length=position)
-        token, q = draft_token(out.candidate_ids, out.candidate_logits, backend.vocab_size, sampling, rng)
+        token, q = draft_token(out, backend.vocab_size, sampling, rng)
         drafts.append(token)
         probs.append(q)
         hidden = out.hidden

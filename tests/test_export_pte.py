@@ -62,7 +62,7 @@ def test_manifest_describes_the_bundle(bundle, pte):
     sig = manifest["methods"]
     assert sig["prefill"]["inputs"][0] == {"name": "tokens", "shape": [1, CHUNK], "dtype": "int64"}
     assert sig["verify"]["outputs"][0] == {"name": "logits", "shape": [K + 1, 512], "dtype": "float32"}
-    assert [o["name"] for o in sig["draft"]["outputs"]] == ["candidate_ids", "candidate_logits", "hidden"]
+    assert [o["name"] for o in sig["draft"]["outputs"]] == ["candidate_ids", "candidate_logits", "hidden", "argmax_id"]
     cache = manifest["cache"]
     assert cache["max_seq_len"] == MAX_SEQ and cache["buffer_length"] == MAX_SEQ + max(K, CHUNK - 1)
     assert all(b["shape"][2] == cache["buffer_length"] for b in cache["buffers"])
@@ -141,14 +141,14 @@ def test_draft_reads_the_cache_verify_wrote(bundle, eager):
     verify, draft = program.load_method("verify"), program.load_method("draft")
     tokens = _rand(3, K + 1)
     logits, hidden = verify.execute([tokens.view(1, -1), torch.tensor([0])])
-    ids, cand_logits, projected = draft.execute(
+    ids, cand_logits, projected, best = draft.execute(
         [torch.tensor([5]), hidden[-1].contiguous(), torch.tensor([K + 1]), torch.tensor([K + 1])]
     )
 
     eager_logits, eager_hidden = eager.verify(tokens, 0)
     _close(logits, eager_logits)
     expected = eager.draft(5, eager_hidden[-1], K + 1, K + 1)
-    assert torch.equal(ids, expected.candidate_ids)
+    assert torch.equal(ids, expected.candidate_ids) and int(best[0]) == expected.argmax_id
     _close(cand_logits, expected.candidate_logits)
     _close(projected, expected.hidden)
 

@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from graph_shapes import onnx_shapes, pte_shapes, vocabulary_sized
 from mtp_edge.export.bundle import read_manifest, write_bundle
 from mtp_edge.models import load_pair
 from mtp_edge.quantize.modules import quantize_pair
@@ -91,6 +92,18 @@ def test_manifest_records_the_recipe_and_what_it_quantized(quantized):
             if getattr(parsed, table.split(".")[0]).embedding != "none":
                 assert table not in floats, (role, table)
     assert all(sum(counts.values()) > 0 for counts in q["onnx"].values())
+
+
+@pytest.mark.parametrize("fmt", ["pte", "onnx"])
+def test_quantized_head_gathers_candidate_rows_only(quantized, fmt):
+    """emb4 / emb8 LM-head rows are gathered per candidate: no step activation is vocabulary-sized."""
+    recipe, bundle = quantized
+    manifest = read_manifest(bundle)
+    if fmt not in manifest["formats"]:
+        pytest.skip(f"{recipe} is exported for onnx only")
+    shapes = pte_shapes(bundle / "model.pte", "draft") if fmt == "pte" else onnx_shapes(bundle, "drafter")
+    assert len(shapes) > 20
+    assert vocabulary_sized(shapes, manifest["target_config"]["vocab_size"]) == []
 
 
 def test_int4_for_pte_is_refused_before_any_work(tiny_dirs, tmp_path):

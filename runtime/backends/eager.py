@@ -34,11 +34,10 @@ class EagerBackend:
     @torch.inference_mode()
     def draft(self, token: int, hidden: torch.Tensor, position: int, validated_length: int) -> DraftOutput:
         embedding = self.target.embed(torch.tensor([[token]]))
-        h, projected = self.drafter(
+        ids, logits, projected, best = self.drafter.draft_step(
             embedding, hidden.view(1, 1, -1), torch.tensor([position]), torch.tensor([validated_length]), self.target.store_kv()
         )
-        ids, logits = self.drafter.candidates(h)
-        return DraftOutput(ids[0, 0], logits[0, 0], projected[0, 0])
+        return DraftOutput(ids, logits, projected, int(best[0]))
 
     def rollback(self, length: int) -> None:
         # Static cache: a query never reads keys at or after its own position, so a length is all there is to roll back.

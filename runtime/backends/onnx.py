@@ -180,12 +180,12 @@ class OnnxBackend:
         binding.bind_cpu_input("hidden", np.ascontiguousarray(hidden.reshape(-1).to(self.dtype).numpy(), dtype=self.np_dtype))
         binding.bind_cpu_input("position", self._i64([position]))
         binding.bind_cpu_input("validated_length", self._i64([validated_length]))
-        for name in ("candidate_ids", "candidate_logits", "next_hidden"):
+        for name in ("candidate_ids", "candidate_logits", "next_hidden", "argmax_id"):
             binding.bind_output(name)
         self.sessions["drafter"].run_with_iobinding(binding)
-        ids, logits, projected = (torch.from_numpy(v.numpy()) for v in binding.get_outputs())
+        ids, logits, projected, best = (torch.from_numpy(v.numpy()) for v in binding.get_outputs())
         binding.clear_binding_outputs()
-        return DraftOutput(ids, logits, projected)
+        return DraftOutput(ids, logits, projected, int(best[0]))
 
     def rollback(self, length: int) -> None:
         # The cache is static: the target graph reads cache rows < start_pos only, the drafter < validated_length.

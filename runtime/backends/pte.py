@@ -110,14 +110,14 @@ class PteBackend:
             raise GenerationError("this bundle has no drafter: generate with K=0.")
         if not 0 <= position < self.max_seq_len or not 0 < validated_length <= self.max_seq_len:
             raise GenerationError(f"draft position {position} / validated length {validated_length} outside the exported context of {self.max_seq_len}.")
-        ids, logits, projected = self._run(
+        ids, logits, projected, best = self._run(
             "draft",
             torch.tensor([token], dtype=torch.long),
             hidden.reshape(-1).to(self.dtype).contiguous(),
             self._pos(position),
             self._pos(validated_length),
         )
-        return DraftOutput(ids, logits, projected)
+        return DraftOutput(ids, logits, projected, int(best[0]))
 
     def rollback(self, length: int) -> None:
         # The cache is static: later passes mask positions >= their own, the drafter those >= validated_length.

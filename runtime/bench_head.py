@@ -1,0 +1,161 @@
+"""`mtp-edge bench head`: one draft step with the clustered (centroid) LM head vs the full head.
+
+At the E2B drafter's geometry (random weights: hidden 256, 262,144 tokens in 2,048 clusters of
+128, the top 32 clusters kept) the same draft step is timed twice, once with the clustered head
+(centroid logits, top-k clusters, a gather of their LM-head rows, candidate logits) and once with
+the full head (every vocabulary row), eagerly and as a draft-only .pte run by the ExecuTorch
+runtime on XNNPACK. Bytes read per step are counted from the shapes, not measured.
+
+Set against an E2B target decode step, eager, extrapolated in the layer count from E2B-width
+slices (see bench.e2b_slice_configs): a full-size fp32 target does not fit this machine.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .bench import _line, _time_calls, e2b_slice_configs, random_modules
+
+FP32 = 4
+
+
+def head_bytes(drafter_cfg, head: str) -> int:
+    """fp32 bytes the LM head reads per draft step: the full table, or centroids + kept rows + their ids."""
+    d, vocab = drafter_cfg.decoder.hidden_size, drafter_cfg.decoder.vocab_size
+    if head == "full":
+        return vocab * d * FP32
+    kept = drafter_cfg.num_candidates
+    return drafter_cfg.num_centroids * d * FP32 + kept * d * FP32 + kept * 8
+
+
+def body_bytes(drafter, target_cfg) -> int:
+    """fp32 weight bytes of the step outside the head: projections, layers, norms, one target embedding row."""
+    head = {"embed_tokens.weight", "lm_head.weight", "masked_embedding.centroids.weight"}
+    params = sum(p.numel() for n, p in drafter.named_parameters() if n not in head)
+    return (params + target_cfg.hidden_size) * FP32
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[bench head] {msg}", file=sys.stderr, flush=True)
+
+
+def _pte_draft(target, drafter, context: int, work: Path, name: str, progress: bool):
+    """A draft-only .pte of the pair, loaded by the ExecuTorch runtime: (method, export seconds, bytes)."""
+    from executorch.runtime import Runtime
+
+    from mtp_edge.export.pte import export_pte
+
+    path = work / f"{name}.pte"
+    info = export_pte(target, drafter, path, k=1, prefill_chunk=1, max_seq_len=context - 1, methods=("draft",), progress=progress)
+    program = Runtime.get().load_program(path)
+    return program.load_method("draft"), info["export_s"], path.stat().st_size
+
+
+def _decode_ms(preset_name: str, layers: int, context: int, repeats: int) -> float:
+    """Median eager fp32 decode step of an E2B-width slice with `layers` layers, at `context` - 1."""
+    from mtp_edge.export.pte import DecodeMethod
+
+    target_cfg, _ = e2b_slice_configs(layers, preset_name)
+    target, _ = random_modules(target_cfg, None, max_seq_len=context, dtype=torch.float32)
+    decode = DecodeMethod(target)
+    token, start = torch.tensor([[7]]), torch.tensor([context - 1])
+    with torch.no_grad():
+        ms = _time_calls(lambda: decode(token, start), repeats, warmup=2)["median_ms"]
+    del target, decode
+    gc.collect()
+    return ms
+
+
+def bench_head(preset_name: str = "e2b", *, context: int = 1024, repeats: int = 20, pte: bool = True,
+               decode_layers: tuple[int, int] | None = (2, 4), progress: bool = True) -> dict:
+    """Draft-step latency and bytes per head; see the module docstring. context: the cache length
+    the step attends over (all of it valid)."""
+    from mtp_edge.export.pte import DraftMethod
+    from mtp_edge.models.config import preset
+
+    target_cfg, drafter_cfg = e2b_slice_configs(2, preset_name)
+    _say(progress, f"{preset_name} drafter: hidden {drafter_cfg.decoder.hidden_size}, vocab {drafter_cfg.decoder.vocab_size}, "
+                   f"{drafter_cfg.num_centroids} clusters x {drafter_cfg.tokens_per_centroid}, top {drafter_cfg.centroid_top_k}")
+    target, drafter = random_modules(target_cfg, drafter_cfg, max_seq_len=context, dtype=torch.float32)
+    clustered = drafter.masked_embedding
+    token = torch.tensor([7])
+    hidden = torch.randn(target_cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    position = torch.tensor([context - 1])
+    inputs = (token, hidden, position, position)  # every earlier position is valid
+    body = body_bytes(drafter, target_cfg)
+    report = {"preset": preset_name, "weights": "random fp32", "context": context, "torch_threads": torch.get_num_threads(),
+              "drafter": {"hidden": drafter_cfg.decoder.hidden_size, "vocab": drafter_cfg.decoder.vocab_size,
+                          "clusters": drafter_cfg.num_centroids, "tokens_per_cluster": drafter_cfg.tokens_per_centroid,
+                          "clusters_kept": drafter_cfg.centroid_top_k, "candidates": drafter_cfg.num_candidates},
+              "heads": {}}
+    work = Path(tempfile.mkdtemp(prefix="mtp-edge-bench-head-"))
+    try:
+        for head in ("clustered", "full"):
+            drafter.masked_embedding = clustered if head == "clustered" else None
+            step = DraftMethod(target, drafter).eval()
+            with torch.no_grad():
+                eager_out = step(*inputs)
+                eager = _time_calls(lambda: step(*inputs), repeats, warmup=3)
+            row = {"head_bytes_read": head_bytes(drafter_cfg, head), "step_bytes_read": body + head_bytes(drafter_cfg, head),
+                   "outputs": int(eager_out[0].numel()), "eager_ms": eager["median_ms"], "eager": eager}
+            _say(progress, f"{head} head, eager: {eager['median_ms']:.2f} ms per draft step")
+            if pte:
+                method, export_s, size = _pte_draft(target, drafter, context, work, f"draft-{head}", progress)
+                pte_out = method.execute(list(inputs))
+                timed = _time_calls(lambda: method.execute(list(inputs)), repeats, warmup=3)
+                row.update(pte_ms=timed["median_ms"], pte=timed, pte_export_s=export_s, pte_bytes=size,
+                           pte_argmax_equals_eager=int(pte_out[3][0]) == int(eager_out[3][0]))
+                _say(progress, f"{head} head, pte (xnnpack): {timed['median_ms']:.2f} ms per draft step")
+                del method
+                for f in work.iterdir():
+                    f.unlink()
+            report["heads"][head] = row
+            gc.collect()
+    finally:
+        drafter.masked_embedding = clustered
+        for f in work.iterdir():
+            f.unlink()
+        work.rmdir()
+    c, f = report["heads"]["clustered"], report["heads"]["full"]
+    report["speedup"] = {"eager": f["eager_ms"] / c["eager_ms"], **({"pte": f["pte_ms"] / c["pte_ms"]} if pte else {})}
+    report["head_bytes_ratio"] = f["head_bytes_read"] / c["head_bytes_read"]
+    del target, drafter, clustered
+    gc.collect()
+
+    if decode_layers:
+        full_layers = preset(preset_name).target.num_layers
+        measured = {n: _decode_ms(preset_name, n, context, max(3, repeats // 4)) for n in decode_layers}
+        _say(progress, "eager target decode: " + ", ".join(f"{n} layers {ms:.1f} ms" for n, ms in measured.items()))
+        (l1, y1), (l2, y2) = measured.items()
+        a, b = _line(l1, y1, l2, y2)
+        decode_ms = a + b * full_layers
+        report["target_decode"] = {
+            "eager_ms_measured": measured, "layers": full_layers, "eager_ms_extrapolated": decode_ms,
+            "how": "EXTRAPOLATED: a line in the layer count through E2B-width slices (each added layer a double-wide "
+                   "KV-shared one, the costliest kind), eager fp32, random weights",
+        }
+        report["draft_step_vs_decode"] = {"eager_clustered": c["eager_ms"] / decode_ms}
+    return report
+
+
+def summary(report: dict) -> str:
+    lines = [f"clustered vs full LM head, {report['preset']} drafter ({report['drafter']['vocab']} tokens, "
+             f"{report['drafter']['candidates']} candidates), context {report['context']}:"]
+    for head, row in report["heads"].items():
+        pte = f", pte {row['pte_ms']:.2f} ms" if "pte_ms" in row else ""
+        lines.append(f"  {head:9s} head: eager {row['eager_ms']:.2f} ms{pte} per step; head reads "
+                     f"{row['head_bytes_read'] / 2**20:.2f} MiB, step {row['step_bytes_read'] / 2**20:.2f} MiB")
+    lines.append("  full / clustered: " + ", ".join(f"{k} {v:.1f}x" for k, v in report["speedup"].items())
+                 + f" (head bytes {report['head_bytes_ratio']:.1f}x)")
+    if "target_decode" in report:
+        t = report["target_decode"]
+        lines.append(f"  target decode step (eager, extrapolated to {t['layers']} layers): {t['eager_ms_extrapolated']:.1f} ms; "
+                     f"clustered draft step = {100 * report['draft_step_vs_decode']['eager_clustered']:.2f}% of it")
+    return "\n".join(lines)
