@@ -16,6 +16,7 @@ schema version, that every artifact is there and that none was modified since ex
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -115,9 +116,15 @@ def write_bundle(
         raise BundleError(f"need k >= 1, prefill_chunk >= 1 and max_seq_len >= 2; got k={k}, prefill_chunk={prefill_chunk}, max_seq_len={max_seq_len}.")
 
     started = time.perf_counter()
-    if progress:
-        print(f"[bundle] loading {target_dir} + {drafter_dir}", file=sys.stderr, flush=True)
-    target, drafter = load_pair(target_dir, drafter_dir, buffer_length(max_seq_len, k, prefill_chunk))
+    buffer = buffer_length(max_seq_len, k, prefill_chunk)
+    # A quantized .pte is loaded quantizing tensor by tensor (the fp32 model is never whole in memory);
+    # fp32 modules are loaded only for the ONNX export (it quantizes the exported graphs) or an fp32 .pte.
+    stream_quantized = "pte" in formats and not recipes["pte"].is_none
+    target = drafter = None
+    if "onnx" in formats or not stream_quantized:
+        if progress:
+            print(f"[bundle] loading {target_dir} + {drafter_dir}", file=sys.stderr, flush=True)
+        target, drafter = load_pair(target_dir, drafter_dir, buffer)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
@@ -131,7 +138,6 @@ def write_bundle(
             quantization = {**first.as_dict(), "recipes": texts}
         else:  # the per-format defaults differ
             quantization = {"recipe": "default (" + ", ".join(f"{f}: {t}" for f, t in texts.items()) + ")", "recipes": texts}
-        layout = cache_layout(target, max_seq_len)  # before quantization touches the modules
         if "onnx" in formats:  # first: it quantizes the exported graphs, so it needs the fp32 modules
             from .onnx import export_onnx
 
@@ -144,11 +150,17 @@ def write_bundle(
             sections["onnx"] = info["graphs"]
             sizes["onnx_bytes"] = info["bytes"]
             quantization["onnx"] = _count_schemes(info["quantized_nodes"])
-        if "pte" in formats:
-            if not recipes["pte"].is_none:
-                from mtp_edge.quantize.modules import quantize_pair
+        if stream_quantized:
+            from mtp_edge.quantize.streaming import load_quantized_pair
 
-                quantization["pte"] = quantize_pair(target, drafter, recipes["pte"], progress=progress)
+            del target, drafter
+            gc.collect()
+            if progress:
+                print(f"[bundle] loading {target_dir} + {drafter_dir}, quantizing while loading", file=sys.stderr, flush=True)
+            target, drafter, quantization["pte"] = load_quantized_pair(target_dir, drafter_dir, buffer, recipes["pte"],
+                                                                       progress=progress)
+        layout = cache_layout(target, max_seq_len)
+        if "pte" in formats:
             info = export_pte(
                 target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
                 backend=backend, quantized=not recipes["pte"].is_none, progress=progress,

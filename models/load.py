@@ -94,7 +94,8 @@ def _ignorable(key: str, cfg: DecoderConfig, tied: bool) -> bool:
     return False
 
 
-def _fill(module: torch.nn.Module, folder: Path, to_key, cfg: DecoderConfig, dtype: torch.dtype) -> None:
+def _fill(module: torch.nn.Module, folder: Path, to_key, cfg: DecoderConfig, dtype: torch.dtype, sink=None) -> None:
+    """Fill the module's tensors from the checkpoint; a tensor the sink claims goes to it in row chunks instead."""
     expected = dict(module.named_parameters())
     expected.update((n, b) for n, b in module.named_buffers() if n in module.state_dict())
     loaded = set()
@@ -110,7 +111,10 @@ def _fill(module: torch.nn.Module, folder: Path, to_key, cfg: DecoderConfig, dty
             found = tuple(view.get_shape())
             if found != tuple(dest.shape):
                 raise CheckpointError(f"{path.name}: tensor {name!r} has shape {list(found)}, expected {list(dest.shape)} from config.json.")
-            _copy_in_chunks(view, dest, found, dtype if dest.is_floating_point() else dest.dtype, path, name)
+            if sink is not None and sink.claims(key):
+                sink.take(key, found[0], _row_chunks(view, dest, found, dtype, path, name))
+            else:
+                _copy_in_chunks(view, dest, found, dtype if dest.is_floating_point() else dest.dtype, path, name)
         loaded.add(key)
     missing = sorted(set(expected) - loaded)
     if missing:
@@ -120,17 +124,27 @@ def _fill(module: torch.nn.Module, folder: Path, to_key, cfg: DecoderConfig, dty
 
 
 def _copy_in_chunks(view, dest: torch.Tensor, shape: tuple, dtype: torch.dtype, path: Path, name: str) -> None:
-    try:
-        if not shape or dest.numel() * dest.element_size() <= CHUNK_BYTES:
+    if not shape or dest.numel() * dest.element_size() <= CHUNK_BYTES:
+        try:
             dest.copy_(view[:].to(dtype))
-            return
-        row_bytes = max(1, dest[0].numel() * dest.element_size())
-        step = max(1, CHUNK_BYTES // row_bytes)
-        with torch.no_grad():
-            for start in range(0, shape[0], step):
-                dest[start:start + step].copy_(view[start:start + step].to(dtype))
-    except (SafetensorError, RuntimeError, OSError) as e:
-        raise CheckpointError(f"{path}: could not read tensor {name!r} ({e}); the file is truncated or corrupt.") from None
+        except (SafetensorError, RuntimeError, OSError) as e:
+            raise CheckpointError(f"{path}: could not read tensor {name!r} ({e}); the file is truncated or corrupt.") from None
+        return
+    start = 0
+    for chunk in _row_chunks(view, dest, shape, dtype, path, name):
+        dest[start:start + chunk.shape[0]].copy_(chunk)
+        start += chunk.shape[0]
+
+
+def _row_chunks(view, dest: torch.Tensor, shape: tuple, dtype: torch.dtype, path: Path, name: str):
+    """The tensor's rows, about CHUNK_BYTES of `dtype` at a time."""
+    step = max(1, CHUNK_BYTES // max(1, dest[0].numel() * dest.element_size()))
+    for start in range(0, shape[0], step):
+        try:
+            chunk = view[start:start + step].to(dtype)
+        except (SafetensorError, RuntimeError, OSError) as e:
+            raise CheckpointError(f"{path}: could not read tensor {name!r} ({e}); the file is truncated or corrupt.") from None
+        yield chunk
 
 
 def _materialize(module_cls, cfg, dtype, **kwargs):
@@ -141,21 +155,27 @@ def _materialize(module_cls, cfg, dtype, **kwargs):
     return module
 
 
+# `sink`, in the loaders below: called with the materialised module before any tensor is read, it
+# returns an object whose claims(key) picks tensors and take(key, rows, chunks) receives their rows
+# (mtp_edge.quantize.streaming quantizes them as they arrive), or None.
+
+
 @torch.no_grad()
-def load_target(folder: str | Path, max_seq_len: int, dtype: torch.dtype = torch.float32) -> Gemma4Target:
+def load_target(folder: str | Path, max_seq_len: int, dtype: torch.dtype = torch.float32, sink=None) -> Gemma4Target:
     cfg = target_config_from_folder(folder)
     model = _materialize(Gemma4Target, cfg, dtype, max_seq_len=max_seq_len)
-    _fill(model, Path(folder), _target_key, cfg, dtype)
+    _fill(model, Path(folder), _target_key, cfg, dtype, sink(model) if sink else None)
     return model.eval()
 
 
 @torch.no_grad()
-def load_drafter(folder: str | Path, dtype: torch.dtype = torch.float32, target: DecoderConfig | None = None) -> Gemma4Drafter:
+def load_drafter(folder: str | Path, dtype: torch.dtype = torch.float32, target: DecoderConfig | None = None,
+                 sink=None) -> Gemma4Drafter:
     cfg: DrafterConfig = drafter_config_from_folder(folder)
     if target is not None:
         check_pair(target, cfg)
     model = _materialize(Gemma4Drafter, cfg, dtype)
-    _fill(model, Path(folder), _drafter_key, cfg.decoder, dtype)
+    _fill(model, Path(folder), _drafter_key, cfg.decoder, dtype, sink(model) if sink else None)
     return model.eval()
 
 

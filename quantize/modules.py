@@ -60,44 +60,53 @@ def untie_lm_head(target: Gemma4Target) -> None:
         target.lm_head = head
 
 
+def plan_model(model: nn.Module, scheme: Scheme) -> tuple[dict[str, tuple[str, str, int]], dict]:
+    """What `scheme` quantizes in `model`: {module fqn: ("embedding" | "linear", scheme, group)} and the
+    report the manifest records (what was quantized, and what was kept fp32 because of its shape)."""
+    plan: dict[str, tuple[str, str, int]] = {}
+    report = {"embeddings": [], "linears": {}, "skipped": {}}
+    for fqn, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and scheme.embedding != "none":
+            group = scheme.embedding_group_size
+            if scheme.embedding == "emb4" and module.embedding_dim % group:
+                report["skipped"][fqn] = f"embedding dim {module.embedding_dim} is not a multiple of group size {group}"
+                continue
+            plan[fqn] = ("embedding", scheme.embedding, group)
+            report["embeddings"].append(fqn)
+        elif isinstance(module, nn.Linear):
+            linear, group = scheme.linear_for(fqn)
+            if linear == "none":
+                continue
+            if linear in ("8da4w", "int4") and module.in_features % group:
+                report["skipped"][fqn] = f"in_features {module.in_features} is not a multiple of group size {group}"
+                continue
+            plan[fqn] = ("linear", linear, group)
+            report["linears"][fqn] = f"{linear}:{group}" if linear in ("8da4w", "int4") else linear
+    return plan, report
+
+
+def config_for(kind: str, scheme: str, group: int):
+    return embedding_config(scheme, group) if kind == "embedding" else linear_config(scheme, group)
+
+
+def _say_quantized(name: str, report: dict, progress: bool) -> None:
+    if progress:
+        print(f"[quantize] {name}: {len(report['linears'])} linears, {len(report['embeddings'])} embedding tables"
+              + (f", {len(report['skipped'])} kept fp32 (shape)" if report["skipped"] else ""), file=sys.stderr, flush=True)
+
+
 def quantize_model(model: nn.Module, scheme: Scheme, *, name: str, progress: bool = True) -> dict:
     """Quantize `model` in place per `scheme`; returns what was quantized and what was skipped (why)."""
     from torchao.quantization.quant_api import quantize_
 
-    report = {"embeddings": [], "linears": {}, "skipped": {}}
-    if scheme.embedding != "none":
-        group = scheme.embedding_group_size
-
-        def is_embedding(module, fqn):
-            if not isinstance(module, nn.Embedding):
-                return False
-            if scheme.embedding == "emb4" and module.embedding_dim % group:
-                report["skipped"][fqn] = f"embedding dim {module.embedding_dim} is not a multiple of group size {group}"
-                return False
-            report["embeddings"].append(fqn)
-            return True
-
-        quantize_(model, embedding_config(scheme.embedding, group), filter_fn=is_embedding)
-    # One quantize_ pass per distinct (linear scheme, group) so that overrides apply per module.
-    wanted: dict[tuple[str, int], list[str]] = {}
-    for fqn, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        linear, group = scheme.linear_for(fqn)
-        if linear == "none":
-            continue
-        if linear in ("8da4w", "int4") and module.in_features % group:
-            report["skipped"][fqn] = f"in_features {module.in_features} is not a multiple of group size {group}"
-            continue
-        wanted.setdefault((linear, group), []).append(fqn)
-    for (linear, group), names in wanted.items():
-        selected = set(names)
-        quantize_(model, linear_config(linear, group), filter_fn=lambda m, fqn: fqn in selected and isinstance(m, nn.Linear))
-        for fqn in names:
-            report["linears"][fqn] = f"{linear}:{group}" if linear in ("8da4w", "int4") else linear
-    if progress:
-        print(f"[quantize] {name}: {len(report['linears'])} linears, {len(report['embeddings'])} embedding tables"
-              + (f", {len(report['skipped'])} kept fp32 (shape)" if report["skipped"] else ""), file=sys.stderr, flush=True)
+    plan, report = plan_model(model, scheme)
+    # One quantize_ pass per distinct (kind, scheme, group) so that overrides apply per module.
+    passes: dict[tuple[str, str, int], set[str]] = {}
+    for fqn, how in plan.items():
+        passes.setdefault(how, set()).add(fqn)
+    for (kind, scheme_name, group), names in passes.items():
+        quantize_(model, config_for(kind, scheme_name, group), filter_fn=lambda m, fqn, names=names: fqn in names)
+    _say_quantized(name, report, progress)
     return report
 
 

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .bench import _line, _time_calls, e2b_slice_configs, random_modules
+from .bench import _line, _percentiles, _time_calls, e2b_slice_configs, random_modules
 
 FP32 = 4
 
@@ -58,6 +59,50 @@ def _pte_draft(target, drafter, context: int, work: Path, name: str, progress: b
     return program.load_method("draft"), info["export_s"], path.stat().st_size
 
 
+def _in_blocks(calls: dict, repeats: int, warmup: int, blocks: int = 3) -> dict:
+    """Median / p90 / min per call. Each call runs back to back in a block (as draft steps do in
+    a round, with the weights warm in cache), and the blocks of all calls alternate, so that this
+    machine's drifting speed hits every variant alike."""
+    seconds = {key: [] for key in calls}
+    per_block = max(1, repeats // blocks)
+    for _ in range(blocks):
+        for key, fn in calls.items():
+            for _ in range(warmup):
+                fn()
+            for _ in range(per_block):
+                start = time.perf_counter()
+                fn()
+                seconds[key].append(time.perf_counter() - start)
+    return {key: _percentiles(values) for key, values in seconds.items()}
+
+
+class HeadOnly(nn.Module):
+    """The LM-head stage of a draft step alone: final hidden -> (candidate ids, logits, argmax id)."""
+
+    def __init__(self, drafter):
+        super().__init__()
+        self.drafter = drafter
+
+    def forward(self, hidden):
+        ids, logits = self.drafter.candidates(hidden.view(1, 1, -1))
+        ids, logits = ids.reshape(-1), logits.reshape(-1)
+        return ids, logits, ids.gather(0, logits.argmax().view(1))
+
+
+def _pte_module(module: nn.Module, inputs: tuple, path: Path):
+    """A one-method (forward) .pte of `module` on XNNPACK, loaded by the ExecuTorch runtime."""
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from mtp_edge.export.pte import xnnpack_partitioner
+
+    program = to_edge_transform_and_lower(torch.export.export(module.eval(), inputs, strict=False),
+                                          partitioner=[xnnpack_partitioner()]).to_executorch()
+    path.write_bytes(program.buffer)
+    return Runtime.get().load_program(path).load_method("forward")
+
+
+@torch.no_grad()
 def _decode_ms(preset_name: str, layers: int, context: int, repeats: int) -> float:
     """Median eager fp32 decode step of an E2B-width slice with `layers` layers, at `context` - 1."""
     from mtp_edge.export.pte import DecodeMethod
@@ -66,13 +111,13 @@ def _decode_ms(preset_name: str, layers: int, context: int, repeats: int) -> flo
     target, _ = random_modules(target_cfg, None, max_seq_len=context, dtype=torch.float32)
     decode = DecodeMethod(target)
     token, start = torch.tensor([[7]]), torch.tensor([context - 1])
-    with torch.no_grad():
-        ms = _time_calls(lambda: decode(token, start), repeats, warmup=2)["median_ms"]
+    ms = _time_calls(lambda: decode(token, start), repeats, warmup=2)["median_ms"]
     del target, decode
     gc.collect()
     return ms
 
 
+@torch.no_grad()
 def bench_head(preset_name: str = "e2b", *, context: int = 1024, repeats: int = 20, pte: bool = True,
                decode_layers: tuple[int, int] | None = (2, 4), progress: bool = True) -> dict:
     """Draft-step latency and bytes per head; see the module docstring. context: the cache length
@@ -95,36 +140,47 @@ def bench_head(preset_name: str = "e2b", *, context: int = 1024, repeats: int = 
                           "clusters": drafter_cfg.num_centroids, "tokens_per_cluster": drafter_cfg.tokens_per_centroid,
                           "clusters_kept": drafter_cfg.centroid_top_k, "candidates": drafter_cfg.num_candidates},
               "heads": {}}
+    heads = {"clustered": clustered, "full": None}
+    step = DraftMethod(target, drafter).eval()
+    final_hidden = torch.randn(drafter_cfg.decoder.hidden_size, generator=torch.Generator().manual_seed(1))
+
+    def eager_call(head, part):
+        def call():
+            drafter.masked_embedding = heads[head]
+            return step(*inputs) if part == "step" else HeadOnly(drafter)(final_hidden)
+        return call
+
+    # (backend, part, head) -> call; part "step" is the whole draft step, "head" its LM-head stage alone.
+    calls = {("eager", part, head): eager_call(head, part) for part in ("step", "head") for head in heads}
     work = Path(tempfile.mkdtemp(prefix="mtp-edge-bench-head-"))
     try:
-        for head in ("clustered", "full"):
-            drafter.masked_embedding = clustered if head == "clustered" else None
-            step = DraftMethod(target, drafter).eval()
-            with torch.no_grad():
-                eager_out = step(*inputs)
-                eager = _time_calls(lambda: step(*inputs), repeats, warmup=3)
-            row = {"head_bytes_read": head_bytes(drafter_cfg, head), "step_bytes_read": body + head_bytes(drafter_cfg, head),
-                   "outputs": int(eager_out[0].numel()), "eager_ms": eager["median_ms"], "eager": eager}
-            _say(progress, f"{head} head, eager: {eager['median_ms']:.2f} ms per draft step")
+        for head in heads:
+            row = report["heads"][head] = {"head_bytes_read": head_bytes(drafter_cfg, head),
+                                           "step_bytes_read": body + head_bytes(drafter_cfg, head)}
+            drafter.masked_embedding = heads[head]
+            eager_out = step(*inputs)
+            row["outputs"] = int(eager_out[0].numel())
             if pte:
-                method, export_s, size = _pte_draft(target, drafter, context, work, f"draft-{head}", progress)
-                pte_out = method.execute(list(inputs))
-                timed = _time_calls(lambda: method.execute(list(inputs)), repeats, warmup=3)
-                row.update(pte_ms=timed["median_ms"], pte=timed, pte_export_s=export_s, pte_bytes=size,
-                           pte_argmax_equals_eager=int(pte_out[3][0]) == int(eager_out[3][0]))
-                _say(progress, f"{head} head, pte (xnnpack): {timed['median_ms']:.2f} ms per draft step")
-                del method
-                for f in work.iterdir():
-                    f.unlink()
-            report["heads"][head] = row
-            gc.collect()
+                method, row["pte_export_s"], row["pte_bytes"] = _pte_draft(target, drafter, context, work, f"draft-{head}", progress)
+                row["pte_argmax_equals_eager"] = int(method.execute(list(inputs))[3][0]) == int(eager_out[3][0])
+                calls[("pte", "step", head)] = lambda m=method: m.execute(list(inputs))
+                head_method = _pte_module(HeadOnly(drafter), (final_hidden,), work / f"head-{head}.pte")
+                calls[("pte", "head", head)] = lambda m=head_method: m.execute([final_hidden])
+        _say(progress, f"timing {len(calls)} variants in alternating blocks, {repeats} calls each")
+        timed = _in_blocks(calls, repeats, warmup=3)
     finally:
         drafter.masked_embedding = clustered
         for f in work.iterdir():
             f.unlink()
         work.rmdir()
+    for (backend, part, head), t in timed.items():
+        report["heads"][head].update({f"{backend}_{part}_ms": t["median_ms"], f"{backend}_{part}": t})
+        _say(progress, f"{head} head, {backend}, {part}: {t['median_ms']:.2f} ms (min {t['min_ms']:.2f})")
+    del calls, step
     c, f = report["heads"]["clustered"], report["heads"]["full"]
-    report["speedup"] = {"eager": f["eager_ms"] / c["eager_ms"], **({"pte": f["pte_ms"] / c["pte_ms"]} if pte else {})}
+    backends = ("eager", "pte") if pte else ("eager",)
+    report["full_over_clustered"] = {f"{b}_{part}": f[f"{b}_{part}_ms"] / c[f"{b}_{part}_ms"]
+                                     for b in backends for part in ("head", "step")}
     report["head_bytes_ratio"] = f["head_bytes_read"] / c["head_bytes_read"]
     del target, drafter, clustered
     gc.collect()
@@ -141,21 +197,23 @@ def bench_head(preset_name: str = "e2b", *, context: int = 1024, repeats: int = 
             "how": "EXTRAPOLATED: a line in the layer count through E2B-width slices (each added layer a double-wide "
                    "KV-shared one, the costliest kind), eager fp32, random weights",
         }
-        report["draft_step_vs_decode"] = {"eager_clustered": c["eager_ms"] / decode_ms}
+        report["draft_step_vs_decode"] = {f"{b}_clustered": c[f"{b}_step_ms"] / decode_ms for b in backends}
     return report
 
 
 def summary(report: dict) -> str:
-    lines = [f"clustered vs full LM head, {report['preset']} drafter ({report['drafter']['vocab']} tokens, "
-             f"{report['drafter']['candidates']} candidates), context {report['context']}:"]
+    d = report["drafter"]
+    lines = [f"clustered vs full LM head, {report['preset']} drafter ({d['vocab']} tokens, {d['candidates']} candidates), "
+             f"context {report['context']}, medians:"]
     for head, row in report["heads"].items():
-        pte = f", pte {row['pte_ms']:.2f} ms" if "pte_ms" in row else ""
-        lines.append(f"  {head:9s} head: eager {row['eager_ms']:.2f} ms{pte} per step; head reads "
-                     f"{row['head_bytes_read'] / 2**20:.2f} MiB, step {row['step_bytes_read'] / 2**20:.2f} MiB")
-    lines.append("  full / clustered: " + ", ".join(f"{k} {v:.1f}x" for k, v in report["speedup"].items())
+        times = ", ".join(f"{key[:-3].replace('_', ' ')} {value:.2f} ms" for key, value in row.items() if key.endswith("_ms"))
+        lines.append(f"  {head:9s} head: {times}; head reads {row['head_bytes_read'] / 2**20:.2f} MiB, "
+                     f"step {row['step_bytes_read'] / 2**20:.2f} MiB")
+    lines.append("  full / clustered: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}x" for k, v in report["full_over_clustered"].items())
                  + f" (head bytes {report['head_bytes_ratio']:.1f}x)")
     if "target_decode" in report:
         t = report["target_decode"]
-        lines.append(f"  target decode step (eager, extrapolated to {t['layers']} layers): {t['eager_ms_extrapolated']:.1f} ms; "
-                     f"clustered draft step = {100 * report['draft_step_vs_decode']['eager_clustered']:.2f}% of it")
+        shares = ", ".join(f"{k.split('_')[0]} {100 * v:.2f}%" for k, v in report["draft_step_vs_decode"].items())
+        lines.append(f"  target decode step (eager fp32, extrapolated to {t['layers']} layers): {t['eager_ms_extrapolated']:.1f} ms; "
+                     f"a clustered draft step is {shares} of it")
     return "\n".join(lines)

@@ -106,6 +106,32 @@ def test_quantized_head_gathers_candidate_rows_only(quantized, fmt):
     assert vocabulary_sized(shapes, manifest["target_config"]["vocab_size"]) == []
 
 
+@pytest.mark.parametrize("recipe", [r for r, formats in RECIPES if "pte" in formats] + ["target=none+emb4:16,drafter=8da4w"])
+def test_quantize_while_loading_equals_quantizing_the_loaded_pair(tiny_dirs, recipe, monkeypatch):
+    """Row chunks quantized as they stream in give exactly what quantize_pair gives on the whole weights."""
+    import mtp_edge.models.load as load
+
+    from mtp_edge.quantize.streaming import load_quantized_pair
+
+    monkeypatch.setattr(load, "CHUNK_BYTES", 4096)  # many chunks per tensor, ragged last ones
+    parsed = parse_recipe(recipe, "pte")
+    target, drafter = load_pair(*tiny_dirs, max_seq_len=20)
+    report = quantize_pair(target, drafter, parsed, progress=False)
+    streamed_target, streamed_drafter, streamed_report = load_quantized_pair(*tiny_dirs, 20, parsed, progress=False)
+    assert streamed_report == report
+    for whole, streamed in ((target, streamed_target), (drafter, streamed_drafter)):
+        a, b = whole.state_dict(), streamed.state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert type(a[key]) is type(b[key]), key
+            names = getattr(a[key], "tensor_data_names", None)
+            if names:
+                assert all(torch.equal(getattr(a[key], n), getattr(b[key], n)) for n in names), key
+                assert [getattr(a[key], n) for n in a[key].tensor_attribute_names] == [getattr(b[key], n) for n in b[key].tensor_attribute_names]
+            else:
+                assert torch.equal(a[key], b[key]), key
+
+
 def test_int4_for_pte_is_refused_before_any_work(tiny_dirs, tmp_path):
     from mtp_edge.quantize.recipes import RecipeError
 
