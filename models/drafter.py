@@ -35,7 +35,10 @@ class ClusteredHead(nn.Module):
         # index kernel in ExecuTorch (29 of 48 ms of an E2B-width draft step).
         ids = F.embedding(clusters, self.token_ordering.view(self.num_centroids, -1)).flatten(-2)
         rows = F.embedding(ids, lm_head_weight)  # [B, T, C, D]
-        logits = (hidden.unsqueeze(-2) @ rows.transpose(-1, -2)).squeeze(-2)
+        # rows @ hidden, not hidden @ rows^T: the gathered rows are used as they lie (a transposed
+        # copy of them cost more than the matmul in the exported program). A 3-D bmm, since a 4-D
+        # matmul is exported with an expand_copy of its operands.
+        logits = torch.bmm(rows.flatten(0, 1), hidden.flatten(0, 1).unsqueeze(-1)).view(ids.shape)
         return ids, logits
 
 

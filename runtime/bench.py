@@ -441,13 +441,13 @@ def _export_child(target_dir, drafter_dir, out_dir, **export) -> dict:
 
 
 def measure_export(target_dir, drafter_dir, out_dir, *, k: int, max_seq_len: int, prefill_chunk: int,
-                   backend: str = "xnnpack") -> dict:
+                   backend: str = "xnnpack", quantize: str | None = "none") -> dict:
     """Export a bundle in a fresh subprocess: wall time (process start to exit, imports included),
     peak RSS of that process, per-stage RSS, and the bundle's sizes."""
     out_dir = Path(out_dir)
     child = _run_child(
         ["_export", str(target_dir), str(drafter_dir), str(out_dir), "--k", str(k), "--max-seq-len", str(max_seq_len),
-         "--prefill-chunk", str(prefill_chunk), "--backend", backend],
+         "--prefill-chunk", str(prefill_chunk), "--backend", backend, "--quantize", quantize or "default"],
         out_dir.parent / f".{out_dir.name}.export-result.json",
     )
     r = child["result"]
@@ -483,6 +483,13 @@ def e2b_slice_configs(layers: int, preset_name: str = "e2b", vocab_size: int | N
 
     from mtp_edge.models.config import FULL, SLIDING, preset
 
+    if layers is None:  # the whole model, real layer pattern
+        pair = preset(preset_name)
+        target, drafter = pair.target, pair.drafter
+        if vocab_size is not None:
+            target = replace(target, vocab_size=vocab_size, ple_vocab_size=vocab_size)
+            drafter = replace(drafter, decoder=replace(drafter.decoder, vocab_size=vocab_size))
+        return target, drafter
     if layers < 2:
         raise ValueError(f"an E2B slice needs at least 2 layers (one sliding and one full store layer), got {layers}.")
     pair = preset(preset_name)
@@ -547,9 +554,9 @@ def fp32_weight_bytes(target_cfg, drafter_cfg) -> int:
     return total
 
 
-def bench_e2b_slice(out_dir, layers: int = 4, max_seq_len: int = 512, k: int = 4, prefill_chunk: int = 32,
+def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: int = 4, prefill_chunk: int = 32,
                     backend: str = "xnnpack", repeats: int = 20, eager: bool = True, keep: bool = True,
-                    vocab_size: int | None = None) -> dict:
+                    vocab_size: int | None = None, quantize: str | None = "none") -> dict:
     """Build an E2B-width slice with random weights (see e2b_slice_configs), save it as HF folders
     (bf16) under out_dir, export it to a bundle in a subprocess (wall time, peak RSS) and time its
     methods in another subprocess (latencies, runtime peak RSS); optionally the eager latencies too.
@@ -563,16 +570,17 @@ def bench_e2b_slice(out_dir, layers: int = 4, max_seq_len: int = 512, k: int = 4
     target_dir, drafter_dir, bundle_dir = out_dir / "target", out_dir / "drafter", out_dir / "bundle"
     target_cfg, drafter_cfg = e2b_slice_configs(layers, vocab_size=vocab_size)
     report = {
-        "slice": {"layers": layers, "layer_types": list(target_cfg.layer_types), "kv_shared_layers": target_cfg.num_kv_shared_layers,
+        "slice": {"layers": target_cfg.num_layers, "layer_types": list(target_cfg.layer_types), "kv_shared_layers": target_cfg.num_kv_shared_layers,
                   "store_layers": target_cfg.store_layers, "hidden_size": target_cfg.hidden_size, "vocab_size": target_cfg.vocab_size,
                   "ple_table": [target_cfg.ple_vocab_size, layers * target_cfg.ple_dim], "weights": "random"},
-        "export_settings": {"k": k, "max_seq_len": max_seq_len, "prefill_chunk": prefill_chunk, "backend": backend},
+        "export_settings": {"k": k, "max_seq_len": max_seq_len, "prefill_chunk": prefill_chunk, "backend": backend,
+                            "quantize": quantize or "default"},
         "fp32_weight_bytes_counted": fp32_weight_bytes(target_cfg, drafter_cfg),
     }
 
     def say(msg: str) -> None:
         vocab = "" if vocab_size is None else f" vocab {vocab_size}"
-        print(f"[e2b-slice {layers}L{vocab}] {msg}", file=sys.stderr, flush=True)
+        print(f"[e2b-slice {target_cfg.num_layers}L{vocab}] {msg}", file=sys.stderr, flush=True)
 
     say(f"building random bf16 pair: layers {list(target_cfg.layer_types)}, {target_cfg.num_kv_shared_layers} KV-shared")
     started = time.perf_counter()
@@ -586,7 +594,7 @@ def bench_e2b_slice(out_dir, layers: int = 4, max_seq_len: int = 512, k: int = 4
     say(f"saved HF folders ({report['checkpoint_bytes'] / 2**30:.2f} GiB bf16, {report['checkpoint_s']:.0f}s); exporting")
 
     report["export"] = measure_export(target_dir, drafter_dir, bundle_dir, k=k, max_seq_len=max_seq_len,
-                                      prefill_chunk=prefill_chunk, backend=backend)
+                                      prefill_chunk=prefill_chunk, backend=backend, quantize=quantize)
     e = report["export"]
     say(f"exported in {e['export_wall_s']:.0f}s, peak RSS {e['export_peak_rss_gib']:.2f} GiB, .pte {e['pte_gib']:.2f} GiB; timing methods")
 
@@ -716,7 +724,7 @@ def _main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m mtp_edge.runtime.bench", description="export benchmarks; print JSON")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{methods,recipes,e2b-slice,e2b-scaling,export-measured}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{methods,recipes,e2b-slice,e2b-scaling,e2b-full,export-measured}")
 
     p = sub.add_parser("methods", help="per-method latency of a bundle on the pte or onnx backend")
     p.add_argument("bundle")
@@ -725,11 +733,12 @@ def _main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--fill-chunks", type=int, default=4)
 
-    def export_args(p, max_seq_len=512):
+    def export_args(p, max_seq_len=512, quantize="none"):
         p.add_argument("--max-seq-len", type=int, default=max_seq_len)
         p.add_argument("--k", type=int, default=4)
         p.add_argument("--prefill-chunk", type=int, default=32)
         p.add_argument("--backend", default="xnnpack", choices=("xnnpack", "portable"))
+        p.add_argument("--quantize", default=quantize, help="a --quantize recipe, or `default` (each format's default)")
 
     p = sub.add_parser("recipes", help="shipped pair: speed and quality per quantization recipe and backend")
     p.add_argument("recipes", nargs="+")
@@ -752,6 +761,12 @@ def _main(argv=None) -> int:
     p.add_argument("--vocab-size", type=int)
     export_args(p)
 
+    p = sub.add_parser("e2b-full", help="the whole E2B pair, random weights: save, export (default recipe: "
+                       "time, peak RSS, sizes), time the methods")
+    p.add_argument("out_dir")
+    p.add_argument("--repeats", type=int, default=10)
+    export_args(p, quantize="default")
+
     p = sub.add_parser("export-measured", help="write_bundle in a subprocess: wall time, peak RSS, per-stage RSS")
     p.add_argument("target_dir")
     p.add_argument("drafter_dir")
@@ -766,7 +781,8 @@ def _main(argv=None) -> int:
         q.add_argument("--result", help=argparse.SUPPRESS)  # where a child writes its JSON
 
     args = parser.parse_args(argv)
-    export = lambda: dict(k=args.k, max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, backend=args.backend)  # noqa: E731
+    export = lambda: dict(k=args.k, max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, backend=args.backend,  # noqa: E731
+                          quantize=None if args.quantize == "default" else args.quantize)
     if args.cmd == "methods":
         if args.backend == "onnx":
             report = bench_onnx_methods(args.bundle, threads=args.threads, repeats=args.repeats, fill_chunks=args.fill_chunks)
@@ -780,6 +796,8 @@ def _main(argv=None) -> int:
     elif args.cmd == "e2b-scaling":
         report = bench_e2b_scaling(args.out_dir, tuple(args.layers), repeats=args.repeats, eager=not args.no_eager,
                                    vocab_size=args.vocab_size, **export())
+    elif args.cmd == "e2b-full":
+        report = bench_e2b_slice(args.out_dir, layers=None, repeats=args.repeats, eager=False, **export())
     elif args.cmd == "export-measured":
         report = measure_export(args.target_dir, args.drafter_dir, args.out_dir, **export())
     else:

@@ -106,7 +106,8 @@ def test_quantized_head_gathers_candidate_rows_only(quantized, fmt):
     assert vocabulary_sized(shapes, manifest["target_config"]["vocab_size"]) == []
 
 
-@pytest.mark.parametrize("recipe", [r for r, formats in RECIPES if "pte" in formats] + ["target=none+emb4:16,drafter=8da4w"])
+@pytest.mark.parametrize("recipe", [r for r, formats in RECIPES if "pte" in formats]
+                         + ["target=none+emb4:16,drafter=8da4w", "target=8da4w,drafter=none+emb8"])
 def test_quantize_while_loading_equals_quantizing_the_loaded_pair(tiny_dirs, recipe, monkeypatch):
     """Row chunks quantized as they stream in give exactly what quantize_pair gives on the whole weights."""
     import mtp_edge.models.load as load
