@@ -7,6 +7,7 @@ load.py both read them back.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -19,8 +20,10 @@ import torch
 from .config import FULL, SLIDING, DecoderConfig, DrafterConfig, hf_config_to_drafter, hf_config_to_target
 from .drafter import Gemma4Drafter
 from .errors import CheckpointError
-from .load import SINGLE_FILE
+from .load import INDEX_FILE, SINGLE_FILE
 from .target import Gemma4Target
+
+SHARD_BYTES = 2 << 30  # per safetensors file when saving
 
 MAX_POSITION_EMBEDDINGS = 131072  # Gemma 4 E2B/E4B's; the modules themselves take max_seq_len at load
 DRAFTER_INNER_MODEL = ("layers.", "norm.", "embed_tokens.")  # under "model." in the assistant's keys
@@ -162,9 +165,8 @@ def _write(folder: Path, hf_config, tensors: dict, dtype: torch.dtype, generatio
     partial = _sibling(folder, "partial")
     partial.mkdir()
     try:
-        cast = {name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous() for name, t in tensors.items()}
-        safetensors.torch.save_file(cast, str(partial / SINGLE_FILE), metadata={"format": "pt"})
-        del cast
+        _save_tensors(partial, {name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
+                                for name, t in tensors.items()})
         GenerationConfig(**generation).save_pretrained(partial)
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, partial / "tokenizer.json")
@@ -176,6 +178,30 @@ def _write(folder: Path, hf_config, tensors: dict, dtype: torch.dtype, generatio
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return folder
+
+
+def _save_tensors(folder: Path, tensors: dict) -> None:
+    """One model.safetensors, or shards of at most SHARD_BYTES and an index (as save_pretrained does):
+    safetensors serializes a whole file in memory, so a single file would double peak memory."""
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if total <= SHARD_BYTES:
+        safetensors.torch.save_file(tensors, str(folder / SINGLE_FILE), metadata={"format": "pt"})
+        return
+    shards, current, size = [], {}, 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = t
+        size += nbytes
+    shards.append(current)
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        safetensors.torch.save_file(shard, str(folder / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+    (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
 def _sibling(folder: Path, tag: str) -> Path:

@@ -208,6 +208,24 @@ def test_bf16_save_halves_the_file(resaved, tmp_path):
     assert torch.equal(reloaded.embed_tokens.weight, target.embed_tokens.weight.to(torch.bfloat16))
 
 
+def test_large_saves_are_sharded_like_save_pretrained(resaved, tmp_path, monkeypatch):
+    """Above SHARD_BYTES a save writes shards and an index (transformers and our loader read both)."""
+    from mtp_edge.models import hf_format
+
+    target, _, t_dir, _ = resaved
+    monkeypatch.setattr(hf_format, "SHARD_BYTES", 64 << 10)
+    out = save_target(target, tmp_path / "sharded", dtype=torch.float32)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and not (out / "model.safetensors").exists()
+    assert set(index["weight_map"]) == set(_keys(t_dir))
+    reloaded = load_target(out, max_seq_len=32)
+    for (name, a), b in zip(target.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    hf = Gemma4ForCausalLM.from_pretrained(out)
+    assert torch.equal(hf.model.embed_tokens.weight, target.embed_tokens.weight)
+
+
 def _failing_save_file(*args, **kwargs):
     raise OSError("disk full")
 
