@@ -572,7 +572,7 @@ def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: 
     report = {
         "slice": {"layers": target_cfg.num_layers, "layer_types": list(target_cfg.layer_types), "kv_shared_layers": target_cfg.num_kv_shared_layers,
                   "store_layers": target_cfg.store_layers, "hidden_size": target_cfg.hidden_size, "vocab_size": target_cfg.vocab_size,
-                  "ple_table": [target_cfg.ple_vocab_size, layers * target_cfg.ple_dim], "weights": "random"},
+                  "ple_table": [target_cfg.ple_vocab_size, target_cfg.num_layers * target_cfg.ple_dim], "weights": "random"},
         "export_settings": {"k": k, "max_seq_len": max_seq_len, "prefill_chunk": prefill_chunk, "backend": backend,
                             "quantize": quantize or "default"},
         "fp32_weight_bytes_counted": fp32_weight_bytes(target_cfg, drafter_cfg),
