@@ -89,7 +89,7 @@ def config_for(kind: str, scheme: str, group: int):
     return embedding_config(scheme, group) if kind == "embedding" else linear_config(scheme, group)
 
 
-def _say_quantized(name: str, report: dict, progress: bool) -> None:
+def say_quantized(name: str, report: dict, progress: bool) -> None:
     if progress:
         print(f"[quantize] {name}: {len(report['linears'])} linears, {len(report['embeddings'])} embedding tables"
               + (f", {len(report['skipped'])} kept fp32 (shape)" if report["skipped"] else ""), file=sys.stderr, flush=True)
@@ -106,7 +106,7 @@ def quantize_model(model: nn.Module, scheme: Scheme, *, name: str, progress: boo
         passes.setdefault(how, set()).add(fqn)
     for (kind, scheme_name, group), names in passes.items():
         quantize_(model, config_for(kind, scheme_name, group), filter_fn=lambda m, fqn, names=names: fqn in names)
-    _say_quantized(name, report, progress)
+    say_quantized(name, report, progress)
     return report
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from mtp_edge.models import Gemma4Drafter, Gemma4Target, load_drafter, load_target
 
-from .modules import _say_quantized, config_for, plan_model, untie_lm_head
+from .modules import config_for, plan_model, say_quantized, untie_lm_head
 from .recipes import PairRecipe, Scheme
 
 
@@ -87,7 +87,7 @@ class StreamingQuantizer:
     def finish(self) -> dict:
         if self.owners:
             raise RuntimeError(f"{self.name}: quantize-while-loading never received {sorted(self.owners)}")
-        _say_quantized(self.name, self.report, self.progress)
+        say_quantized(self.name, self.report, self.progress)
         return self.report
 
 
