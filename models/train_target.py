@@ -25,15 +25,19 @@ def train_target(
     seed: int = 0,
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = 100,
+    model: Gemma4Target | None = None,
+    desc: str = "train target",
 ) -> Gemma4Target:
+    """Train from scratch, or fine-tune `model` (then `cfg` is its config)."""
     torch.manual_seed(seed)
-    model = Gemma4Target(cfg, max_seq_len=1)  # the cache is unused by the cache-free training pass
-    init_weights(model)
+    if model is None:
+        model = Gemma4Target(cfg, max_seq_len=1)  # the cache is unused by the cache-free training pass
+        init_weights(model)
     model.train()
     optimizer = adamw(model, lr)
     generator = torch.Generator().manual_seed(seed)
     start = checkpoint.load(model, optimizer, generator)[0] if checkpoint else 0
-    bar = tqdm(range(start, steps), desc="train target", initial=start, total=steps, unit="step")
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, unit="step")
     started, seen = time.perf_counter(), 0
     for step in bar:
         for group in optimizer.param_groups:

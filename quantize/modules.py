@@ -20,6 +20,15 @@ from .recipes import PairRecipe, RecipeError, Scheme
 BITS = {"8da4w": torch.int4, "int4": torch.int4, "8da8w": torch.int8, "emb4": torch.int4, "emb8": torch.int8}
 
 
+def weight_mapping():
+    """Symmetric, scale = max(-min / -qmin, max / qmax) per group: no value is clipped, and weights
+    already on such a grid (a QAT checkpoint, quantize/qat.py) quantize back to themselves exactly.
+    torchao's default symmetric scale (amax / 7.5) rescales every group of such weights."""
+    from torchao.quantization.quant_primitives import MappingType
+
+    return MappingType.SYMMETRIC_NO_CLIPPING_ERR
+
+
 def _granularity(scheme: str, group: int):
     from torchao.quantization.granularity import PerAxis, PerGroup
 
@@ -30,14 +39,17 @@ def linear_config(scheme: str, group: int):
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
 
     if scheme in ("8da4w", "8da8w"):
-        return Int8DynamicActivationIntxWeightConfig(weight_dtype=BITS[scheme], weight_granularity=_granularity(scheme, group))
-    return IntxWeightOnlyConfig(weight_dtype=BITS[scheme], granularity=_granularity(scheme, group))
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=BITS[scheme], weight_granularity=_granularity(scheme, group),
+                                                     weight_mapping_type=weight_mapping())
+    return IntxWeightOnlyConfig(weight_dtype=BITS[scheme], granularity=_granularity(scheme, group),
+                                mapping_type=weight_mapping())
 
 
 def embedding_config(scheme: str, group: int):
     from torchao.quantization.quant_api import IntxWeightOnlyConfig
 
-    return IntxWeightOnlyConfig(weight_dtype=BITS[scheme], granularity=_granularity(scheme, group))
+    return IntxWeightOnlyConfig(weight_dtype=BITS[scheme], granularity=_granularity(scheme, group),
+                                mapping_type=weight_mapping())
 
 
 def check_pte_recipe(recipe: PairRecipe) -> None:

@@ -160,7 +160,8 @@ def test_eager_quantized_modules_track_the_fp32_pair():
         q_logits = target.forward_train(ids)[0]
         r_logits = reference.forward_train(ids)[0]
     assert not torch.equal(q_logits, r_logits)
-    assert float((q_logits.argmax(-1) == r_logits.argmax(-1)).float().mean()) >= 0.85  # 0.92 measured in the bundles
+    # The shipped target is QAT-trained for this recipe: 0.99 measured eagerly over 16k held-out tokens.
+    assert float((q_logits.argmax(-1) == r_logits.argmax(-1)).float().mean()) >= 0.95
     quantized = EagerBackend(target, drafter, max_draft=4)
     prompt = ids[0, :16].tolist()
     spec = generate(quantized, prompt, k=4, max_new_tokens=24)
@@ -171,10 +172,13 @@ def test_eager_quantized_modules_track_the_fp32_pair():
 
 SHIPPED_RECIPE = "target=8da4w+emb4,drafter=8da4w+emb4"
 # The targets: at least 4x smaller than fp32, top-1 agreement >= 95%, tokens per target
-# call within 5% of the unquantized pair. On this 10M-parameter pair 4-bit linears agree with the
-# fp32 target on 92.0% of held-out tokens (both formats, measured); the floor below guards that
-# figure while the 95% target stays open (see the README's quantization figures).
-MIN_TOP1_AGREEMENT = 0.90
+# call within 5% of the unquantized pair. The shipped target is quantization-aware trained for this
+# recipe (quantize/qat.py): its weights lie on torchao's grid, so the .pte agrees with it on 98.6%
+# of held-out tokens (measured; the rest is int8 activations). onnxruntime's quantizer picks its own
+# scales (round to nearest, zero point per block) and re-rounds the grid: 93.4% measured (92.0%
+# before QAT). The ONNX floor guards that figure; 95% is asserted on the .pte, the format whose
+# default recipe this is.
+MIN_TOP1_AGREEMENT = {"pte": 0.95, "onnx": 0.92}
 
 
 def test_shipped_pair_eval_report(tmp_path):
@@ -197,7 +201,7 @@ def test_shipped_pair_eval_report(tmp_path):
         report = json.loads(done.stdout)
         assert report["recipe"] == SHIPPED_RECIPE and report["backend"] == backend
         assert report["bytes"]["fp32_over_bundle"][backend] >= 4.0
-        assert report["quality"]["top1_agreement"] >= MIN_TOP1_AGREEMENT
+        assert report["quality"]["top1_agreement"] >= MIN_TOP1_AGREEMENT[backend]
         assert abs(report["speculation"]["relative_change"]) <= 0.05
         assert report["speculation"]["speculative_equals_target_only"]  # 32 prompts x 64 tokens
         assert report["quality"]["perplexity_ratio"] < 1.05
