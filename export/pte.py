@@ -33,6 +33,9 @@ runtime may fill) is the buffer length minus that slack, and no write ever leave
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import gc
 import os
 import sys
 import time
@@ -254,6 +257,50 @@ def xnnpack_partitioner():
     return XnnpackPartitioner(configs=[ExactGeluConfig if c is GeluConfig else c for c in ALL_PARTITIONER_CONFIGS])
 
 
+@contextlib.contextmanager
+def weights_shared_while_lowering():
+    """Lower to XNNPACK without a copy of the weights per delegated method.
+
+    executorch 1.5.1 deep-copies each delegated program before the backend preprocesses it
+    (`BackendDetails.copy_exported_program_for_preprocess`), which at E2B size is several GB per
+    method, all alive at once. XNNPACK's passes replace state-dict entries instead of writing into
+    them, so the copy can share the tensors, as executorch's own CUDA backend does. Exports of
+    every size go through this, so the export tests (methods equal to eager) cover it.
+    """
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    own = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
+
+    def copy_sharing_tensors(cls, program, compile_specs):
+        memo = {id(t): t for values in (program.state_dict, program.constants) for t in values.values()
+                if isinstance(t, torch.Tensor)}
+        return copy.deepcopy(program, memo)
+
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_tensors)
+    try:
+        yield
+    finally:
+        if own is None:
+            del XnnpackBackend.copy_exported_program_for_preprocess
+        else:
+            XnnpackBackend.copy_exported_program_for_preprocess = own
+
+
+def drop_merged_delegate_data(edge) -> None:
+    """Free each delegate's own copy of its packed weights once the program manager has merged them.
+
+    The EdgeProgramManager merges every lowered module's named data into one store (deduplicated
+    by content: prefill, verify and decode pack the same target weights) when it is built, and
+    to_executorch emits from that store; the per-module copies would otherwise stay alive."""
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    for name in edge.methods:
+        for module in edge.exported_program(name).graph_module.modules():
+            if isinstance(module, LoweredBackendModule):
+                module._named_data_store_output = None
+    gc.collect()
+
+
 def planned_buffer_sizes(executorch_program) -> dict[str, list[int]]:
     """Method -> non_const_buffer_sizes: [0 (reserved), activations arena, shared mutable arena]."""
     return {plan.name: list(plan.non_const_buffer_sizes) for plan in executorch_program.execution_plan}
@@ -350,7 +397,10 @@ def export_pte(
         signatures = {name: _signature(name, ep) for name, ep in exported.items()}
 
         partitioner = [xnnpack_partitioner()] if backend == "xnnpack" else []
-        edge = to_edge_transform_and_lower(exported, partitioner=partitioner)
+        with weights_shared_while_lowering():
+            edge = to_edge_transform_and_lower(exported, partitioner=partitioner)
+        del exported
+        drop_merged_delegate_data(edge)
         step(f"to_edge_transform_and_lower ({backend})")
         et = edge.to_executorch(
             ExecutorchBackendConfig(
