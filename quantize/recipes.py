@@ -94,11 +94,12 @@ def _with_group(name: str, group: int) -> str:
     return f"{name}:{group}" if name in GROUPED and group != DEFAULT_GROUP_SIZE else name
 
 
-# The default per format: the fastest end to end on the shipped pair (`python -m
-# mtp_edge.runtime.bench recipes`, speculative tok/s, 2 cores) among recipes that lose at most 2% of
-# the unquantized pair's tokens per target call. pte: 8da4w+emb4 241.6 tok/s vs 217.8 (8da8w+emb8)
-# and 183.0 (none), tokens per call +0.7%. onnx: none 402.4 tok/s vs 300.0 (8da4w+emb4) and 130.9
-# (8da8w+emb8): onnxruntime's MatMulNBits with fp32 activations is slower than sgemm at this size.
+# The default per format (`python -m mtp_edge.runtime.bench recipes` on the QAT-trained shipped pair,
+# speculative tok/s, 2 cores; README "Quantization of the QAT pair"). onnx: none 330.6 tok/s vs 249.9
+# (8da4w+emb4) and 154.4 (8da8w+emb8): onnxruntime's MatMulNBits with fp32 activations is slower than
+# sgemm at this size. pte: 8da4w+emb4 (272.8 tok/s, 98.6% top-1, tokens per call -0.1%) although
+# 8da8w+emb8 measured faster on this 10M-parameter pair (301.0): the default also governs E2B exports,
+# whose bandwidth-bound decode reads half the bytes at 4 bits, and the shipped pair is QAT-trained for it.
 DEFAULT_RECIPES = {"pte": "target=8da4w+emb4,drafter=8da4w+emb4", "onnx": "none"}
 
 

@@ -445,7 +445,32 @@ def cmd_eval(args) -> int:
     return 0
 
 
-SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_export, add_eval, add_demo)
+def add_validate(subparsers) -> None:
+    p = subparsers.add_parser("validate", help="build the native (C++) runner and check it gives the Python runtime's tokens",
+                              description="Runs a bundle's demo prompts through the native runner (android_demo/native, "
+                              "built on first use into the cache folder) and the Python pte backend: greedy and seeded "
+                              "sampling at the bundle's K, greedy K=0. Exit code 1 when any tokens differ.")
+    p.add_argument("bundle", metavar="BUNDLE_DIR", help="a bundle with a .pte (written by mtp-edge export)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-prompts", type=int, default=None, help="use the first N demo prompts (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args) -> int:
+    from mtp_edge.runtime.errors import GenerationError
+    from mtp_edge.runtime.native import format_validate, validate_bundle
+
+    if args.max_new_tokens < 1:
+        raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
+    if args.num_prompts is not None and args.num_prompts < 1:
+        raise GenerationError(f"--num-prompts must be >= 1, got {args.num_prompts}.")
+    report = validate_bundle(args.bundle, max_new_tokens=args.max_new_tokens, num_prompts=args.num_prompts)
+    sys.stdout.write(json.dumps(report) + "\n" if args.json else format_validate(report))
+    return 0 if report["ok"] else 1
+
+
+SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_export, add_eval, add_demo, add_validate)
 
 
 def build_parser() -> argparse.ArgumentParser:
