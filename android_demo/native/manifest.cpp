@@ -1,0 +1,181 @@
+#include "manifest.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "errors.h"
+#include "json.h"
+#include "sha256.h"
+
+namespace mtp_edge {
+
+namespace fs = std::filesystem;
+using json::Value;
+
+namespace {
+
+const char* kManifest = "manifest.json";
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype;
+};
+
+std::vector<TensorSpec> tensor_specs(const Value& list, const std::string& what) {
+  std::vector<TensorSpec> specs;
+  for (const Value& entry : list.as_array(what)) {
+    TensorSpec spec;
+    spec.name = entry.at("name", what).as_string(what + " name");
+    for (const Value& d : entry.at("shape", what).as_array(what + " shape")) spec.shape.push_back(d.as_int(what + " shape"));
+    spec.dtype = entry.at("dtype", what).as_string(what + " dtype");
+    specs.push_back(std::move(spec));
+  }
+  return specs;
+}
+
+// Checks one method's signature against what the runner feeds and reads; `expected` lists
+// (shape, dtype) per input then per output in the order export.pte.METHOD_IO gives them.
+void check_signature(const Value& methods, const std::string& name, const std::string& path,
+                     const std::vector<std::pair<std::vector<int64_t>, std::string>>& inputs,
+                     const std::vector<std::pair<std::vector<int64_t>, std::string>>& outputs) {
+  const Value& method = methods.at(name, "methods");
+  const std::string what = "methods." + name;
+  auto check = [&](const std::vector<TensorSpec>& got, const std::vector<std::pair<std::vector<int64_t>, std::string>>& want,
+                   const char* side) {
+    if (got.size() != want.size()) {
+      throw RunnerError(path + ": method " + name + " has " + std::to_string(got.size()) + " " + side + ", this runner expects " +
+                        std::to_string(want.size()) + "; the bundle was written by another mtp-edge version, re-export it.");
+    }
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (got[i].shape != want[i].first || got[i].dtype != want[i].second) {
+        // A dtype mismatch is a bundle this runner cannot read (it reads float32 outputs); a shape
+        // mismatch is a manifest whose k / prefill_chunk / sizes disagree with its own methods.
+        const std::string hint = got[i].dtype != want[i].second ? " (this runner reads float32 logits and hidden states)"
+                                                                 : " (k, prefill_chunk or the model sizes in the manifest disagree with its methods)";
+        throw RunnerError(path + ": method " + name + " " + side + " " + got[i].name + " is " + got[i].dtype + shape_text(got[i].shape) +
+                          ", this runner expects " + want[i].second + shape_text(want[i].first) + hint +
+                          "; re-export the bundle with this version of mtp-edge.");
+      }
+    }
+  };
+  check(tensor_specs(method.at("inputs", what), what + ".inputs"), inputs, "inputs");
+  check(tensor_specs(method.at("outputs", what), what + ".outputs"), outputs, "outputs");
+}
+
+}  // namespace
+
+Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
+  Manifest m;
+  m.bundle_dir = bundle_dir;
+  std::error_code ec;
+  if (!fs::is_directory(bundle_dir, ec)) {
+    throw RunnerError(bundle_dir + ": not a folder. Pass a bundle folder written by `mtp-edge export`.");
+  }
+  const fs::path manifest_path = fs::path(bundle_dir) / kManifest;
+  m.manifest_path = manifest_path.string();
+  const std::string& path = m.manifest_path;
+  if (!fs::is_regular_file(manifest_path, ec)) {
+    throw RunnerError(bundle_dir + ": no " + kManifest + "; not a bundle, or its export was interrupted. Export it again.");
+  }
+  std::ifstream in(manifest_path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) throw RunnerError(path + ": cannot read it.");
+
+  Value doc;
+  try {
+    doc = Value::parse(text.str());
+  } catch (const json::ParseError& e) {
+    throw RunnerError(path + ": not valid JSON (" + e.what() + "); the manifest is damaged, export the bundle again.");
+  }
+  if (!doc.is_object()) throw RunnerError(path + ": not a bundle manifest (expected a JSON object).");
+
+  // The version first: a newer manifest may have moved every other field.
+  const Value* version = doc.find("schema_version");
+  std::string version_text = version == nullptr ? "None" : version->is_number() ? std::to_string(static_cast<long long>(version->as_double("schema_version"))) : "(not a number)";
+  if (version == nullptr || !version->is_number() || version->as_double("schema_version") != double(kSchemaVersion)) {
+    throw RunnerError(path + ": bundle schema_version " + version_text + " is not supported; this runner reads schema_version " +
+                      std::to_string(kSchemaVersion) + ". Re-export the bundle with this version of mtp-edge (or rebuild the runner from the matching sources).");
+  }
+
+  try {
+    bool has_pte = true;  // a manifest without `formats` is a pte bundle
+    std::string formats_text;
+    if (const Value* formats = doc.find("formats")) {
+      has_pte = false;
+      for (const Value& f : formats->as_array("formats")) {
+        const std::string& name = f.as_string("formats");
+        formats_text += (formats_text.empty() ? "" : ",") + name;
+        has_pte |= name == "pte";
+      }
+    }
+    if (!has_pte) {
+      throw RunnerError(bundle_dir + ": this bundle holds " + formats_text + " only, not pte; re-export with --format pte," + formats_text + ".");
+    }
+
+    const Value* artifacts = doc.find("artifacts");
+    const Value* program = artifacts ? artifacts->find("program") : nullptr;
+    if (program == nullptr) {
+      throw RunnerError(path + ": lists no program artifact; the manifest is damaged, export the bundle again.");
+    }
+    const std::string& file = program->at("file", "artifacts.program").as_string("artifacts.program.file");
+    m.program_path = (fs::path(bundle_dir) / file).string();
+    m.program_bytes = program->at("bytes", "artifacts.program").as_int("artifacts.program.bytes");
+    m.program_sha256 = program->at("sha256", "artifacts.program").as_string("artifacts.program.sha256");
+    if (!fs::is_regular_file(m.program_path, ec)) {
+      throw RunnerError(bundle_dir + ": missing artifact " + file + " (program) listed in " + kManifest + "; export the bundle again.");
+    }
+    const auto size = fs::file_size(m.program_path, ec);
+    if (ec || static_cast<int64_t>(size) != m.program_bytes || (verify_hash && sha256_file(m.program_path) != m.program_sha256)) {
+      throw RunnerError(m.program_path + ": artifact " + file + " was modified after export (sha256 does not match " + kManifest +
+                        "); export the bundle again.");
+    }
+
+    m.k = doc.at("k", "manifest").as_int("manifest k");
+    m.prefill_chunk = doc.at("prefill_chunk", "manifest").as_int("manifest prefill_chunk");
+    const Value& cache = doc.at("cache", "manifest");
+    m.max_seq_len = cache.at("max_seq_len", "manifest cache").as_int("manifest cache.max_seq_len");
+    m.buffer_length = cache.at("buffer_length", "manifest cache").as_int("manifest cache.buffer_length");
+    const Value& target = doc.at("target_config", "manifest");
+    m.vocab_size = target.at("vocab_size", "manifest target_config").as_int("manifest target_config.vocab_size");
+    m.hidden_size = target.at("hidden_size", "manifest target_config").as_int("manifest target_config.hidden_size");
+    for (const Value& id : doc.at("eos_token_ids", "manifest").as_array("manifest eos_token_ids")) {
+      m.eos_token_ids.push_back(id.as_int("manifest eos_token_ids"));
+    }
+    if (const Value* rt = doc.find("runtime")) {
+      if (const Value* pad = rt->find("pad_token_for_padding")) m.pad_token = pad->as_int("manifest runtime.pad_token_for_padding");
+    }
+    if (m.k < 1 || m.prefill_chunk < 1 || m.max_seq_len < 2 || m.vocab_size < 1 || m.hidden_size < 1) {
+      throw RunnerError(path + ": k, prefill_chunk, cache.max_seq_len, vocab_size or hidden_size out of range; the manifest is damaged, export the bundle again.");
+    }
+
+    const Value& methods = doc.at("methods", "manifest");
+    const int64_t V = m.vocab_size, H = m.hidden_size, K = m.k, C = m.prefill_chunk;
+    const std::string i64 = "int64", f32 = "float32";
+    check_signature(methods, "prefill", path, {{{1, C}, i64}, {{1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
+    check_signature(methods, "verify", path, {{{1, K + 1}, i64}, {{1}, i64}}, {{{K + 1, V}, f32}, {{K + 1, H}, f32}});
+    check_signature(methods, "decode", path, {{{1, 1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
+    m.has_drafter = methods.find("draft") != nullptr;
+    if (m.has_drafter) {
+      const Value& outs = methods.at("draft", "methods").at("outputs", "methods.draft");
+      const auto specs = tensor_specs(outs, "methods.draft.outputs");
+      m.draft_candidates = !specs.empty() && specs[0].shape.size() == 1 ? specs[0].shape[0] : 0;
+      const int64_t N = m.draft_candidates;
+      check_signature(methods, "draft", path, {{{1}, i64}, {{H}, f32}, {{1}, i64}, {{1}, i64}},
+                      {{{N}, i64}, {{N}, f32}, {{H}, f32}, {{1}, i64}});
+    }
+  } catch (const json::TypeError& e) {
+    throw RunnerError(path + ": " + e.what() + "; the manifest is damaged or from another mtp-edge version, export the bundle again.");
+  }
+  return m;
+}
+
+}  // namespace mtp_edge

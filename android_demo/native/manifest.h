@@ -1,0 +1,39 @@
+// What the runner needs from a bundle's manifest.json (written by mtp_edge.export.bundle).
+//
+// Same checks as the Python `read_manifest`, for the files this runner reads: the schema
+// version, the program artifact present and unmodified (size + sha256), the four methods'
+// signatures. The ONNX artifacts a bundle may also hold are not hashed: the runner never reads them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mtp_edge {
+
+constexpr int64_t kSchemaVersion = 1;
+
+struct Manifest {
+  std::string bundle_dir;
+  std::string manifest_path;
+  std::string program_path;  // bundle_dir / artifacts.program.file
+  std::string program_sha256;
+  int64_t program_bytes = 0;
+
+  int64_t k = 0;               // largest K the verify method takes (K + 1 tokens)
+  int64_t prefill_chunk = 0;   // tokens per prefill call
+  int64_t max_seq_len = 0;     // usable cache positions; the buffers carry slack past it
+  int64_t buffer_length = 0;
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t draft_candidates = 0;  // tokens the drafter's clustered head scores per step
+  int64_t pad_token = 0;       // what padded prefill / verify slots hold
+  std::vector<int64_t> eos_token_ids;
+  bool has_drafter = false;
+};
+
+// Reads and checks <bundle_dir>/manifest.json; throws RunnerError naming the problem and the fix.
+// verify_hash = false skips the sha256 (the size is still checked).
+Manifest read_manifest(const std::string& bundle_dir, bool verify_hash = true);
+
+}  // namespace mtp_edge

@@ -1,0 +1,182 @@
+#include "sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <numeric>
+
+#include "errors.h"
+#include "json.h"
+
+namespace mtp_edge {
+
+namespace {
+
+// Sum as torch's vectorized CPU reductions do on an AVX-512 host (8 double lanes, each summing
+// every 8th value in order, the tail into the first lanes, then the lanes in order): softmax's
+// sum then matches torch's bit for bit there, and it is more accurate than one running sum on
+// a 262k vocabulary anyway. (torch's sum() cascades further; that sum can differ in an ulp.)
+double lane_sum(const std::vector<double>& v) {
+  constexpr size_t kLanes = 8;
+  const size_t n = v.size();
+  if (n < kLanes) {
+    double total = 0.0;
+    for (double x : v) total += x;
+    return total;
+  }
+  double acc[kLanes];
+  for (size_t l = 0; l < kLanes; ++l) acc[l] = v[l];
+  size_t d = kLanes;
+  for (; d + kLanes <= n; d += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) acc[l] += v[d + l];
+  }
+  for (size_t l = 0; d + l < n; ++l) acc[l] += v[d + l];
+  double total = acc[0];
+  for (size_t l = 1; l < kLanes; ++l) total += acc[l];
+  return total;
+}
+
+}  // namespace
+
+void SamplingConfig::validate() const {
+  if (!(temperature >= 0.0)) {
+    throw RunnerError("temperature must be >= 0 (0 = greedy), got " + json::number(temperature) + ".");
+  }
+  if (!(top_p > 0.0 && top_p <= 1.0)) throw RunnerError("top_p must be in (0, 1], got " + json::number(top_p) + ".");
+  if (top_k < 0) throw RunnerError("top_k must be >= 0 (0 = off), got " + std::to_string(top_k) + ".");
+}
+
+std::vector<double> probabilities(const float* logits, int64_t n, const SamplingConfig& cfg) {
+  // logits.double() / temperature: exact conversion, one correctly rounded division each.
+  std::vector<double> p(n);
+  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<double>(logits[i]) / cfg.temperature;
+
+  // top-k: keep values >= the k-th largest (ties at the k-th all stay, as `scaled < kth` does).
+  if (cfg.top_k > 0 && cfg.top_k < n) {
+    std::vector<double> sorted(p);
+    std::nth_element(sorted.begin(), sorted.begin() + (cfg.top_k - 1), sorted.end(), std::greater<double>());
+    const double kth = sorted[cfg.top_k - 1];
+    for (double& v : p) {
+      if (v < kth) v = -std::numeric_limits<double>::infinity();
+    }
+  }
+
+  // softmax as torch's CPU kernel does it: subtract the max, exp, then multiply by 1 / sum.
+  double max_value = -std::numeric_limits<double>::infinity();
+  for (double v : p) max_value = std::max(max_value, v);
+  for (double& v : p) v = std::exp(v - max_value);
+  const double inv = 1.0 / lane_sum(p);
+  for (double& v : p) v *= inv;
+
+  // top-p: walk the tokens by descending probability (ties in index order, as torch's stable sort
+  // leaves them) and drop every token whose mass strictly ahead of it already reaches top_p; the
+  // crossing one stays. Only the head of that order is ever needed, so it is sorted a chunk at a
+  // time (nth_element + sort) instead of sorting the whole vocabulary: a 262k vocabulary would
+  // otherwise cost a full sort per call.
+  if (cfg.top_p < 1.0) {
+    auto ahead_of = [&](int64_t a, int64_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::vector<int64_t> drop;
+    int64_t sorted_end = 0, chunk = 64, j = 0;
+    double cumsum = 0.0;
+    for (; j < n; ++j) {
+      if (j == sorted_end) {  // extend the sorted head by the next best `chunk` tokens
+        const int64_t end = std::min(n, sorted_end + chunk);
+        if (end < n) std::nth_element(order.begin() + sorted_end, order.begin() + end, order.end(), ahead_of);
+        std::sort(order.begin() + sorted_end, order.begin() + end, ahead_of);
+        sorted_end = end;
+        chunk *= 4;
+      }
+      const int64_t idx = order[j];
+      cumsum += p[idx];
+      if (cumsum - p[idx] >= cfg.top_p) drop.push_back(idx);  // torch: cumsum(sorted) - sorted
+      // Past this point the mass ahead of every later token is >= cumsum up to a rounding of one
+      // ulp: once cumsum clears top_p by more than that, all the rest are dropped without sorting.
+      if (cumsum - cfg.top_p > 4.0 * std::numeric_limits<double>::epsilon() * cumsum) {
+        ++j;
+        break;
+      }
+    }
+    for (; j < n; ++j) drop.push_back(order[j]);
+    for (int64_t idx : drop) p[idx] = 0.0;
+    const double total = lane_sum(p);
+    for (double& v : p) v /= total;
+  }
+  return p;
+}
+
+int64_t sample(const std::vector<double>& probs, SplitMix64& rng) {
+  // torch.cumsum on CPU accumulates sequentially in double: the same sums here.
+  const int64_t n = static_cast<int64_t>(probs.size());
+  std::vector<double> cdf(n);
+  double acc = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    acc += probs[i];
+    cdf[i] = acc;
+  }
+  const double u = rng.uniform() * cdf[n - 1];
+  // searchsorted(right=True): the number of cdf entries <= u.
+  const int64_t index = std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin();
+  return std::min(index, n - 1);
+}
+
+int64_t argmax(const float* values, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(values[i])) return i;
+    if (values[i] > values[best]) best = i;
+  }
+  return best;
+}
+
+int64_t choose(const float* logits, int64_t vocab, const SamplingConfig& cfg, SplitMix64& rng) {
+  if (cfg.greedy()) return argmax(logits, vocab);
+  return sample(probabilities(logits, vocab, cfg), rng);
+}
+
+Acceptance accept_drafts(const std::vector<int64_t>& drafts, const std::vector<SparseProbs>& draft_probs,
+                         const float* target_logits, int64_t vocab, const SamplingConfig& cfg, SplitMix64& rng) {
+  const int64_t n = static_cast<int64_t>(drafts.size());
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = target_logits + i * vocab;
+    const int64_t token = drafts[i];
+    if (cfg.greedy()) {
+      const int64_t best = argmax(row, vocab);
+      if (best != token) return {i, best};
+      continue;
+    }
+    std::vector<double> p = probabilities(row, vocab, cfg);
+    // q(token): zero outside the candidates, a repeated candidate id summed in order (the Python
+    // side builds q with index_put_(accumulate=True) onto zeros).
+    double q_token = 0.0;
+    for (const auto& [id, value] : draft_probs[i]) {
+      if (id == token) q_token += value;
+    }
+    if (rng.uniform() * q_token < p[token]) continue;
+    // Rejected: draw from the residual max(p - q, 0), or from p if nothing is left of it.
+    std::vector<double> q(vocab, 0.0);
+    for (const auto& [id, value] : draft_probs[i]) q[id] += value;
+    bool any = false;
+    std::vector<double> residual(vocab);
+    for (int64_t j = 0; j < vocab; ++j) {
+      residual[j] = std::max(p[j] - q[j], 0.0);
+      any |= residual[j] > 0.0;
+    }
+    return {i, sample(any ? residual : p, rng)};
+  }
+  return {n, choose(target_logits + n * vocab, vocab, cfg, rng)};
+}
+
+std::pair<int64_t, SparseProbs> draft_token(const int64_t* candidate_ids, const float* candidate_logits, int64_t candidates,
+                                            int64_t argmax_id, const SamplingConfig& cfg, SplitMix64& rng) {
+  if (cfg.greedy()) return {argmax_id, {}};  // the graph's own pick among the candidates
+  std::vector<double> q = probabilities(candidate_logits, candidates, cfg);
+  const int64_t token = candidate_ids[sample(q, rng)];
+  SparseProbs sparse(candidates);
+  for (int64_t i = 0; i < candidates; ++i) sparse[i] = {candidate_ids[i], q[i]};
+  return {token, std::move(sparse)};
+}
+
+}  // namespace mtp_edge

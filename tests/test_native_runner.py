@@ -1,0 +1,213 @@
+"""The native (C++) runner (android_demo/native) against the Python pte backend: same tokens, clear errors.
+
+The real runner is built once (cached by source hash under the cache folder, so later sessions
+reuse it). Two bundles: the random tiny pair exported with the portable kernels (fp32, about 40 s),
+whose generations run past the sliding window into the end of the cache; and the shipped pair's
+demo bundle (XNNPACK, quantized 8da4w+emb4: the quantized kernels must be linked), which the demo
+and other tests share through the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, write_bundle
+from mtp_edge.runtime import native
+from mtp_edge.runtime.backends.pte import PteBackend
+from mtp_edge.runtime.sampling import SamplingConfig
+from mtp_edge.runtime.speculative import generate
+
+MTP_EDGE = str(Path(sys.executable).with_name("mtp-edge"))
+K, CHUNK, MAX_SEQ = 3, 4, 40  # the tiny preset's sliding window is 8
+GREEDY = SamplingConfig()
+SAMPLING = SamplingConfig(temperature=0.8, top_p=0.95, seed=11)
+TOP_K = SamplingConfig(temperature=1.3, top_k=20, seed=5)
+
+
+@pytest.fixture(scope="session")
+def runner() -> Path:
+    return native.build_runner(progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_dirs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("native") / "tiny"
+    write_bundle(*tiny_dirs, out, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, backend="portable", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shipped_bundle() -> Path:
+    from mtp_edge.runtime.demo import DEMO_EXPORT, cached_bundle, default_pair_dir
+
+    return cached_bundle(default_pair_dir(), **DEMO_EXPORT)
+
+
+def _rand(seed: int, n: int, high: int = 512) -> list[int]:
+    return torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _both(runner, bundle, prompts, cases, max_new_tokens):
+    """(native results, python generations), case-major then prompt."""
+    requests = [native.request(p, k=k, max_new_tokens=max_new_tokens, sampling=s) for k, s in cases for p in prompts]
+    ours = native.run_requests(bundle, requests, runner=runner, timeout=300)
+    backend = PteBackend(bundle)
+    theirs = [generate(backend, p, k=k, max_new_tokens=max_new_tokens, sampling=s, eos_ids=backend.eos_ids)
+              for k, s in cases for p in prompts]
+    return ours, theirs
+
+
+def _assert_same(ours, theirs):
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert a.tokens == b.tokens, f"generation {i}"
+        s = b.stats
+        assert (a.stats["stop_reason"], a.stats["rounds"], a.stats["drafted"], a.stats["accepted"], a.stats["new_tokens"]) == (
+            s.stop_reason, s.rounds, s.drafted, s.accepted, s.new_tokens), f"generation {i}"
+
+
+def test_tiny_pair_native_tokens_equal_python(runner, tiny_bundle):
+    prompts = [_rand(10 + n, n) for n in (1, 6, 13)]
+    cases = [(K, GREEDY), (K, SAMPLING), (K, TOP_K), (0, GREEDY), (0, SAMPLING)]
+    ours, theirs = _both(runner, tiny_bundle, prompts, cases, max_new_tokens=2 * MAX_SEQ)  # into the end of the cache
+    _assert_same(ours, theirs)
+    spec, plain = ours[:3], ours[9:12]
+    assert [r.tokens for r in spec] == [r.tokens for r in plain]  # greedy speculative is lossless natively too
+    assert all(r.stats["stop_reason"] in ("cache_full", "eos") for r in ours)
+    assert any(r.stats["stop_reason"] == "cache_full" for r in spec)
+    assert sum(r.stats["drafted"] - r.stats["accepted"] for r in spec) > 0  # the random drafter was rejected
+    for r in ours:
+        assert r.stats["decode_s"] >= r.stats["decode_methods_s"] >= 0 and r.stats["runner_s"] >= 0
+
+
+def test_shipped_pair_native_tokens_equal_python(runner, shipped_bundle):
+    from mtp_edge.runtime.demo import heldout_prompts
+
+    prompts = [p["ids"] for p in heldout_prompts()[:3]]
+    cases = [(4, GREEDY), (4, SAMPLING), (0, GREEDY)]
+    ours, theirs = _both(runner, shipped_bundle, prompts, cases, max_new_tokens=48)
+    _assert_same(ours, theirs)
+    assert [r.tokens for r in ours[:3]] == [r.tokens for r in ours[6:9]]
+    assert sum(r.stats["accepted"] for r in ours[:3]) > 0  # the trained drafter is accepted
+
+
+def test_c_api_gives_the_cli_tokens(runner, tiny_bundle):
+    """c_api_example drives mtp_edge_runner.h from plain C, as the JNI bridge will."""
+    prompt = _rand(3, 5)
+    cli = native.run_requests(tiny_bundle, [native.request(prompt, k=K, max_new_tokens=20)], runner=runner)[0]
+    done = subprocess.run([str(runner.with_name("c_api_example")), str(tiny_bundle), str(K), "20", *map(str, prompt)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    tokens, tail = done.stdout.splitlines()
+    assert [int(t) for t in tokens.split()] == cli.tokens
+    assert tail == f"{cli.stats['stop_reason']} {len(cli.tokens)}"  # every token went through the callback
+    done = subprocess.run([str(runner.with_name("c_api_example")), str(tiny_bundle / "nowhere"), "1", "4", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not a folder" in done.stderr.splitlines()[-1]
+
+
+def test_validate_command(tiny_bundle):
+    done = subprocess.run([MTP_EDGE, "validate", str(tiny_bundle), "--json", "--max-new-tokens", "24", "--num-prompts", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["native_speculative_equals_plain"]
+    assert [c["case"] for c in report["cases"]] == [f"greedy K={K}", f"sampling K={K}", "greedy K=0"]
+    assert all(c["token_identical"] and c["identical"] == 2 for c in report["cases"])
+    assert all(c["native_tokens_per_s"] > 0 and c["python_tokens_per_s"] > 0 for c in report["cases"])
+
+
+# --------------------------------------------------------------------------- errors: one line, exit code 2, never a crash
+
+
+def _run(runner, *args, requests: list[dict] | None = None) -> subprocess.CompletedProcess:
+    text = "".join(json.dumps(r) + "\n" for r in requests or [])
+    return subprocess.run([str(runner), *map(str, args)], input=text, capture_output=True, text=True, timeout=120)
+
+
+def _error(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, (done.returncode, done.stderr)  # a crash would be a negative code (signal)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), done.stderr
+    return last
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    return copy
+
+
+def test_missing_bundle(runner, tmp_path):
+    msg = _error(_run(runner, tmp_path / "nowhere"))
+    assert "nowhere: not a folder. Pass a bundle folder written by `mtp-edge export`." in msg
+    (tmp_path / "empty").mkdir()
+    assert "no manifest.json; not a bundle, or its export was interrupted" in _error(_run(runner, tmp_path / "empty"))
+
+
+def test_modified_program_is_refused(runner, bundle_copy):
+    path = bundle_copy / PROGRAM_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    path.write_bytes(bytes(data))
+    msg = _error(_run(runner, bundle_copy))
+    assert "artifact model.pte was modified after export (sha256 does not match manifest.json); export the bundle again." in msg
+
+
+def test_unknown_schema_version_is_refused(runner, bundle_copy):
+    path = bundle_copy / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["schema_version"] = 99
+    path.write_text(json.dumps(manifest))
+    msg = _error(_run(runner, bundle_copy))
+    assert "bundle schema_version 99 is not supported; this runner reads schema_version 1" in msg
+
+
+def test_requests_the_bundle_cannot_serve(runner, tiny_bundle):
+    msg = _error(_run(runner, tiny_bundle, requests=[{"prompt": [1] * MAX_SEQ, "k": 0}]))
+    assert f"the prompt has {MAX_SEQ} tokens but the cache holds {MAX_SEQ} positions" in msg
+    msg = _error(_run(runner, tiny_bundle, requests=[{"prompt": [1, 2], "k": K + 1}]))
+    assert f"K={K + 1} is not available on this bundle: it was built for K <= {K}." in msg
+    msg = _error(_run(runner, tiny_bundle, requests=[{"prompt": [1, 512]}]))
+    assert "prompt token id 512 is outside the vocabulary [0, 512)." in msg
+    msg = _error(_run(runner, tiny_bundle, requests=[{"prompt": [1], "top_p": 0}]))
+    assert "top_p must be in (0, 1], got 0.0." in msg
+
+
+def test_bad_request_lines_name_the_line(runner, tiny_bundle):
+    done = _run(runner, tiny_bundle, requests=[{"prompt": [1, 2], "max_new_tokens": 3}, {"prompt": [1], "temp": 1}])
+    assert "request line 2: unknown field \"temp\"" in _error(done)
+    assert len(done.stdout.splitlines()) == 1  # the first request's result was written before the error
+    done = subprocess.run([str(runner), str(tiny_bundle)], input="{\"prompt\": [1,]}\n", capture_output=True, text=True, timeout=60)
+    assert "request line 1: not valid JSON" in _error(done)
+
+
+def test_python_wrapper_raises_the_runner_message(runner, tiny_bundle):
+    with pytest.raises(native.NativeError, match=f"cache holds {MAX_SEQ} positions") as e:
+        native.run_requests(tiny_bundle, [{"prompt": [1] * MAX_SEQ}], runner=runner)
+    assert e.value.returncode == 2
+
+
+def test_validate_command_errors(tmp_path):
+    done = subprocess.run([MTP_EDGE, "validate", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("mtp-edge: error: ") and "not a folder" in done.stderr
+
+
+def test_build_key_follows_the_sources(tmp_path, monkeypatch):
+    copy = tmp_path / "native"
+    shutil.copytree(native.source_dir(), copy)
+    before = native.source_hash(copy)
+    assert native.source_hash(copy) == before
+    (copy / "runner.cpp").write_text((copy / "runner.cpp").read_text() + "\n// changed\n")
+    assert native.source_hash(copy) != before
+    monkeypatch.setenv("MTP_EDGE_NATIVE_SRC", str(tmp_path / "nowhere"))
+    with pytest.raises(native.NativeError, match="native runner's sources"):
+        native.source_dir()
