@@ -27,7 +27,8 @@ from mtp_edge.models.errors import MtpEdgeError
 
 RUNNER_NAME = "mtp_edge_runner"
 MIN_CMAKE = (3, 28)  # the wheel's imported targets need it (older CMake garbles their $ORIGIN run paths)
-SOURCE_GLOBS = ("*.h", "*.c", "*.cpp", "CMakeLists.txt")
+SOURCE_GLOBS = ("*.h", "*.c", "*.cpp", "CMakeLists.txt", "jni/*.cpp", "jni/*.h")
+JNI_LIBRARY = {"darwin": "libmtp_edge_jni.dylib", "win32": "mtp_edge_jni.dll"}.get(sys.platform, "libmtp_edge_jni.so")
 
 
 class NativeError(MtpEdgeError, RuntimeError):
@@ -117,7 +118,7 @@ def source_hash(folder: Path | None = None) -> str:
     digest = hashlib.sha256()
     files = sorted({p for pattern in SOURCE_GLOBS for p in folder.glob(pattern)})
     for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     try:
         from importlib import metadata
 
@@ -178,6 +179,20 @@ def build_runner(*, progress: bool = True, jobs: int | None = None) -> Path:
                                      "seconds": round(time.perf_counter() - started, 1)}) + "\n")
         _progress(f"built {exe} ({time.perf_counter() - started:.1f}s)", progress)
     return exe
+
+
+def jni_library(*, progress: bool = True, jobs: int | None = None) -> Path:
+    """The JNI bridge (libmtp_edge_jni, for com.mtpedge.MtpEdgeRunner on a desktop JVM).
+
+    Built with the runner (same build folder, same key) when CMake's FindJNI finds a JDK's headers
+    (set JAVA_HOME if it does not); the Android app builds the same target with the NDK.
+    """
+    exe = build_runner(progress=progress, jobs=jobs)
+    lib = exe.with_name(JNI_LIBRARY)
+    if not lib.is_file():
+        raise NativeError(f"{lib} was not built: CMake found no JNI headers (no JDK). Install a JDK (e.g. apt-get install "
+                          f"openjdk-17-jdk-headless), set JAVA_HOME, delete {exe.parents[1]} and build again.")
+    return lib
 
 
 def _first_error(log: Path) -> str:

@@ -1,0 +1,132 @@
+"""The Android app's Java API (com.mtpedge.MtpEdgeRunner) over the JNI bridge, on a desktop JVM.
+
+The JNI library is the `mtp_edge_jni` target of android_demo/native, built with the runner by
+runtime/native.py (same cache folder); the Java class and the test driver
+(tests/java/com/mtpedge/BridgeDriver.java) are compiled with javac and run with
+`java -Djava.library.path=...`. The driver answers one JSON line per command. The JVM must give
+the Python pte backend's tokens (greedy and seeded sampling), stream exactly the tokens it
+returns, and turn every native failure into a Java exception carrying the runner's message.
+Skipped without a JDK (javac, java). Reuses the tiny-pair bundle of tests/test_native_runner.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE
+from mtp_edge.runtime import native
+from mtp_edge.runtime.backends.pte import PteBackend
+from mtp_edge.runtime.speculative import generate
+from test_native_runner import GREEDY, K, MAX_SEQ, SAMPLING, TOP_K, _rand, tiny_bundle  # noqa: F401 - fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+JAVA_SOURCES = [ROOT / "android_demo/app/src/main/java/com/mtpedge/MtpEdgeRunner.java",
+                ROOT / "tests/java/com/mtpedge/BridgeDriver.java"]
+EXCEPTION = "com.mtpedge.MtpEdgeRunner$MtpEdgeException"
+
+pytestmark = pytest.mark.skipif(not (shutil.which("javac") and shutil.which("java")), reason="needs a JDK (javac, java)")
+
+
+@pytest.fixture(scope="module")
+def jni_library() -> Path:
+    return native.jni_library(progress=False)
+
+
+@pytest.fixture(scope="module")
+def java_classes(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("java")
+    # --release 11: the language level the app's build.gradle sets; -Werror: no lint warning either.
+    done = subprocess.run(["javac", "--release", "11", "-Xlint:all", "-Werror", "-d", str(out), *map(str, JAVA_SOURCES)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _jvm(jni_library, java_classes, commands: list[str], timeout: float = 300) -> list[dict]:
+    done = subprocess.run(["java", "-Xcheck:jni", f"-Djava.library.path={jni_library.parent}", "-cp", str(java_classes),
+                           "com.mtpedge.BridgeDriver"],
+                          input="".join(c + "\n" for c in commands), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "WARNING" not in done.stderr, done.stderr[-2000:]  # -Xcheck:jni: no JNI misuse (e.g. a call with an exception pending)
+    answers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(answers) == len(commands), (done.stdout, done.stderr[-2000:])
+    return answers
+
+
+def _gen(prompt, k, max_new_tokens, s) -> str:
+    # The decimal text of each float: the Java side parses it as a float and passes the double of its decimal text.
+    return " ".join(map(str, ["gen", k, max_new_tokens, repr(s.temperature), s.top_k, repr(s.top_p), s.seed, *prompt]))
+
+
+def test_jvm_tokens_equal_python(jni_library, java_classes, tiny_bundle):  # noqa: F811
+    prompts = [_rand(10 + n, n) for n in (1, 6, 13)]
+    cases = [(K, GREEDY), (K, SAMPLING), (K, TOP_K), (0, GREEDY), (0, SAMPLING)]
+    max_new = 2 * MAX_SEQ  # into the end of the cache
+    answers = _jvm(jni_library, java_classes,
+                   [f"open {tiny_bundle}"] + [_gen(p, k, max_new, s) for k, s in cases for p in prompts] + ["close"])
+    opened, ours, closed = answers[0], answers[1:-1], answers[-1]
+    assert opened == {"op": "open", "max_draft": K, "max_seq_len": MAX_SEQ, "vocab_size": 512}
+    assert closed == {"op": "close"}
+
+    backend = PteBackend(tiny_bundle)
+    theirs = [generate(backend, p, k=k, max_new_tokens=max_new, sampling=s, eos_ids=backend.eos_ids)
+              for k, s in cases for p in prompts]
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert "exception" not in a, a
+        assert a["tokens"] == b.tokens, f"generation {i}"
+        assert a["streamed"] == a["tokens"], f"generation {i}: the listener saw every token, in order"
+        st, s = a["stats"], b.stats
+        assert (st["stop_reason"], st["rounds"], st["drafted"], st["accepted"], st["new_tokens"], st["prompt_tokens"]) == (
+            s.stop_reason, s.rounds, s.drafted, s.accepted, s.new_tokens, s.prompt_tokens), f"generation {i}"
+        assert st["acceptance_rate"] == pytest.approx(st["accepted"] / st["drafted"] if st["drafted"] else 0.0)
+        assert st["decode_s"] >= st["decode_methods_s"] >= 0 and st["tokens_per_s"] >= 0
+    spec, plain = ours[:3], ours[9:12]
+    assert [r["tokens"] for r in spec] == [r["tokens"] for r in plain]  # greedy speculative is lossless through the JVM too
+    assert any(r["stats"]["stop_reason"] == "cache_full" for r in spec)
+    assert sum(r["stats"]["drafted"] - r["stats"]["accepted"] for r in spec) > 0
+
+
+def test_jvm_errors_are_java_exceptions(jni_library, java_classes, tiny_bundle, tmp_path):  # noqa: F811
+    modified = tmp_path / "modified"
+    shutil.copytree(tiny_bundle, modified)
+    data = bytearray((modified / PROGRAM_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    (modified / PROGRAM_FILE).write_bytes(bytes(data))
+    schema = tmp_path / "schema99"
+    shutil.copytree(tiny_bundle, schema)
+    manifest = json.loads((schema / MANIFEST).read_text())
+    manifest["schema_version"] = 99
+    (schema / MANIFEST).write_text(json.dumps(manifest))
+
+    answers = _jvm(jni_library, java_classes, [
+        f"open {tmp_path / 'nowhere'}",
+        f"open {modified}",
+        f"open {schema}",
+        f"open {tiny_bundle}",
+        _gen([1] * MAX_SEQ, 0, 4, GREEDY),
+        _gen([1, 2], K + 1, 4, GREEDY),
+        "throw_after 2 " + " ".join(map(str, [K, 8, 1, 2, 3])),
+        _gen([1, 2, 3], K, 8, GREEDY),  # the runner still works after those
+        "close",
+        _gen([1, 2, 3], K, 8, GREEDY),
+    ])
+    for a in answers[:3] + answers[4:6] + answers[9:]:
+        assert a.get("exception") == EXCEPTION, a
+    assert "nowhere: not a folder. Pass a bundle folder written by `mtp-edge export`." in answers[0]["message"]
+    assert ("artifact model.pte was modified after export (sha256 does not match manifest.json); export the bundle again."
+            in answers[1]["message"])
+    assert "bundle schema_version 99 is not supported; this runner reads schema_version 1" in answers[2]["message"]
+    assert answers[3]["op"] == "open" and "exception" not in answers[3]
+    assert f"the prompt has {MAX_SEQ} tokens but the cache holds {MAX_SEQ} positions" in answers[4]["message"]
+    assert f"K={K + 1} is not available on this bundle: it was built for K <= {K}." in answers[5]["message"]
+    # A listener's own exception reaches the caller unchanged (no further callback once it threw).
+    assert answers[6] == {"op": "throw_after", "exception": "java.lang.IllegalStateException",
+                          "message": "listener stopped at token 2"}
+    assert "exception" not in answers[7] and answers[7]["streamed"] == answers[7]["tokens"] and answers[7]["tokens"]
+    assert answers[8] == {"op": "close"}
+    assert answers[9]["message"] == "this MtpEdgeRunner is closed"
