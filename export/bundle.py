@@ -4,6 +4,8 @@
     target.onnx      ONNX graphs (prefill and verify; the draft step) that read one KV cache the
     drafter.onnx     runtime owns and binds to both sessions (+ .data files above 2 GB)
     tokenizer.json   the target's tokenizer, when its checkpoint folder has one
+    config.json      the target's transformers config and generation config, when its folder has
+    generation_config.json   them (for transformers / optimum users: MtpEdgeModelForCausalLM.config)
     manifest.json    schema_version 1: configs, method signatures, cache layout, K, prefill chunk,
                      EOS ids, quantization recipe, versions, and the sha256 of every artifact;
                      `formats` lists which of pte / onnx the bundle holds
@@ -32,6 +34,8 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRAM_FILE = "model.pte"
 TOKENIZER_FILE = "tokenizer.json"
+# Files copied from the target's checkpoint folder when it has them, by artifact role.
+COPIED_FROM_TARGET = {"tokenizer": TOKENIZER_FILE, "hf_config": "config.json", "hf_generation_config": "generation_config.json"}
 FORMATS = ("pte", "onnx")
 # Artifact roles each format needs (read_manifest checks them; a manifest without `formats` is a pte bundle).
 FORMAT_ARTIFACTS = {"pte": ("program",), "onnx": ("onnx_target", "onnx_drafter")}
@@ -108,10 +112,7 @@ def write_bundle(
         check_pte_recipe(recipes["pte"])
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BundleError(f"{out_dir}: exists and is not a folder; choose another output path.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
-        raise BundleError(f"{out_dir}: a non-empty folder that is not a bundle; refusing to replace it. Choose another output path.")
+    _check_output_dir(out_dir)
     if k < 1 or prefill_chunk < 1 or max_seq_len < 2:
         raise BundleError(f"need k >= 1, prefill_chunk >= 1 and max_seq_len >= 2; got k={k}, prefill_chunk={prefill_chunk}, max_seq_len={max_seq_len}.")
 
@@ -168,10 +169,10 @@ def write_bundle(
             artifacts["program"] = _artifact(tmp, PROGRAM_FILE)
             sections.update(methods=info["methods"], backend=backend)
             sizes.update(info["sizes"])
-        tokenizer = Path(target_dir) / TOKENIZER_FILE
-        if tokenizer.is_file():
-            shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
-            artifacts["tokenizer"] = _artifact(tmp, TOKENIZER_FILE)
+        for role, name in COPIED_FROM_TARGET.items():
+            if (Path(target_dir) / name).is_file():
+                shutil.copyfile(Path(target_dir) / name, tmp / name)
+                artifacts[role] = _artifact(tmp, name)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "format": "mtp-edge-bundle",
@@ -205,6 +206,36 @@ def write_bundle(
     if progress:
         print(f"[bundle] wrote {out_dir} ({time.perf_counter() - started:.1f}s)", file=sys.stderr, flush=True)
     return manifest
+
+
+def copy_bundle(bundle_dir: str | Path, out_dir: str | Path) -> dict:
+    """Copy a bundle (its manifest and the artifacts it lists, hashes checked) to out_dir, atomically."""
+    bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
+    manifest = read_manifest(bundle_dir)
+    if out_dir.exists() and out_dir.resolve() == bundle_dir.resolve():
+        return manifest
+    _check_output_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for entry in manifest["artifacts"].values():
+            shutil.copyfile(bundle_dir / entry["file"], tmp / entry["file"])
+        shutil.copyfile(bundle_dir / MANIFEST, tmp / MANIFEST)  # last, as in write_bundle
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    """An output folder may be new, empty or an old bundle (replaced); anything else is refused."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(f"{out_dir}: exists and is not a folder; choose another output path.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise BundleError(f"{out_dir}: a non-empty folder that is not a bundle; refusing to replace it. Choose another output path.")
 
 
 def _count_schemes(quantized_nodes: dict) -> dict:

@@ -383,10 +383,20 @@ def cmd_demo(args) -> int:
 
 def add_export(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a target + drafter pair to a bundle (ExecuTorch .pte and/or ONNX + manifest)")
+    add_export_arguments(p, positional_output=False)
+    p.set_defaults(func=cmd_export)
+
+
+def add_export_arguments(p: argparse.ArgumentParser, *, positional_output: bool) -> None:
+    """The export arguments, shared with `optimum-cli export mtp-edge` (runtime/optimum_cli.py), whose
+    exporters take the output folder as a positional argument."""
     p.add_argument("--model", required=True, metavar="DIR", help="target checkpoint folder")
     p.add_argument("--drafter", required=True, metavar="DIR", help="drafter checkpoint folder")
     p.add_argument("--format", default="pte", help="pte, onnx, or pte,onnx for both in one bundle (default pte)")
-    p.add_argument("--out", required=True, metavar="BUNDLE_DIR")
+    if positional_output:
+        p.add_argument("out", metavar="OUTPUT_DIR", help="the bundle folder to write")
+    else:
+        p.add_argument("--out", required=True, metavar="BUNDLE_DIR")
     p.add_argument("--max-seq-len", type=int, default=1024, help="usable context positions (default 1024)")
     p.add_argument("--k", type=int, default=4, help="largest draft length the bundle verifies (default 4)")
     p.add_argument("--prefill-chunk", type=int, default=32, help="prompt tokens per prefill call (default 32)")
@@ -394,7 +404,6 @@ def add_export(subparsers) -> None:
     p.add_argument("--quantize", default=None, metavar="RECIPE",
                    help="none, or e.g. target=8da4w+emb4,drafter=8da8w (see README: Quantization); default: the default recipe")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON document")
-    p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
@@ -483,10 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    return run_command(args.func, args, PROG)
+
+
+def run_command(func, args, prog: str) -> int:
+    """Run a cmd_* function; mtp-edge's own errors become one `prog: error: ...` line and exit code 2."""
     try:
-        return args.func(args)
+        return func(args)
     except MtpEdgeError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
 

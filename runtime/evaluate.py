@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mtp_edge.export.bundle import BundleError, bundle_formats, read_manifest
+from mtp_edge.export.bundle import COPIED_FROM_TARGET, BundleError, bundle_formats, read_manifest
 
 from .speculative import generate
 
@@ -183,7 +183,7 @@ def evaluate_bundle(bundle_dir, *, backend: str | None = None, reference_model=N
                              "relative_change": quantized_tpc / reference_tpc - 1.0,
                              "speculative_equals_target_only": lossless}
     fp32 = sum(t.numel() * 4 for m in (reference.target, reference.drafter) for t in m.parameters())
-    artifacts = {role: a["bytes"] for role, a in manifest["artifacts"].items() if role != "tokenizer"}
+    artifacts = {role: a["bytes"] for role, a in manifest["artifacts"].items() if role not in COPIED_FROM_TARGET}
     per_format = {"pte": sum(b for r, b in artifacts.items() if r == "program"),
                   "onnx": sum(b for r, b in artifacts.items() if r.startswith("onnx_"))}
     report["bytes"] = {"artifacts": artifacts, "fp32_weight_bytes": fp32,

@@ -20,7 +20,7 @@ import torch
 
 from backends_for_tests import ScriptedDrafts
 from mtp_edge.export import onnx as onnx_export
-from mtp_edge.export.bundle import MANIFEST, BundleError, read_manifest, write_bundle
+from mtp_edge.export.bundle import COPIED_FROM_TARGET, MANIFEST, BundleError, read_manifest, write_bundle
 from mtp_edge.models import load_pair
 from mtp_edge.runtime.backends import open_bundle
 from mtp_edge.runtime.backends.eager import EagerBackend
@@ -64,8 +64,8 @@ def eager(tiny_dirs):
 def test_graphs_pass_the_checker_and_match_the_manifest(bundle):
     manifest = read_manifest(bundle)
     assert manifest["formats"] == ["onnx"] and "methods" not in manifest
-    assert set(manifest["artifacts"]) == {"onnx_target", "onnx_drafter", "tokenizer"} - (
-        set() if (bundle / "tokenizer.json").exists() else {"tokenizer"})
+    copied = {role for role, name in COPIED_FROM_TARGET.items() if (bundle / name).exists()}
+    assert set(manifest["artifacts"]) == {"onnx_target", "onnx_drafter"} | copied
     for role in ("target", "drafter"):
         contract = manifest["onnx"][role]
         path = bundle / contract["file"]
