@@ -2,11 +2,15 @@
 
     8da4w:G  MatMul -> MatMulNBits, 4-bit blocks of G, fp32 activations (see below)
     int4:G   MatMul -> MatMulNBits, 4-bit blocks of G, fp32 activations
-             (both round-to-nearest with a zero point per block: on the shipped pair that agreed
-             with the fp32 target on 92.0% of tokens vs 90.3% without zero points; HQQ reached
-             93.5% but takes minutes per GB of weights)
-    8da8w    MatMul -> MatMulNBits, 8-bit blocks of 32, fp32 activations
+    8da8w    MatMul -> MatMulNBits, 8-bit blocks of 32 with zero points, fp32 activations
     emb4:G   Gather -> GatherBlockQuantized, 4-bit blocks of G along the row
+
+The 4-bit weights are torchao's: onnxruntime's quantizer builds the nodes, but its block rule
+(round to nearest with its own scale) is replaced by quantize.modules.grid_integers, the rule the
+.pte uses, so a recipe puts the same integers and scales in both formats. That matters most for a
+quantization-aware trained checkpoint (quantize/qat.py), whose weights already lie on that grid:
+they are stored exactly, where onnxruntime's rule re-rounded them (the shipped pair agreed with
+its published weights on 93.4% of tokens through onnxruntime's own rule).
     emb8     Gather -> GatherBlockQuantized (bits=8), 8-bit blocks of 32 along the row: onnxruntime's
              quantizer writes only 4-bit gathers, so this one node is built here
 
@@ -39,6 +43,34 @@ from .recipes import PairRecipe, Scheme
 
 ROLE_OF_PREFIX = {"target.": "target", "drafter.": "drafter"}
 EMB8_BLOCK = 32
+
+
+def _torchao_grid_quantizer(config):
+    """onnxruntime's DefaultWeightOnlyQuantizer with its 4-bit block rule replaced by torchao's integers.
+
+    The two overridden methods return what onnxruntime's own do, in its layouts: MatMulNBits' B as
+    [N, K / block, block / 2] bytes of unsigned nibbles (q + 8: symmetric nodes carry no zero points
+    and MatMulNBits' default is 8) with scales [N, K / block]; GatherBlockQuantized's table as
+    signed int4 pairs (the default zero point of int4 is 0) with scales [rows, cols / block]."""
+    import torch
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer
+
+    from .modules import grid_integers
+
+    class TorchaoGrid(DefaultWeightOnlyQuantizer):
+        def qbits_block_quant(self, fp32weight):  # MatMul B: [K, N], blocks along K
+            q, scale = grid_integers(torch.from_numpy(np.ascontiguousarray(fp32weight.T)), "int4", self.config.block_size)
+            nibbles = (q.numpy().astype(np.int16) + 8).astype(np.uint8).reshape(q.shape[0], -1, self.config.block_size)
+            packed = nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+            return packed, scale.numpy().astype(fp32weight.dtype), None
+
+        def quantize_ndarray(self, data, quantize_axis, block_size, is_symmetric):  # Gather table: blocks along rows
+            if quantize_axis != data.ndim - 1 or data.ndim != 2 or not is_symmetric:
+                raise ValueError("the torchao grid is defined for 2-D tables quantized along their rows, symmetrically")
+            q, scale = grid_integers(torch.from_numpy(np.ascontiguousarray(data)), "emb4", block_size)
+            return self.pack_int8_to_int4(q.numpy()), scale.numpy().astype(data.dtype), None
+
+    return TorchaoGrid(config)
 
 
 def _quantize_gather_8bit(model, node_name: str, block: int) -> None:
@@ -172,11 +204,14 @@ def quantize_graph(model, recipe: PairRecipe):
         # them), so every other node of that type is excluded by name.
         chosen = set(nodes)
         excluded = [n.name for n in model.graph.node if n.op_type == op_type and n.name not in chosen]
+        four_bit = scheme != "8da8w"
         quantizer = MatMulNBitsQuantizer(
-            model, bits=8 if scheme == "8da8w" else 4, block_size=EMB8_BLOCK if scheme == "8da8w" else group,
-            is_symmetric=False, accuracy_level=None,
+            model, bits=4 if four_bit else 8, block_size=group if four_bit else EMB8_BLOCK,
+            is_symmetric=four_bit, accuracy_level=None,
             nodes_to_exclude=excluded, op_types_to_quantize=(op_type,), quant_axes=(("Gather", 1), ("MatMul", 0)),
         )
+        if four_bit:
+            quantizer.node_quantizer = _torchao_grid_quantizer(quantizer.algo_config)
         quantizer.process()
         model = quantizer.model.model
     return model, applied

@@ -29,6 +29,32 @@ def weight_mapping():
     return MappingType.SYMMETRIC_NO_CLIPPING_ERR
 
 
+def grid_integers(weight: torch.Tensor, scheme: str, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What torchao's quantize_ stores for a [rows, cols] `weight` under `scheme`: the integers q
+    (int8 tensor, in the scheme's range) and the scales [rows, cols // block] (fp32), where a block
+    is `group` columns for the grouped schemes and a whole row otherwise. Symmetric: no zero points.
+    The ONNX path (quantize/graphs.py) writes these same integers, so both formats hold one grid."""
+    from torchao.quantization.quant_primitives import choose_qparams_affine, quantize_affine
+
+    bits = 4 if BITS[scheme] == torch.int4 else 8
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    block = (1, group if scheme in ("8da4w", "int4", "emb4") else weight.shape[-1])
+    scale, zero = choose_qparams_affine(weight, weight_mapping(), block, torch.int8, qmin, qmax,
+                                        eps=torch.finfo(torch.float32).eps, scale_dtype=torch.float32,
+                                        zero_point_dtype=torch.int8)
+    q = quantize_affine(weight, block, scale, zero, torch.int8, qmin, qmax)
+    return q, scale.reshape(weight.shape[0], -1)
+
+
+def grid_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weight grid_integers' (q, scale) stand for, dequantized as torchao does."""
+    from torchao.quantization.quant_primitives import dequantize_affine
+
+    block = (1, q.shape[1] // scale.shape[1])  # (q - 0) * scale: the int8 range stands for 4 bits too
+    return dequantize_affine(q, block, scale, torch.zeros_like(scale, dtype=torch.int8), torch.int8, -128, 127,
+                             output_dtype=dtype)
+
+
 def _granularity(scheme: str, group: int):
     from torchao.quantization.granularity import PerAxis, PerGroup
 

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from mtp_edge.models import Gemma4Target
 
-from .modules import BITS, weight_mapping, plan_model
+from .modules import grid_integers, grid_weight, plan_model
 from .recipes import Scheme, parse_recipe
 
 DEFAULT_SCHEME = "8da4w+emb4"
@@ -42,16 +42,8 @@ EIGHT_BIT_ACTIVATIONS = ("8da4w", "8da8w")
 def weight_round_trip(weight: torch.Tensor, scheme: str, group: int) -> torch.Tensor:
     """`weight` quantized and dequantized as torchao's `quantize_` does for `scheme` (per group of
     `group` along the last dim for the grouped schemes, per row otherwise)."""
-    from torchao.quantization.quant_primitives import choose_qparams_affine, dequantize_affine, quantize_affine
-
-    bits = 4 if BITS[scheme] == torch.int4 else 8
-    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    block = (1, group if scheme in ("8da4w", "int4", "emb4") else weight.shape[-1])
-    scale, zero = choose_qparams_affine(weight, weight_mapping(), block, torch.int8, qmin, qmax,
-                                        eps=torch.finfo(torch.float32).eps, scale_dtype=torch.float32,
-                                        zero_point_dtype=torch.int8)
-    q = quantize_affine(weight, block, scale, zero, torch.int8, qmin, qmax)
-    return dequantize_affine(q, block, scale, zero, torch.int8, qmin, qmax, output_dtype=weight.dtype)
+    q, scale = grid_integers(weight, scheme, group)
+    return grid_weight(q, scale, weight.dtype)
 
 
 class OnGrid(nn.Module):
