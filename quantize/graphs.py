@@ -59,7 +59,7 @@ def _torchao_grid_quantizer(config):
 
     class TorchaoGrid(DefaultWeightOnlyQuantizer):
         def qbits_block_quant(self, fp32weight):  # MatMul B: [K, N], blocks along K
-            q, scale = grid_integers(torch.from_numpy(np.ascontiguousarray(fp32weight.T)), "int4", self.config.block_size)
+            q, scale = grid_integers(torch.from_numpy(np.array(fp32weight.T, dtype=np.float32)), "int4", self.config.block_size)
             nibbles = (q.numpy().astype(np.int16) + 8).astype(np.uint8).reshape(q.shape[0], -1, self.config.block_size)
             packed = nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
             return packed, scale.numpy().astype(fp32weight.dtype), None
@@ -67,7 +67,7 @@ def _torchao_grid_quantizer(config):
         def quantize_ndarray(self, data, quantize_axis, block_size, is_symmetric):  # Gather table: blocks along rows
             if quantize_axis != data.ndim - 1 or data.ndim != 2 or not is_symmetric:
                 raise ValueError("the torchao grid is defined for 2-D tables quantized along their rows, symmetrically")
-            q, scale = grid_integers(torch.from_numpy(np.ascontiguousarray(data)), "emb4", block_size)
+            q, scale = grid_integers(torch.from_numpy(np.array(data, dtype=np.float32)), "emb4", block_size)
             return self.pack_int8_to_int4(q.numpy()), scale.numpy().astype(data.dtype), None
 
     return TorchaoGrid(config)
