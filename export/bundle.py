@@ -17,6 +17,7 @@ schema version, that every artifact is there and that none was modified since ex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -127,11 +128,7 @@ def write_bundle(
             print(f"[bundle] loading {target_dir} + {drafter_dir}", file=sys.stderr, flush=True)
         target, drafter = load_pair(target_dir, drafter_dir, buffer)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with _staged(out_dir) as tmp:
         artifacts, sections, sizes = {}, {}, {}
         texts = {fmt: r.text() for fmt, r in recipes.items()}
         first = recipes[formats[0]]
@@ -164,7 +161,7 @@ def write_bundle(
         if "pte" in formats:
             info = export_pte(
                 target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
-                backend=backend, quantized=not recipes["pte"].is_none, progress=progress,
+                backend=backend, quantized=not recipes["pte"].is_none, consume=True, progress=progress,
             )
             artifacts["program"] = _artifact(tmp, PROGRAM_FILE)
             sections.update(methods=info["methods"], backend=backend)
@@ -199,10 +196,6 @@ def write_bundle(
         }
         # The manifest is written last: a folder without one is never taken for a bundle.
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if progress:
         print(f"[bundle] wrote {out_dir} ({time.perf_counter() - started:.1f}s)", file=sys.stderr, flush=True)
     return manifest
@@ -211,23 +204,43 @@ def write_bundle(
 def copy_bundle(bundle_dir: str | Path, out_dir: str | Path) -> dict:
     """Copy a bundle (its manifest and the artifacts it lists, hashes checked) to out_dir, atomically."""
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
-    manifest = read_manifest(bundle_dir)
+    manifest = read_manifest(bundle_dir, verify_hashes=False)  # the copy is hashed as it is made
     if out_dir.exists() and out_dir.resolve() == bundle_dir.resolve():
         return manifest
     _check_output_dir(out_dir)
+    with _staged(out_dir) as tmp:
+        for entry in manifest["artifacts"].values():
+            if _copy_hashed(bundle_dir / entry["file"], tmp / entry["file"]) != entry["sha256"]:
+                raise BundleError(f"{bundle_dir / entry['file']}: artifact {entry['file']} was modified after export "
+                                  f"(sha256 does not match {MANIFEST}); export the bundle again.")
+        shutil.copyfile(bundle_dir / MANIFEST, tmp / MANIFEST)  # last, as in write_bundle
+    return manifest
+
+
+def _copy_hashed(src: Path, dst: Path, block: int = 1 << 20) -> str:
+    """Copy src to dst in one read; the sha256 of what was copied."""
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(block):
+            digest.update(chunk)
+            fout.write(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _staged(out_dir: Path):
+    """A hidden sibling folder to write a bundle into: renamed onto out_dir when the block ends,
+    removed if it fails, so out_dir never holds a half-written bundle."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        for entry in manifest["artifacts"].values():
-            shutil.copyfile(bundle_dir / entry["file"], tmp / entry["file"])
-        shutil.copyfile(bundle_dir / MANIFEST, tmp / MANIFEST)  # last, as in write_bundle
+        yield tmp
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
 
 
 def _check_output_dir(out_dir: Path) -> None:

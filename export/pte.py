@@ -301,6 +301,94 @@ def drop_merged_delegate_data(edge) -> None:
     gc.collect()
 
 
+# The 4-bit tables packed so far, while embedding_tables_packed_once is active: storage key -> (table, packed).
+_packed_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+_PACK_ROWS = 16384
+_pack_kernel_registered = False
+
+
+def _pack_4bit_once(weight: torch.Tensor, bitwidth: int) -> torch.Tensor:
+    """executorch's `quant_fusion::_pack_embedding_weight` (two int4 values per byte, the even one in
+    the high nibble), packed a block of rows at a time and once per table while packing is shared."""
+    from executorch.exir.passes._quant_patterns_and_replacements import _pack_embedding_weight
+
+    if _packed_tables is None or bitwidth != 4 or weight.dim() != 2 or weight.shape[1] % 2:
+        return _pack_embedding_weight._init_fn(weight, bitwidth)
+    key = (weight.untyped_storage().data_ptr(), weight.storage_offset(), tuple(weight.shape), tuple(weight.stride()))
+    if key not in _packed_tables:
+        rows, cols = weight.shape
+        out = torch.empty(rows, cols // 2, dtype=torch.uint8)
+        for start in range(0, rows, _PACK_ROWS):
+            pairs = weight[start:start + _PACK_ROWS].add(8).view(torch.uint8).view(-1, cols // 2, 2)
+            torch.bitwise_or(pairs[:, :, 0] << 4, pairs[:, :, 1], out=out[start:start + _PACK_ROWS])
+        _packed_tables[key] = (weight, out)  # the table stays alive, so its address is not reused meanwhile
+    return _packed_tables[key][1]
+
+
+@contextlib.contextmanager
+def embedding_tables_packed_once():
+    """Pack each 4-bit embedding table once for all methods, a block of rows at a time.
+
+    With do_quant_fusion_and_const_prop, to_executorch rewrites every quantized embedding lookup
+    into executorch's embedding_4bit kernel and constant-folds the packing of its table, method by
+    method. executorch 1.5.1 packs a whole table in one go (temporaries of the table's size) and
+    once per method that reads it: at E2B size the 2.35B-entry PLE table is read by prefill,
+    verify and decode, and each packed copy (1.2 GB) stays alive until the program is written.
+    Here the packing op's CPU kernel (registered through torch.library) writes the same bytes row
+    block by row block and hands every method the same tensor (the emitter stores equal constants
+    once either way).
+    """
+    global _packed_tables, _pack_kernel_registered
+    from executorch.exir.passes._quant_patterns_and_replacements import _pack_embedding_weight
+
+    if not _pack_kernel_registered:
+        _pack_embedding_weight.register_kernel("cpu", _pack_4bit_once)
+        _pack_kernel_registered = True
+    _packed_tables = {}
+    try:
+        yield
+    finally:
+        _packed_tables = None
+
+
+def release_weights(*modules: nn.Module) -> None:
+    """Drop the modules' references to their weights (parameters and constant buffers).
+
+    After torch.export the exported programs hold every weight; the modules holding them too
+    would keep each one alive until the export ends, although lowering (linears, packed into
+    the XNNPACK delegates) and constant propagation (the embedding tables) replace them on the way.
+    """
+    for module in modules:
+        for sub in module.modules():
+            for name in list(sub._parameters):
+                sub._parameters[name] = None
+            for name in list(sub._buffers):
+                sub._buffers[name] = None
+    gc.collect()
+
+
+def release_delegated_weights(edge) -> None:
+    """Free the weights a lowered (XNNPACK) module kept from before it was lowered.
+
+    Each LoweredBackendModule keeps the program it was lowered from, state dict included, while the
+    delegate carries its own packed copy of those weights. to_executorch still traces that program
+    (with fake tensors) and reads its graph, never its values, so each weight is replaced by a
+    zero-stride view of one element: same shape, dtype and device, no memory.
+    """
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    for name in edge.methods:
+        for module in edge.exported_program(name).graph_module.modules():
+            if isinstance(module, LoweredBackendModule):
+                program = module.original_module
+                for values in (program.state_dict, program.constants):
+                    for key, t in values.items():
+                        if type(t) in (torch.Tensor, nn.Parameter):
+                            stub = torch.zeros((), dtype=t.dtype).expand(t.shape)
+                            values[key] = nn.Parameter(stub, requires_grad=False) if isinstance(t, nn.Parameter) else stub
+    gc.collect()
+
+
 def planned_buffer_sizes(executorch_program) -> dict[str, list[int]]:
     """Method -> non_const_buffer_sizes: [0 (reserved), activations arena, shared mutable arena]."""
     return {plan.name: list(plan.non_const_buffer_sizes) for plan in executorch_program.execution_plan}
@@ -349,12 +437,17 @@ def export_pte(
     backend: str = "xnnpack",
     quantized: bool = False,
     methods: tuple[str, ...] | None = None,
+    consume: bool = False,
     progress: bool = True,
 ) -> dict:
     """Export the pair to out_path (written to a temporary name, renamed at the end).
 
     `methods` keeps a subset of prefill / verify / decode / draft (default all four): a
     draft-only program is what `bench head` times.
+
+    consume=True releases the modules' weights once the methods are traced (the modules are left
+    without them), so that lowering and constant propagation can free each weight as they replace
+    it: what lets a full-size export fit a laptop's memory.
 
     The target's cache buffers must be `buffer_length(max_seq_len, k, prefill_chunk)` long
     (load the target with that max_seq_len); max_seq_len defaults to the longest that fits.
@@ -389,32 +482,40 @@ def export_pte(
         modules = {name: modules[name] for name in methods}
     step = _Progress(progress, total=len(modules) + 3)
 
+    layout = cache_layout(target, max_seq_len)
+    weight_bytes = _weight_bytes(target, drafter)
     exported = {}
     with torch.no_grad():
         for name, (module, inputs) in modules.items():
             exported[name] = torch.export.export(module.eval(), inputs, strict=False)
             step(f"torch.export {name}")
         signatures = {name: _signature(name, ep) for name, ep in exported.items()}
+        if consume:
+            del modules, module
+            release_weights(target, drafter)
 
         partitioner = [xnnpack_partitioner()] if backend == "xnnpack" else []
         with weights_shared_while_lowering():
             edge = to_edge_transform_and_lower(exported, partitioner=partitioner)
         del exported
         drop_merged_delegate_data(edge)
+        release_delegated_weights(edge)
         step(f"to_edge_transform_and_lower ({backend})")
-        et = edge.to_executorch(
-            ExecutorchBackendConfig(
-                memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
-                emit_mutable_buffer_names=True,
-                # The cache writes (index_copy_ -> functional index_put) become in-place index_put_
-                # on the shared buffer; without it every step copies each cache buffer twice (a
-                # functional index_put into a fresh activation, then a copy_ back into the buffer).
-                run_reinplace_pass=True,
-                # Quantized (torchao) weights: fold the weight-side dequantize/pack ops into constants
-                # and fuse the quantized embedding pattern into ExecuTorch's embedding kernels.
-                do_quant_fusion_and_const_prop=quantized,
+        with embedding_tables_packed_once():
+            et = edge.to_executorch(
+                ExecutorchBackendConfig(
+                    memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
+                    emit_mutable_buffer_names=True,
+                    # The cache writes (index_copy_ -> functional index_put) become in-place index_put_
+                    # on the shared buffer; without it every step copies each cache buffer twice (a
+                    # functional index_put into a fresh activation, then a copy_ back into the buffer).
+                    run_reinplace_pass=True,
+                    # Quantized (torchao) weights: fold the weight-side dequantize/pack ops into constants
+                    # and fuse the quantized embedding pattern into ExecuTorch's embedding kernels.
+                    do_quant_fusion_and_const_prop=quantized,
+                )
             )
-        )
+        del edge
         step("to_executorch (memory planning, emit)")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -427,7 +528,6 @@ def export_pte(
         tmp.unlink(missing_ok=True)
     step(f"wrote {out_path}")
 
-    layout = cache_layout(target, max_seq_len)
     return {
         "methods": signatures,
         "cache": layout,
@@ -437,7 +537,7 @@ def export_pte(
         "sizes": {
             "pte_bytes": out_path.stat().st_size,
             "cache_bytes": layout["bytes"],
-            "weight_bytes": _weight_bytes(target, drafter),
+            "weight_bytes": weight_bytes,
             "non_const_buffer_sizes": planned_buffer_sizes(et.executorch_program),
         },
         "export_s": time.perf_counter() - started,

@@ -42,8 +42,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("MTP_EDGE_CACHE") or Path.home() / ".cache" / "mtp-edge")
 
 
-def cached_bundle(pair_dir: Path, **export) -> Path:
-    """The pair exported once into the cache folder, keyed by its weights, the export settings and library versions."""
+def cached_bundle(pair_dir: Path, root: Path | None = None, **export) -> Path:
+    """The pair exported once into the cache folder (`root`, default cache_root()), keyed by its
+    weights, the export settings and library versions."""
     import hashlib
 
     from mtp_edge.export.bundle import library_versions, sha256_file, write_bundle
@@ -60,7 +61,7 @@ def cached_bundle(pair_dir: Path, **export) -> Path:
         "code": hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest(),
         "export": export, "versions": library_versions(),
     }, sort_keys=True)
-    bundle = cache_root() / f"default-pair-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    bundle = (root or cache_root()) / f"default-pair-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if not (bundle / "manifest.json").is_file():
         write_bundle(pair_dir / "target", pair_dir / "drafter", bundle, **export)
     return bundle

@@ -16,6 +16,7 @@ streamers, the returned tensor) to them. Folders only: download checkpoints firs
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -123,9 +124,9 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
         """Write the bundle to save_directory (replacing an old bundle there; any other non-empty folder is refused)."""
         if push_to_hub:
             raise MtpEdgeModelError("push_to_hub is not supported: save_pretrained writes a local bundle; upload the folder yourself.")
-        copy_bundle(self.bundle_dir, save_directory)
+        self._save_pretrained(save_directory)
 
-    def _save_pretrained(self, save_directory) -> None:  # OptimizedModel's hook; save_pretrained does it all
+    def _save_pretrained(self, save_directory) -> None:  # OptimizedModel's hook
         copy_bundle(self.bundle_dir, save_directory)
 
     # ------------------------------------------------------------------ running
@@ -194,7 +195,7 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
         outputs, self.last_stats = [], []
         for i, prompt in enumerate(rows):
             result = generate(self.model, prompt, k=k, max_new_tokens=max_new,
-                              sampling=SamplingConfig(**{**vars(sampling), "seed": seed + i}),
+                              sampling=dataclasses.replace(sampling, seed=seed + i),
                               eos_ids=eos, on_token=on_token)
             outputs.append(result.tokens)
             self.last_stats.append(result.stats)

@@ -24,3 +24,11 @@ def hf_plain():
 def tiny_dirs(hf_tiny, tmp_path_factory):
     """The tiny pair saved by transformers as a text-only, single-file checkpoint."""
     return save_pair(hf_tiny, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory):
+    """A cache folder for the session (MTP_EDGE_CACHE): the demo test starts from it empty, as a
+    user's first run, and exports the shipped pair's demo bundle into it; the native runner tests
+    reuse that bundle instead of exporting it again (about 7 minutes)."""
+    return tmp_path_factory.mktemp("mtp-edge-cache")

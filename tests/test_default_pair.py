@@ -83,10 +83,11 @@ def test_heldout_quality_floors(pair):
     assert accepted / rounds >= MIN_ACCEPTED_DRAFTS_PER_ROUND_K4
 
 
-def test_demo_json_from_the_console_script(tmp_path):
-    """A fresh cache folder: the demo exports the pair to a bundle first, as on a user's first run."""
+def test_demo_json_from_the_console_script(demo_cache):
+    """The session's cache folder, empty unless a test that reuses the demo's bundle ran first: the
+    demo exports the pair to a bundle first, as on a user's first run."""
     exe = str(Path(sys.executable).with_name("mtp-edge"))
-    env = {**os.environ, "MTP_EDGE_CACHE": str(tmp_path)}
+    env = {**os.environ, "MTP_EDGE_CACHE": str(demo_cache)}
     done = subprocess.run([exe, "demo", "--json", "--max-new-tokens", "12"], capture_output=True, text=True,
                           timeout=900, env=env)
     assert done.returncode == 0, done.stderr
@@ -98,4 +99,4 @@ def test_demo_json_from_the_console_script(tmp_path):
         assert row["matches_reference"] is (None if name == "eager" or row["recipe"] != "none" else True), name
     assert report["backends"]["pte"]["recipe"] != "none"  # the pte default recipe is quantized
     assert report["backends"]["onnx"]["matches_reference"] is True
-    assert list(tmp_path.glob("default-pair-*/manifest.json"))
+    assert list(demo_cache.glob("default-pair-*/manifest.json"))

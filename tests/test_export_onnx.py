@@ -61,11 +61,15 @@ def eager(tiny_dirs):
 # --------------------------------------------------------------------------- graphs and manifest
 
 
-def test_graphs_pass_the_checker_and_match_the_manifest(bundle):
+def test_graphs_pass_the_checker_and_match_the_manifest(bundle, tiny_dirs):
     manifest = read_manifest(bundle)
     assert manifest["formats"] == ["onnx"] and "methods" not in manifest
-    copied = {role for role, name in COPIED_FROM_TARGET.items() if (bundle / name).exists()}
+    # What the target checkpoint has of the files a bundle copies (transformers wrote config.json at least).
+    copied = {role for role, name in COPIED_FROM_TARGET.items() if (tiny_dirs[0] / name).exists()}
+    assert "hf_config" in copied
     assert set(manifest["artifacts"]) == {"onnx_target", "onnx_drafter"} | copied
+    for role in copied:
+        assert (bundle / COPIED_FROM_TARGET[role]).read_bytes() == (tiny_dirs[0] / COPIED_FROM_TARGET[role]).read_bytes()
     for role in ("target", "drafter"):
         contract = manifest["onnx"][role]
         path = bundle / contract["file"]

@@ -3,8 +3,8 @@
 The real runner is built once (cached by source hash under the cache folder, so later sessions
 reuse it). Two bundles: the random tiny pair exported with the portable kernels (fp32, about 40 s),
 whose generations run past the sliding window into the end of the cache; and the shipped pair's
-demo bundle (XNNPACK, quantized 8da4w+emb4: the quantized kernels must be linked), which the demo
-and other tests share through the cache.
+demo bundle (XNNPACK, quantized: the quantized kernels must be linked), which the demo test
+exports into the session's cache folder (conftest.demo_cache) and these tests reuse.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def tiny_bundle(tiny_dirs, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shipped_bundle() -> Path:
+def shipped_bundle(demo_cache) -> Path:
     from mtp_edge.runtime.demo import DEMO_EXPORT, cached_bundle, default_pair_dir
 
-    return cached_bundle(default_pair_dir(), **DEMO_EXPORT)
+    return cached_bundle(default_pair_dir(), root=demo_cache, **DEMO_EXPORT)
 
 
 def _rand(seed: int, n: int, high: int = 512) -> list[int]:
