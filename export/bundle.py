@@ -101,12 +101,14 @@ def write_bundle(
     quantize: a --quantize string (see quantize.recipes; None = each format's default recipe, "none" = fp32).
     """
     from mtp_edge.models import load_pair
-    from mtp_edge.quantize.recipes import parse_recipe
+    from mtp_edge.quantize.recipes import decode_step_parameters, parse_recipe
 
     from .pte import PAD_TOKEN, buffer_length, cache_layout, export_pte
 
     formats = parse_formats(formats)
-    recipes = {fmt: parse_recipe(quantize, fmt) for fmt in formats}  # no --quantize: each format's default
+    # No --quantize: each format's default, which for the .pte depends on the target's size.
+    step_parameters = decode_step_parameters(target_dir) if quantize is None else None
+    recipes = {fmt: parse_recipe(quantize, fmt, step_parameters) for fmt in formats}
     if "pte" in formats:
         from mtp_edge.quantize.modules import check_pte_recipe
 

@@ -1,6 +1,6 @@
 """Named quantization recipes for a target + drafter pair, and the `--quantize` syntax.
 
-    (no flag)                                            the default recipe of each format (DEFAULT_RECIPES)
+    (no flag)                                            the default recipe of each format (default_recipe)
     --quantize none                                      both models stay fp32
     --quantize target=8da4w+emb4,drafter=8da8w           a scheme per model (a model not named stays fp32)
     --quantize target=8da4w:64+emb4:32                   group sizes (linears: 32, 64 or 128; default 32)
@@ -94,13 +94,39 @@ def _with_group(name: str, group: int) -> str:
     return f"{name}:{group}" if name in GROUPED and group != DEFAULT_GROUP_SIZE else name
 
 
-# The default per format (`python -m mtp_edge.runtime.bench recipes` on the QAT-trained shipped pair,
-# speculative tok/s, 2 cores; README "Quantization of the QAT pair"). onnx: none 330.6 tok/s vs 249.9
-# (8da4w+emb4) and 154.4 (8da8w+emb8): onnxruntime's MatMulNBits with fp32 activations is slower than
-# sgemm at this size. pte: 8da4w+emb4 (272.8 tok/s, 98.6% top-1, tokens per call -0.1%) although
-# 8da8w+emb8 measured faster on this 10M-parameter pair (301.0): the default also governs E2B exports,
-# whose bandwidth-bound decode reads half the bytes at 4 bits, and the shipped pair is QAT-trained for it.
-DEFAULT_RECIPES = {"pte": "target=8da4w+emb4,drafter=8da4w+emb4", "onnx": "none"}
+# The default per format: the fastest speculative decoding measured within the 2% budget on tokens
+# per target call (README "Quantization"; 2-core x86 machine, 480 MiB L3).
+# onnx: none. On the QAT-trained shipped pair (`python -m mtp_edge.runtime.bench recipes`): none
+# 330.6 tok/s vs 249.9 (8da4w+emb4) and 154.4 (8da8w+emb8): onnxruntime's MatMulNBits with fp32
+# activations is slower than sgemm.
+# pte: by the weights one target decode step reads (models.sizes.target_step_reads), because which
+# recipe is faster turns with the model's size. The shipped pair (9.3M weights per decode step)
+# speculates faster at 8da8w+emb8 (301.0 vs 272.8 tok/s; tokens per call -0.3% vs -0.1%): its
+# weights stay in cache and the int8 GEMMs compute faster. E2B-width slices (random weights, `bench
+# e2b-slice` / `e2b-scaling`) are faster at 8da4w+emb4: with 105M weights per step (2 layers, vocabulary
+# 16,384) decode 6.1 vs 7.2 ms, verify(5) 11.3 vs 12.7 ms (draft 3.2 vs 3.0); with 483M (2 layers, full
+# vocabulary) decode 17.2 vs 25.3 ms, verify 29.9 vs 40.5 ms; at 4 layers decode 24.6 vs 33.9 ms,
+# extrapolated to E2B's 35 layers 140 vs 166 ms: half the bytes stream from memory. The limit lies
+# between the measured sizes (near their geometric middle); it was not measured closer.
+PTE_SMALL_RECIPE = "target=8da8w+emb8,drafter=8da8w+emb8"
+PTE_SMALL_MAX_STEP_PARAMETERS = 32_000_000
+DEFAULT_RECIPES = {"pte": "target=8da4w+emb4,drafter=8da4w+emb4", "onnx": "none"}  # pte: above the size limit
+
+
+def default_recipe(fmt: str, step_parameters: int | None = None) -> str:
+    """The default --quantize text of format `fmt` for a target whose decode step reads
+    `step_parameters` weights (None: unknown, taken as large)."""
+    if fmt == "pte" and step_parameters is not None and step_parameters <= PTE_SMALL_MAX_STEP_PARAMETERS:
+        return PTE_SMALL_RECIPE
+    return DEFAULT_RECIPES[fmt]
+
+
+def decode_step_parameters(target_dir) -> int:
+    """How many weights one decode step of the target checkpoint in target_dir reads (from its config)."""
+    from mtp_edge.models.config import target_config_from_folder
+    from mtp_edge.models.sizes import target_sizes
+
+    return target_sizes(target_config_from_folder(target_dir))["decode_step"]["parameters"]
 
 
 def _parse_item(item: str, allowed: tuple[str, ...], what: str) -> tuple[str, int]:
@@ -129,10 +155,11 @@ def _parse_scheme(text: str) -> Scheme:
     return Scheme(linear[0], linear[1], embedding[0], embedding[1])
 
 
-def parse_recipe(text: str | None, fmt: str = "pte") -> PairRecipe:
-    """--quantize text -> PairRecipe. None (no flag) is the default recipe of format `fmt`; "none" is fp32."""
+def parse_recipe(text: str | None, fmt: str = "pte", step_parameters: int | None = None) -> PairRecipe:
+    """--quantize text -> PairRecipe. None (no flag) is the default recipe of format `fmt` (for a target
+    whose decode step reads `step_parameters` weights, see default_recipe); "none" is fp32."""
     if text is None:
-        text = DEFAULT_RECIPES[fmt]
+        text = default_recipe(fmt, step_parameters)
     text = text.strip()
     if text == "none":
         return PairRecipe()

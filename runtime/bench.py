@@ -690,7 +690,8 @@ def bench_recipes(recipes: list[str], formats=("pte", "onnx"), k: int = 4, max_n
     """End-to-end greedy speed of the shipped pair per quantization recipe and backend (the demo's
     measurement: plain vs speculative tok/s over the held-out prompts), plus each bundle's eval
     figures (top-1 agreement, tokens per target call vs the unquantized pair, bytes). This is how
-    the default recipe was chosen: the fastest whose tokens per target call stay within 2%."""
+    the shipped pair's default recipes were chosen: the fastest whose tokens per target call stay
+    within 2% (`e2b-slice` / `e2b-scaling` give the speed side at E2B width)."""
     from .backends import open_bundle
     from .demo import DEMO_EXPORT, cached_bundle, compare, default_pair_dir, heldout_prompts
     from .evaluate import evaluate_bundle

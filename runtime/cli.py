@@ -402,7 +402,8 @@ def add_export_arguments(p: argparse.ArgumentParser, *, positional_output: bool)
     p.add_argument("--prefill-chunk", type=int, default=32, help="prompt tokens per prefill call (default 32)")
     p.add_argument("--backend", default="xnnpack", choices=["xnnpack", "portable"], help="ExecuTorch kernels for the .pte")
     p.add_argument("--quantize", default=None, metavar="RECIPE",
-                   help="none, or e.g. target=8da4w+emb4,drafter=8da8w (see README: Quantization); default: the default recipe")
+                   help="none, or e.g. target=8da4w+emb4,drafter=8da8w (see README: Quantization); default: the format's "
+                        "default recipe (.pte: 8da4w+emb4 for E2B-size targets, 8da8w+emb8 for small ones; ONNX: none)")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON document")
 
 

@@ -32,7 +32,7 @@ def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 256):
     return EagerBackend(*load_pair(pair_dir / "target", pair_dir / "drafter", max_seq_len=max_seq_len))
 
 
-# quantize=None: each format's default recipe (quantize.recipes.DEFAULT_RECIPES).
+# quantize=None: each format's default recipe for the pair (quantize.recipes.default_recipe).
 DEMO_EXPORT = dict(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack", formats=("pte", "onnx"), quantize=None)
 
 

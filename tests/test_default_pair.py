@@ -13,6 +13,7 @@ import torch
 from transformers import Gemma4AssistantForCausalLM, Gemma4ForCausalLM
 
 from mtp_edge.models import load_pair
+from mtp_edge.quantize.recipes import PTE_SMALL_RECIPE
 from mtp_edge.runtime.backends.eager import EagerBackend
 from mtp_edge.runtime.demo import default_pair_dir, heldout_prompts
 from mtp_edge.runtime.speculative import generate
@@ -97,6 +98,7 @@ def test_demo_json_from_the_console_script(demo_cache):
         assert row["token_identical"] and row["plain_tokens_per_s"] > 0 and row["tokens_per_target_call"] >= 1.0
         # Each unquantized bundle backend's greedy tokens equal the eager backend's (the first row).
         assert row["matches_reference"] is (None if name == "eager" or row["recipe"] != "none" else True), name
-    assert report["backends"]["pte"]["recipe"] != "none"  # the pte default recipe is quantized
+    # The .pte default recipe for a pair this small (quantize.recipes.default_recipe), ONNX's fp32.
+    assert report["backends"]["pte"]["recipe"] == PTE_SMALL_RECIPE and report["backends"]["onnx"]["recipe"] == "none"
     assert report["backends"]["onnx"]["matches_reference"] is True
     assert list(demo_cache.glob("default-pair-*/manifest.json"))
