@@ -272,22 +272,6 @@ def demo_prompts(manifest: dict, max_new_tokens: int) -> tuple[list[list[int]], 
     return prompts, str(pair_dir / "heldout.json")
 
 
-def _timed_methods(backend) -> dict:
-    """Wraps the pte backend's method calls to time them, so its own per-round time can be reported too."""
-    clock = {"s": 0.0}
-    run = backend._run
-
-    def timed(name, *inputs):
-        started = time.perf_counter()
-        try:
-            return run(name, *inputs)
-        finally:
-            clock["s"] += time.perf_counter() - started
-
-    backend._run = timed
-    return clock
-
-
 def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_prompts: int | None = None,
                     progress: bool = True) -> dict:
     """Native runner vs the Python pte backend on the bundle's demo prompts: greedy and seeded sampling
@@ -322,7 +306,6 @@ def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_pro
     backend = PteBackend(bundle_dir)
     eos = backend.eos_ids
     generate(backend, prompts[0], k=k, max_new_tokens=warm["max_new_tokens"], eos_ids=eos)
-    clock = _timed_methods(backend)
     python = []
     for _, ck, cs in cases:
         for p in prompts:
@@ -330,8 +313,8 @@ def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_pro
             # time from there on is the decode's, as the native runner's decode_methods_s.
             at_first = []
             g = generate(backend, p, k=ck, max_new_tokens=max_new_tokens, sampling=cs, eos_ids=eos,
-                         on_token=lambda t: at_first or at_first.append(clock["s"]))
-            python.append((g, clock["s"] - at_first[0]))
+                         on_token=lambda t: at_first or at_first.append(backend.method_seconds))
+            python.append((g, backend.method_seconds - at_first[0]))
 
     rows, index = [], 0
     for name, ck, cs in cases:

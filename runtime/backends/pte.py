@@ -10,6 +10,7 @@ buffers were built with enough spare positions that no padded write leaves them.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ class PteBackend:
         self.max_seq_len = int(m["cache"]["max_seq_len"])  # usable positions, not the buffer length
         self.buffer_length = int(m["cache"]["buffer_length"])
         self.max_draft = self.k
+        self.method_seconds = 0.0  # inside ExecuTorch method calls since the backend was opened
         self.has_drafter = "draft" in m["methods"]
         self.eos_ids = tuple(m["eos_token_ids"])
         self.validated_length = 0
@@ -61,7 +63,11 @@ class PteBackend:
         self.dtype = getattr(torch, m["methods"]["decode"]["outputs"][1]["dtype"])
 
     def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
-        return self.methods[name].execute(list(inputs))
+        started = time.perf_counter()
+        try:
+            return self.methods[name].execute(list(inputs))
+        finally:
+            self.method_seconds += time.perf_counter() - started
 
     @staticmethod
     def _pos(value: int) -> torch.Tensor:
