@@ -107,7 +107,7 @@ def write_bundle(
 
     formats = parse_formats(formats)
     # No --quantize: each format's default, which for the .pte depends on the target's size.
-    step_parameters = decode_step_parameters(target_dir) if quantize is None else None
+    step_parameters = decode_step_parameters(target_dir) if quantize is None and "pte" in formats else None
     recipes = {fmt: parse_recipe(quantize, fmt, step_parameters) for fmt in formats}
     if "pte" in formats:
         from mtp_edge.quantize.modules import check_pte_recipe

@@ -124,9 +124,9 @@ def default_recipe(fmt: str, step_parameters: int | None = None) -> str:
 def decode_step_parameters(target_dir) -> int:
     """How many weights one decode step of the target checkpoint in target_dir reads (from its config)."""
     from mtp_edge.models.config import target_config_from_folder
-    from mtp_edge.models.sizes import target_sizes
+    from mtp_edge.models.sizes import build_target, target_step_reads
 
-    return target_sizes(target_config_from_folder(target_dir))["decode_step"]["parameters"]
+    return target_step_reads(build_target(target_config_from_folder(target_dir)))["parameters"]
 
 
 def _parse_item(item: str, allowed: tuple[str, ...], what: str) -> tuple[str, int]:
