@@ -112,10 +112,10 @@ def top1_agreement(model: Gemma4Target, scheme: Scheme, ids: torch.Tensor, windo
 def main(argv=None) -> int:
     from mtp_edge.models.hf_format import save_target
     from mtp_edge.models.load import load_target
-    from mtp_edge.models.recipe import package
-    from mtp_edge.models.train_drafter import run_train_drafter
-    from mtp_edge.models.train_target import evaluate_target, train_target
-    from mtp_edge.models.training import TokenStream
+    from mtp_edge.models.training.recipe import package
+    from mtp_edge.models.training.drafter import run_train_drafter
+    from mtp_edge.models.training.target import evaluate_target, train_target
+    from mtp_edge.models.training.common import TokenStream
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="recipe_work", help="the recipe's work folder (target/, drafter/, streams.pt)")

@@ -111,7 +111,7 @@ def test_sampled_drafts_come_from_the_candidates(bundle, fmt):
 
 def test_bench_head_cli(tmp_path):
     """`mtp-edge bench head` at the tiny geometry: both heads timed on eager and pte, bytes from the shapes."""
-    done = subprocess.run([sys.executable, "-m", "mtp_edge.runtime.cli", "bench", "head", "--preset", "tiny",
+    done = subprocess.run([sys.executable, "-m", "mtp_edge.runtime.commands.cli", "bench", "head", "--preset", "tiny",
                            "--context", "48", "--repeats", "3", "--json"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)

@@ -15,7 +15,7 @@ from transformers import Gemma4AssistantForCausalLM, Gemma4ForCausalLM
 from mtp_edge.models import load_pair
 from mtp_edge.quantize.recipes import PTE_SMALL_RECIPE
 from mtp_edge.runtime.backends.eager import EagerBackend
-from mtp_edge.runtime.demo import default_pair_dir, heldout_prompts
+from mtp_edge.models.shipped import default_pair_dir, heldout_prompts
 from mtp_edge.runtime.speculative import generate
 
 PAIR = default_pair_dir()

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from transformers import Gemma4AssistantForCausalLM, Gemma4ForCausalLM
 
 from mtp_edge.models import CheckpointError, load_drafter, load_target
-from mtp_edge.models.clusters import balanced_kmeans
+from mtp_edge.models.training.clusters import balanced_kmeans
 from mtp_edge.models.config import (
     generation_eos_ids,
     hf_config_to_drafter,

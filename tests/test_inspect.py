@@ -13,7 +13,7 @@ import transformers
 
 from mtp_edge.models.config import preset, preset_hf_configs
 from mtp_edge.models.sizes import DRAFTER_GROUPS, TARGET_GROUPS, group_counts, model_sizes
-from mtp_edge.runtime.cli import main
+from mtp_edge.runtime.commands.cli import main
 
 MTP_EDGE = Path(sys.executable).parent / "mtp-edge"
 

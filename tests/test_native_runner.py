@@ -45,7 +45,9 @@ def tiny_bundle(tiny_dirs, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shipped_bundle(demo_cache) -> Path:
-    from mtp_edge.runtime.demo import DEMO_EXPORT, cached_bundle, default_pair_dir
+    from mtp_edge.export.cache import cached_bundle
+    from mtp_edge.models.shipped import default_pair_dir
+    from mtp_edge.runtime.commands.demo import DEMO_EXPORT
 
     return cached_bundle(default_pair_dir(), root=demo_cache, **DEMO_EXPORT)
 
@@ -87,7 +89,7 @@ def test_tiny_pair_native_tokens_equal_python(runner, tiny_bundle):
 
 
 def test_shipped_pair_native_tokens_equal_python(runner, shipped_bundle):
-    from mtp_edge.runtime.demo import heldout_prompts
+    from mtp_edge.models.shipped import heldout_prompts
 
     prompts = [p["ids"] for p in heldout_prompts()[:3]]
     cases = [(4, GREEDY), (4, SAMPLING), (0, GREEDY)]

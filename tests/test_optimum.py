@@ -13,7 +13,7 @@ from transformers import TextStreamer
 
 from mtp_edge.export.bundle import read_manifest
 from mtp_edge.models.errors import CheckpointError
-from mtp_edge.runtime.optimum_model import MtpEdgeModelError, MtpEdgeModelForCausalLM
+from mtp_edge.runtime.optimum.model import MtpEdgeModelError, MtpEdgeModelForCausalLM
 
 BIN = Path(sys.executable).parent
 # Portable kernels: XNNPACK lowering takes minutes even for the tiny pair; test_export_pte covers it.

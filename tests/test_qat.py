@@ -12,8 +12,8 @@ import torch
 from torchao.utils import TorchAOBaseTensor
 
 from mtp_edge.models import load_pair
-from mtp_edge.models.train_target import train_target
-from mtp_edge.models.training import TokenStream
+from mtp_edge.models.training.target import train_target
+from mtp_edge.models.training.common import TokenStream
 from mtp_edge.quantize.modules import plan_model, quantize_model, untie_lm_head
 from mtp_edge.quantize.qat import prepare, snap, weight_round_trip
 from mtp_edge.quantize.recipes import parse_recipe

@@ -147,7 +147,7 @@ def test_eager_quantized_modules_track_the_fp32_pair():
     with the fp32 target on most held-out tokens, and plain vs speculative decoding stays lossless."""
     import json
 
-    from mtp_edge.runtime.demo import default_pair_dir
+    from mtp_edge.models.shipped import default_pair_dir
 
     pair = default_pair_dir()
     ids = torch.tensor(json.loads((pair / "heldout.json").read_text())["eval_ids"][:256])[None]
@@ -185,7 +185,7 @@ def test_shipped_pair_eval_report(tmp_path):
     import sys
     from pathlib import Path
 
-    from mtp_edge.runtime.demo import default_pair_dir
+    from mtp_edge.models.shipped import default_pair_dir
 
     pair = default_pair_dir()
     out = tmp_path / "bundle"

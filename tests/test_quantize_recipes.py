@@ -21,7 +21,7 @@ def test_the_pte_default_follows_the_targets_size():
     from mtp_edge.models.config import preset
     from mtp_edge.models.sizes import target_sizes
     from mtp_edge.quantize.recipes import PTE_SMALL_RECIPE, decode_step_parameters
-    from mtp_edge.runtime.demo import default_pair_dir
+    from mtp_edge.models.shipped import default_pair_dir
 
     shipped = decode_step_parameters(default_pair_dir() / "target")
     e2b = target_sizes(preset("e2b").target)["decode_step"]["parameters"]

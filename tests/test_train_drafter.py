@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import Gemma4AssistantForCausalLM
 
 from mtp_edge.models import load_drafter
-from mtp_edge.runtime.demo import default_pair_dir
+from mtp_edge.models.shipped import default_pair_dir
 
 EXE = str(Path(sys.executable).with_name("mtp-edge"))
 TARGET = default_pair_dir() / "target"

@@ -7,26 +7,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .sampling import SamplingConfig
-from .speculative import generate
+from mtp_edge.export.cache import cached_bundle
+from mtp_edge.models.shipped import default_pair_dir, heldout_prompts
+from mtp_edge.runtime.sampling import SamplingConfig
+from mtp_edge.runtime.speculative import generate
 
-
-
-def default_pair_dir() -> Path:
-    import mtp_edge.models
-
-    return Path(mtp_edge.models.__file__).resolve().parent / "default_pair"
-
-
-def heldout_prompts(pair_dir: Path | None = None) -> list[dict]:
-    """Prompts cut from held-out standard-library files (never trained on), shipped with the pair."""
-    return json.loads(((pair_dir or default_pair_dir()) / "heldout.json").read_text())["prompts"]
 
 
 def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 256):
     from mtp_edge.models import load_pair
 
-    from .backends.eager import EagerBackend
+    from mtp_edge.runtime.backends.eager import EagerBackend
 
     pair_dir = pair_dir or default_pair_dir()
     return EagerBackend(*load_pair(pair_dir / "target", pair_dir / "drafter", max_seq_len=max_seq_len))
@@ -36,45 +27,14 @@ def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 256):
 DEMO_EXPORT = dict(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack", formats=("pte", "onnx"), quantize=None)
 
 
-def cache_root() -> Path:
-    import os
-
-    return Path(os.environ.get("MTP_EDGE_CACHE") or Path.home() / ".cache" / "mtp-edge")
-
-
-def cached_bundle(pair_dir: Path, root: Path | None = None, **export) -> Path:
-    """The pair exported once into the cache folder (`root`, default cache_root()), keyed by its
-    weights, the export settings and library versions."""
-    import hashlib
-
-    from mtp_edge.export.bundle import library_versions, sha256_file, write_bundle
-
-    import mtp_edge.export
-    import mtp_edge.models
-    import mtp_edge.quantize
-
-    # The graphs depend on the model and export code too, not only on the weights.
-    sources = sorted(p for pkg in (mtp_edge.models, mtp_edge.export, mtp_edge.quantize)
-                     for p in Path(pkg.__file__).parent.glob("*.py"))
-    key = json.dumps({
-        "weights": [sha256_file(pair_dir / sub / "model.safetensors") for sub in ("target", "drafter")],
-        "code": hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest(),
-        "export": export, "versions": library_versions(),
-    }, sort_keys=True)
-    bundle = (root or cache_root()) / f"default-pair-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    if not (bundle / "manifest.json").is_file():
-        write_bundle(pair_dir / "target", pair_dir / "drafter", bundle, **export)
-    return bundle
-
-
 def pte_backend(pair_dir: Path | None = None):
-    from .backends.pte import PteBackend
+    from mtp_edge.runtime.backends.pte import PteBackend
 
     return PteBackend(cached_bundle(pair_dir or default_pair_dir(), **DEMO_EXPORT))
 
 
 def onnx_backend(pair_dir: Path | None = None):
-    from .backends.onnx import OnnxBackend
+    from mtp_edge.runtime.backends.onnx import OnnxBackend
 
     return OnnxBackend(cached_bundle(pair_dir or default_pair_dir(), **DEMO_EXPORT))
 

@@ -301,7 +301,7 @@ def add_bench(subparsers) -> None:
 
 
 def cmd_bench(args) -> int:
-    from mtp_edge.runtime import bench
+    from mtp_edge.runtime.bench import benchmarks as bench
     from mtp_edge.runtime.sampling import SamplingConfig
 
     if args.what == "loop":
@@ -309,7 +309,7 @@ def cmd_bench(args) -> int:
     elif args.what == "acceptance":
         report = bench.bench_acceptance(max_new_tokens=args.new_tokens)
     elif args.what == "head":
-        from mtp_edge.runtime.bench_head import bench_head, summary
+        from mtp_edge.runtime.bench.head import bench_head, summary
 
         report = bench_head(args.preset or "e2b", context=args.context, repeats=args.repeats, pte=not args.no_pte)
         if not args.json:
@@ -351,7 +351,7 @@ def add_train_drafter(subparsers) -> None:
 
 
 def cmd_train_drafter(args) -> int:
-    from mtp_edge.models.train_drafter import corpus_stream, run_train_drafter
+    from mtp_edge.models.training.drafter import corpus_stream, run_train_drafter
 
     stream = corpus_stream(args.target, args.corpus)
     drafter = run_train_drafter(
@@ -374,7 +374,7 @@ def add_demo(subparsers) -> None:
 
 
 def cmd_demo(args) -> int:
-    from mtp_edge.runtime.demo import format_demo, run_demo
+    from mtp_edge.runtime.commands.demo import format_demo, run_demo
 
     report = run_demo(k=args.k, max_new_tokens=args.max_new_tokens)
     sys.stdout.write(json.dumps(report) + "\n" if args.json else format_demo(report))
@@ -436,7 +436,7 @@ def add_eval(subparsers) -> None:
 
 
 def cmd_eval(args) -> int:
-    from mtp_edge.runtime.evaluate import evaluate_bundle, format_eval
+    from mtp_edge.runtime.commands.evaluate import evaluate_bundle, format_eval
     from mtp_edge.runtime.tokenizer import TextCodec
 
     text_ids = None
@@ -469,7 +469,7 @@ def add_validate(subparsers) -> None:
 
 def cmd_validate(args) -> int:
     from mtp_edge.runtime.errors import GenerationError
-    from mtp_edge.runtime.native import format_validate, validate_bundle
+    from mtp_edge.runtime.native.build import format_validate, validate_bundle
 
     if args.max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MtpEdgeError
+from ..errors import MtpEdgeError
 
 
 class TokenStream:

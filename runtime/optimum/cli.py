@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
-from mtp_edge.runtime.cli import add_export_arguments, cmd_export, run_command
+from mtp_edge.runtime.commands.cli import add_export_arguments, cmd_export, run_command
 
 PROG = "optimum-cli export mtp-edge"
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from mtp_edge.export.bundle import COPIED_FROM_TARGET, BundleError, bundle_formats, read_manifest
 
-from .speculative import generate
+from mtp_edge.runtime.speculative import generate
 
 
 def teacher_forced_logits(backend, ids: list[int], chunk: int) -> torch.Tensor:
@@ -153,9 +153,9 @@ def evaluate_bundle(bundle_dir, *, backend: str | None = None, reference_model=N
                     rss: bool = True) -> dict:
     from mtp_edge.models import load_pair
 
-    from .backends import open_bundle
-    from .backends.eager import EagerBackend
-    from .demo import heldout_prompts
+    from mtp_edge.runtime.backends import open_bundle
+    from mtp_edge.runtime.backends.eager import EagerBackend
+    from mtp_edge.models.shipped import heldout_prompts
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)

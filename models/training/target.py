@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import DecoderConfig
-from .target import Gemma4Target
-from .training import Checkpoint, TokenStream, adamw, cosine_lr, init_weights
+from ..config import DecoderConfig
+from ..target import Gemma4Target
+from .common import Checkpoint, TokenStream, adamw, cosine_lr, init_weights
 
 
 def train_target(

@@ -7,6 +7,6 @@ which is how optimum's own exporter plugins add `optimum-cli export <name>`. Bot
 
 from optimum.commands.export.base import ExportCommand
 
-from mtp_edge.runtime.optimum_cli import MtpEdgeExportCommand
+from mtp_edge.runtime.optimum.cli import MtpEdgeExportCommand
 
 REGISTER_COMMANDS = [(MtpEdgeExportCommand, ExportCommand)]

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .bench import _line, _percentiles, _time_calls, e2b_slice_configs, random_modules
+from .benchmarks import _line, _percentiles, _time_calls, e2b_slice_configs, random_modules
 
 FP32 = 4
 

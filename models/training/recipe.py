@@ -1,6 +1,6 @@
 """The reproducible recipe for the shipped default pair.
 
-    python -m mtp_edge.models.recipe --out models/default_pair
+    python -m mtp_edge.models.training.recipe --out models/default_pair
 
 Corpus: the Python standard library's own source (present on every machine, PSF licence),
 test folders excluded, split by file into train and held-out. Then a byte-level BPE tokenizer,
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .config import FULL, SLIDING, DecoderConfig, hf_config_to_target
-from .training import Checkpoint, TokenStream
+from ..config import FULL, SLIDING, DecoderConfig, hf_config_to_target
+from .common import Checkpoint, TokenStream
 
 VOCAB_SIZE = 4096
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>"]  # ids 0, 1, 2 as in Gemma
@@ -91,7 +91,7 @@ def default_target_config() -> DecoderConfig:
 
 
 def main(argv=None) -> int:
-    from .train_target import evaluate_target, train_target
+    from .target import evaluate_target, train_target
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(Path(__file__).parent / "default_pair"))
@@ -130,8 +130,8 @@ def main(argv=None) -> int:
     if args.stage == "target":
         return 0
 
-    from .hf_format import save_target
-    from .train_drafter import run_train_drafter
+    from ..hf_format import save_target
+    from .drafter import run_train_drafter
 
     # Ship the target in bf16 and train the drafter against exactly what ships.
     target_dir, drafter_dir = work / "target", work / "drafter"

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .clusters import balanced_kmeans
-from .config import FULL, SLIDING, DecoderConfig, DrafterConfig, hf_config_to_drafter
-from .drafter import Gemma4Drafter
-from .errors import MtpEdgeError
-from .target import Gemma4Target
-from .training import Checkpoint, TokenStream, adamw, cosine_lr, init_weights
+from ..config import FULL, SLIDING, DecoderConfig, DrafterConfig, hf_config_to_drafter
+from ..drafter import Gemma4Drafter
+from ..errors import MtpEdgeError
+from ..target import Gemma4Target
+from .common import Checkpoint, TokenStream, adamw, cosine_lr, init_weights
 
 
 def drafter_config_for(
@@ -166,7 +166,7 @@ def corpus_stream(target_dir, files) -> TokenStream:
 
 
 def _first_eos(target_dir) -> int:
-    from .config import target_config_from_folder
+    from ..config import target_config_from_folder
 
     eos = target_config_from_folder(target_dir).eos_token_ids
     return eos[0] if eos else 1
@@ -192,8 +192,8 @@ def run_train_drafter(
     """The train-drafter command: load the target, build or load the drafter, distil, save a HF folder."""
     from pathlib import Path
 
-    from .hf_format import save_drafter
-    from .load import load_drafter, load_target
+    from ..hf_format import save_drafter
+    from ..load import load_drafter, load_target
 
     target = load_target(target_dir, max_seq_len=1)
     if init_dir is not None:  # adapt an existing drafter, keeping its clusters

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 CHUNK_ROWS = 2048  # rows per similarity block: CHUNK_ROWS x C floats at a time, never V x C
 CANDIDATES = 32  # best clusters each row may propose to before it is re-scored

@@ -28,10 +28,10 @@ from transformers.modeling_outputs import CausalLMOutput
 from mtp_edge.export.bundle import MANIFEST, bundle_formats, copy_bundle, read_manifest, write_bundle
 from mtp_edge.models.errors import MtpEdgeError
 
-from .backends import open_bundle
-from .evaluate import teacher_forced_logits
-from .sampling import SamplingConfig
-from .speculative import GenerationStats, generate
+from mtp_edge.runtime.backends import open_bundle
+from mtp_edge.runtime.commands.evaluate import teacher_forced_logits
+from mtp_edge.runtime.sampling import SamplingConfig
+from mtp_edge.runtime.speculative import GenerationStats, generate
 
 # GenerationConfig fields generate() follows; any other field a caller sets to a non-default value
 # is refused rather than silently ignored (beam search, penalties, ... would change the output).

@@ -51,7 +51,7 @@ def _progress(message: str, enabled: bool) -> None:
 def source_dir() -> Path:
     """android_demo/native of this checkout ($MTP_EDGE_NATIVE_SRC overrides it)."""
     override = os.environ.get("MTP_EDGE_NATIVE_SRC")
-    folder = Path(override) if override else Path(__file__).resolve().parents[1] / "android_demo" / "native"
+    folder = Path(override) if override else Path(__file__).resolve().parents[2] / "android_demo" / "native"
     if not (folder / "CMakeLists.txt").is_file():
         raise NativeError(
             f"{folder}: the native runner's sources (CMakeLists.txt and the .cpp files) are not there; "
@@ -130,7 +130,7 @@ def source_hash(folder: Path | None = None) -> str:
 
 
 def native_cache_root() -> Path:
-    from .demo import cache_root
+    from mtp_edge.export.cache import cache_root
 
     return cache_root() / "native"
 
@@ -261,7 +261,7 @@ def demo_prompts(manifest: dict, max_new_tokens: int) -> tuple[list[list[int]], 
     Ids are folded into the bundle's vocabulary (a random test pair may have a smaller one) and
     prompts are cut so that prompt + new tokens fit the cache where the cache allows it.
     """
-    from .demo import default_pair_dir, heldout_prompts
+    from mtp_edge.models.shipped import default_pair_dir, heldout_prompts
 
     source = Path(manifest.get("source", {}).get("target") or "").parent
     pair_dir = source if (source / "heldout.json").is_file() else default_pair_dir()
@@ -278,9 +278,9 @@ def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_pro
     at the bundle's K, and greedy K = 0. Tokens must be identical; tok/s and per-round overheads are reported."""
     from mtp_edge.export.bundle import read_manifest
 
-    from .backends.pte import PteBackend
-    from .sampling import SamplingConfig
-    from .speculative import generate
+    from mtp_edge.runtime.backends.pte import PteBackend
+    from mtp_edge.runtime.sampling import SamplingConfig
+    from mtp_edge.runtime.speculative import generate
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir, needs="pte")

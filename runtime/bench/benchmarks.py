@@ -1,5 +1,5 @@
 """Benchmarks that print figures: the loop's own overhead, eager decoding speed, acceptance, and
-per-method latency / export cost of ExecuTorch bundles (`python -m mtp_edge.runtime.bench -h`).
+per-method latency / export cost of ExecuTorch bundles (`python -m mtp_edge.runtime.bench.benchmarks -h`).
 
 Ratios are measured within one run; these machines are noisy, so compare nothing across runs.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .backend import DraftOutput
-from .sampling import SamplingConfig
-from .speculative import generate
+from mtp_edge.runtime.backend import DraftOutput
+from mtp_edge.runtime.sampling import SamplingConfig
+from mtp_edge.runtime.speculative import generate
 
 
 class TimedNullBackend:
@@ -77,7 +77,7 @@ def bench_eager(preset_name: str = "tiny", k: int = 4, new_tokens: int = 64, pro
     """Plain vs speculative tokens/s on the eager backend for a random-weight pair of the preset's geometry."""
     from mtp_edge.models import Gemma4Drafter, Gemma4Target, preset
 
-    from .backends.eager import EagerBackend
+    from mtp_edge.runtime.backends.eager import EagerBackend
 
     pair = preset(preset_name)
     torch.manual_seed(seed)
@@ -103,7 +103,8 @@ def bench_acceptance(ks=range(1, 7), temperatures=(0.0, 0.7), max_new_tokens: in
     """Acceptance and tokens per target call of the shipped pair at each K, greedy and sampled."""
     from mtp_edge.models.config import target_config_from_folder
 
-    from .demo import BACKENDS, default_pair_dir, heldout_prompts
+    from mtp_edge.models.shipped import default_pair_dir, heldout_prompts
+    from mtp_edge.runtime.commands.demo import BACKENDS
 
     pair = default_pair_dir()
     backend = BACKENDS[backend_name](pair)
@@ -179,7 +180,7 @@ def bench_methods(bundle_dir, repeats: int = 20, warmup: int = 2, fill_chunks: i
     decode = 1 token, draft = one drafter step reading the validated K/V. Median / p90 over
     `repeats` calls after `warmup` calls.
     """
-    from .backends.pte import PteBackend
+    from mtp_edge.runtime.backends.pte import PteBackend
 
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -247,7 +248,7 @@ def bench_onnx_methods(bundle_dir, threads: int | None = None, repeats: int = 20
     """The four latencies of bench_methods on the ONNX Runtime backend (target.onnx: a prefill chunk,
     a verify of K + 1 tokens, a one-token decode; drafter.onnx: one draft step), plus the cache bytes
     the backend copies per call (the new K/V rows) against the cache's size."""
-    from .backends.onnx import OnnxBackend
+    from mtp_edge.runtime.backends.onnx import OnnxBackend
 
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -304,7 +305,7 @@ def bench_onnx_methods(bundle_dir, threads: int | None = None, repeats: int = 20
 def bench_eager_methods(target, drafter=None, *, k: int = 4, prefill_chunk: int = 32, repeats: int = 20,
                         warmup: int = 2, fill_chunks: int = 4, seed: int = 0) -> dict:
     """The same four latencies as bench_methods, on the eager modules (the eager backend's calls)."""
-    from .backends.eager import EagerBackend
+    from mtp_edge.runtime.backends.eager import EagerBackend
 
     load_before = os.getloadavg()[0]
     backend = EagerBackend(target, drafter)
@@ -353,10 +354,10 @@ def bench_eager_methods(target, drafter=None, *, k: int = 4, prefill_chunk: int 
 
 
 def _run_child(argv: list[str], result_path: Path) -> dict:
-    """Run `python -m mtp_edge.runtime.bench ARGV` (output streams through); its JSON result, wall
+    """Run `python -m mtp_edge.runtime.bench.benchmarks ARGV` (output streams through); its JSON result, wall
     time and peak RSS (the kernel's ru_maxrss of that one child, via wait4)."""
     result_path.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "mtp_edge.runtime.bench", *argv, "--result", str(result_path)]
+    cmd = [sys.executable, "-m", "mtp_edge.runtime.bench.benchmarks", *argv, "--result", str(result_path)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -692,9 +693,11 @@ def bench_recipes(recipes: list[str], formats=("pte", "onnx"), k: int = 4, max_n
     figures (top-1 agreement, tokens per target call vs the unquantized pair, bytes). This is how
     the shipped pair's default recipes were chosen: the fastest whose tokens per target call stay
     within 2% (`e2b-slice` / `e2b-scaling` give the speed side at E2B width)."""
-    from .backends import open_bundle
-    from .demo import DEMO_EXPORT, cached_bundle, compare, default_pair_dir, heldout_prompts
-    from .evaluate import evaluate_bundle
+    from mtp_edge.runtime.backends import open_bundle
+    from mtp_edge.export.cache import cached_bundle
+    from mtp_edge.models.shipped import default_pair_dir, heldout_prompts
+    from mtp_edge.runtime.commands.demo import DEMO_EXPORT, compare
+    from mtp_edge.runtime.commands.evaluate import evaluate_bundle
 
     pair_dir = default_pair_dir()
     prompts = [p["ids"] for p in heldout_prompts(pair_dir)]
@@ -718,13 +721,13 @@ def bench_recipes(recipes: list[str], formats=("pte", "onnx"), k: int = 4, max_n
     return {"k": k, "max_new_tokens": max_new_tokens, "rows": rows}
 
 
-# --------------------------------------------------------------------------- python -m mtp_edge.runtime.bench
+# --------------------------------------------------------------------------- python -m mtp_edge.runtime.bench.benchmarks
 
 
 def _main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m mtp_edge.runtime.bench", description="export benchmarks; print JSON")
+    parser = argparse.ArgumentParser(prog="python -m mtp_edge.runtime.bench.benchmarks", description="export benchmarks; print JSON")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="{methods,recipes,e2b-slice,e2b-scaling,e2b-full,export-measured}")
 
     p = sub.add_parser("methods", help="per-method latency of a bundle on the pte or onnx backend")
