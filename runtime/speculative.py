@@ -8,6 +8,12 @@ A round drafts K tokens from (last, hidden) at the constant `position`, verifies
 in one target pass at positions position..position+K, keeps the longest accepted prefix plus the
 target's own next token, and rolls the cache back to the new validated length. K = 0 is plain
 autoregressive decoding through the same code.
+
+K is fixed (`k=N`) or chosen before every round by a DraftPolicy (`k="auto"`, runtime/draft_policy.py):
+the draft length with the most expected tokens per second from the measured call costs and the
+running acceptance, K = 0 where drafting does not pay. A draft may also stop early when the
+drafter's own top probability falls below `draft_p_min`: decided from the drafter's distribution
+before its token is drawn, never from the value drawn, so the rejection rule stays unbiased.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .backend import Backend
+from .draft_policy import DraftPolicy
 from .errors import GenerationError
-from .sampling import SamplingConfig, SplitMix64, accept_drafts, choose, draft_token
+from .sampling import SamplingConfig, SplitMix64, accept_drafts, choose, draft_token, probabilities
 
 
 @dataclass
@@ -40,7 +47,17 @@ class GenerationStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     stop_reason: str = ""  # "eos", "max_new_tokens" or "cache_full"
+    early_stops: int = 0  # drafts cut short by draft_p_min
+    policy: dict | None = None  # k="auto": the draft lengths chosen, plain rounds, the cost table used
     round_log: list[Round] = field(default_factory=list)
+
+    @property
+    def k_histogram(self) -> dict[int, int]:
+        """Rounds per draft length actually drafted (0 = the round decoded plainly)."""
+        counts: dict[int, int] = {}
+        for r in self.round_log:
+            counts[r.drafted] = counts.get(r.drafted, 0) + 1
+        return dict(sorted(counts.items()))
 
     @property
     def acceptance_rate(self) -> float:
@@ -67,6 +84,8 @@ class GenerationStats:
             tokens_per_target_call=self.tokens_per_target_call,
             prefill_tokens_per_s=self.prefill_tokens_per_s,
             decode_tokens_per_s=self.decode_tokens_per_s,
+            k_histogram={str(k): n for k, n in self.k_histogram.items()},
+            plain_rounds=self.k_histogram.get(0, 0),
         )
         return d
 
@@ -77,7 +96,7 @@ class Generation:
     stats: GenerationStats
 
 
-def check_request(backend: Backend, prompt: Sequence[int], k: int, max_new_tokens: int) -> None:
+def check_request(backend: Backend, prompt: Sequence[int], k: int | str, max_new_tokens: int) -> None:
     if len(prompt) == 0:
         raise GenerationError("the prompt is empty: give at least one token (for example the BOS id).")
     bad = [t for t in prompt if not 0 <= t < backend.vocab_size]
@@ -88,6 +107,10 @@ def check_request(backend: Backend, prompt: Sequence[int], k: int, max_new_token
             f"the prompt has {len(prompt)} tokens but the cache holds {backend.max_seq_len} positions: "
             "raise --max-seq-len or shorten the prompt."
         )
+    if k == "auto":
+        k = 0 if not backend.has_drafter else backend.max_draft
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise GenerationError(f"K (draft tokens per round) must be a whole number or 'auto', got {k!r}.")
     if k < 0:
         raise GenerationError(f"K (draft tokens per round) must be >= 0, got {k}.")
     if k > backend.max_draft:
@@ -101,14 +124,53 @@ def prefill(backend: Backend, prompt: Sequence[int]) -> tuple[torch.Tensor, torc
     return backend.prefill(torch.tensor(prompt, dtype=torch.long))
 
 
+@dataclass(frozen=True)
+class EarlyStop:
+    """When a draft stops before its next step, judged from the drafter's top probability p at that
+    step (its processed distribution over its candidates), before anything is drawn from it.
+
+    Fixed (--draft-p-min): stop when p < p_min. From the policy's costs (k="auto"): stop when the
+    step's expected gain, S * p tokens (S: the chance that the drafts so far all survive, estimated
+    as the product of their top probabilities), is worth less than the time it adds to the round
+    (one draft step and one more verify token) at the round's expected tokens per second:
+    S * p < step_cost[j] * rate. Greedy and sampling stay exact: a stop depends on distributions,
+    never on the token a step would draw.
+    """
+
+    p_min: float = 0.0
+    step_cost: tuple[float, ...] = ()  # seconds the (j+1)-th draft adds to a round
+    rate: float = 0.0  # expected tokens per second of the planned round
+
+    @classmethod
+    def from_policy(cls, policy: DraftPolicy, plan) -> EarlyStop:
+        costs = policy.costs
+        verify = {1: costs.decode, **costs.verify}
+        step_cost = tuple(costs.draft_step + verify[j + 2] - verify[j + 1] for j in range(plan.k))
+        return cls(step_cost=step_cost, rate=plan.tokens / plan.seconds)
+
+    def stops(self, step: int, survival: float, p: float) -> bool:
+        if p < self.p_min:
+            return True
+        return bool(self.step_cost) and survival * p < self.step_cost[step] * self.rate
+
+
 def draft(
-    backend: Backend, last: int, hidden: torch.Tensor, position: int, k: int, sampling: SamplingConfig, rng: SplitMix64
+    backend: Backend, last: int, hidden: torch.Tensor, position: int, k: int, sampling: SamplingConfig, rng: SplitMix64,
+    early_stop: EarlyStop | None = None, timer: Callable[[str, int, float], None] | None = None,
 ) -> tuple[list[int], list[torch.Tensor | None]]:
-    """K drafter steps at a constant position, each fed the drafter's own projected hidden."""
+    """Up to k drafter steps at a constant position, each fed the drafter's own projected hidden."""
     drafts, probs = [], []
-    token = last
-    for _ in range(k):
+    token, survival = last, 1.0
+    for step in range(k):
+        started = time.perf_counter()
         out = backend.draft(token, hidden, position, validated_length=position)
+        if timer is not None:
+            timer("draft_step", 1, time.perf_counter() - started)
+        if early_stop is not None:
+            p = _top_probability(out.candidate_logits, sampling)
+            if early_stop.stops(step, survival, p):
+                break
+            survival *= p
         token, q = draft_token(out, backend.vocab_size, sampling, rng)
         drafts.append(token)
         probs.append(q)
@@ -116,36 +178,73 @@ def draft(
     return drafts, probs
 
 
+def _top_probability(candidate_logits: torch.Tensor, sampling: SamplingConfig) -> float:
+    if sampling.greedy:
+        return float(torch.softmax(candidate_logits.double(), dim=-1).max())
+    return float(probabilities(candidate_logits, sampling).max())
+
+
 def speculative_decode(
-    backend: Backend, last: int, hidden: torch.Tensor, position: int, k: int, sampling: SamplingConfig, rng: SplitMix64
-) -> tuple[list[int], int, torch.Tensor]:
-    """One round: draft k tokens, verify [last, d1..dk] in one target pass, accept.
+    backend: Backend, last: int, hidden: torch.Tensor, position: int, k: int, sampling: SamplingConfig, rng: SplitMix64,
+    early_stop: EarlyStop | None = None, timer: Callable[[str, int, float], None] | None = None,
+) -> tuple[list[int], int, int, torch.Tensor]:
+    """One round: draft up to k tokens, verify [last, d1..dn] in one target pass, accept.
 
     Returns (new tokens: the accepted drafts then the target's next token, how many drafts were
-    accepted, the target hidden state that produced the final new token).
+    made, how many accepted, the target hidden state that produced the final new token).
     """
-    drafts, draft_probs = draft(backend, last, hidden, position, k, sampling, rng)
+    drafts, draft_probs = draft(backend, last, hidden, position, k, sampling, rng, early_stop, timer)
+    started = time.perf_counter()
     target_logits, target_hidden = backend.verify(torch.tensor([last, *drafts], dtype=torch.long), position)
+    if timer is not None:
+        timer("verify", len(drafts) + 1, time.perf_counter() - started)
     accepted, next_token = accept_drafts(drafts, draft_probs, target_logits, sampling, rng)
-    return [*drafts[:accepted], next_token], accepted, target_hidden[accepted]
+    return [*drafts[:accepted], next_token], len(drafts), accepted, target_hidden[accepted]
 
 
 def generate(
     backend: Backend,
     prompt: Sequence[int],
     *,
-    k: int = 0,
+    k: int | str = 0,
+    max_k: int | None = None,
+    policy: DraftPolicy | None = None,
+    draft_p_min: float | None = None,
     max_new_tokens: int = 64,
     sampling: SamplingConfig = SamplingConfig(),
     eos_ids: Sequence[int] = (),
     on_token: Callable[[int], None] | None = None,
 ) -> Generation:
-    """Generate up to max_new_tokens after the prompt; k = 0 decodes with the target alone."""
+    """Generate up to max_new_tokens after the prompt.
+
+    k: draft tokens per round (0 = the target alone), or "auto": a DraftPolicy picks each round's
+    draft length (at most max_k, default the backend's K) from measured costs (runtime/tuning.py)
+    and the acceptance so far; pass `policy` to supply your own. draft_p_min: stop a draft before a
+    step whose top probability is below it (with "auto" and no value, the policy's costs decide).
+    """
     check_request(backend, prompt, k, max_new_tokens)
+    if draft_p_min is not None and not 0.0 <= draft_p_min <= 1.0:
+        raise GenerationError(f"draft_p_min must be a probability in [0, 1], got {draft_p_min}.")
+    if k == "auto" and backend.has_drafter and backend.max_draft > 0:
+        bound = backend.max_draft if max_k is None else max_k
+        if not 0 <= bound <= backend.max_draft:
+            raise GenerationError(f"max_k must be in 0..{backend.max_draft} on this backend, got {bound}.")
+        bound = min(bound, backend.max_seq_len - 2)  # a verify of bound + 1 tokens must fit the cache
+        if policy is None:
+            from .tuning import make_policy
+
+            # A seeded run under the rejection rule draws different tokens for different draft
+            # lengths: its policy must not follow live timings, or the run would not repeat.
+            policy, source = make_policy(backend, bound, frozen=not sampling.greedy)
+        else:
+            source = "given"
+    elif k == "auto":
+        k = 0
     rng = SplitMix64(sampling.seed)
     stats = GenerationStats(prompt_tokens=len(prompt))
     eos = set(eos_ids)
     out: list[int] = []
+    timer = policy.observe_call if policy is not None else None
 
     def emit(new: list[int]) -> bool:
         """Stream tokens out; True when an EOS ended the generation (it is emitted, as transformers does)."""
@@ -174,15 +273,27 @@ def generate(
         if position >= backend.max_seq_len:
             stats.stop_reason = "cache_full"
             break
+        early_stop = None if draft_p_min is None else EarlyStop(p_min=draft_p_min)
+        if policy is not None:
+            plan = policy.next_plan()
+            k_wanted = plan.k
+            if draft_p_min is None and plan.k > 0:
+                early_stop = EarlyStop.from_policy(policy, plan)
+        else:
+            k_wanted = k
         # A round emits at most k_round + 1 tokens and writes positions position..position + k_round:
         # shrink K so that neither the token budget nor the cache can overflow.
-        k_round = min(k, remaining - 1, backend.max_seq_len - 1 - position)
-        new, accepted, hidden = speculative_decode(backend, out[-1], hidden, position, k_round, sampling, rng)
+        k_round = min(k_wanted, remaining - 1, backend.max_seq_len - 1 - position)
+        new, drafted, accepted, hidden = speculative_decode(
+            backend, out[-1], hidden, position, k_round, sampling, rng, early_stop, timer)
+        if policy is not None:
+            policy.observe(drafted, accepted)
 
         stats.rounds += 1
-        stats.drafted += k_round
+        stats.drafted += drafted
         stats.accepted += accepted
-        stats.round_log.append(Round(position, k_round, accepted))
+        stats.early_stops += drafted < k_round
+        stats.round_log.append(Round(position, drafted, accepted))
         # Validated now: the old last token and the accepted drafts; the new last token is not cached yet.
         position += accepted + 1
         backend.rollback(position)
@@ -191,4 +302,10 @@ def generate(
     stats.new_tokens = len(out)
     if not stats.stop_reason:
         stats.stop_reason = "max_new_tokens"
+    if policy is not None:
+        stats.policy = {**policy.stats(), "cost_source": source}
+        if not policy.frozen:
+            from .tuning import remember_costs
+
+            remember_costs(backend, policy.costs)
     return Generation(out, stats)

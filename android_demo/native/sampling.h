@@ -72,4 +72,61 @@ Acceptance accept_drafts(const std::vector<int64_t>& drafts, const std::vector<S
 std::pair<int64_t, SparseProbs> draft_token(const int64_t* candidate_ids, const float* candidate_logits, int64_t candidates,
                                             int64_t argmax_id, const SamplingConfig& cfg, SplitMix64& rng);
 
+// --- Drafter-invariant sampling: Gumbel-max coupling (runtime/sampling.py, same bits) -------------
+//
+// Every (seed, absolute position, token id) has its own Gumbel noise; the target's token at a
+// position is argmax over tokens of (logit / temperature, -inf where top-k / top-p removed it) +
+// noise, ties to the lowest id, and the drafter drafts with the same noise over its candidates. A
+// draft stands iff it equals the target's token there, so a seeded run's tokens do not depend on
+// K, the draft policy or the drafter. `position` is the index in prompt + generated tokens of the
+// token being chosen: with `last` at P, draft i and verify row i are at P + 1 + i, and the token
+// after `a` accepted drafts at P + 1 + a. Greedy (temperature 0) is plain argmax, as above.
+//
+// Bits: row_key = mix(mix(seed + GAMMA) ^ position); token t's bits = mix(row_key + (t + 1) GAMMA),
+// draw t of SplitMix64(row_key); u = (2 (bits >> 12) + 1) 2^-53 in (0, 1); g = -log(-log(u)) with
+// portable_log (fdlibm's algorithm from + - * / only: libm logs differ in last bits). Build with
+// -ffp-contract=off (the runner's CMake target does; clang also gets a pragma in sampling.cpp).
+
+// SplitMix64's output function.
+inline uint64_t splitmix64_mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// The counter-stream key of one (seed, position) row; position >= 0.
+uint64_t noise_row_key(uint64_t seed, int64_t position);
+
+// The hash of token `token` (>= 0) in the row `row_key`.
+inline uint64_t noise_bits(uint64_t row_key, int64_t token) {
+  return splitmix64_mix(row_key + (static_cast<uint64_t>(token) + 1) * 0x9E3779B97F4A7C15ULL);
+}
+
+// (2 * (bits >> 12) + 1) * 2^-53: exact, strictly inside (0, 1).
+inline double bits_to_uniform(uint64_t bits) { return static_cast<double>(((bits >> 12) << 1) | 1) * 0x1p-53; }
+
+// Natural log of a positive normal double; the same bits as portable_log in runtime/sampling.py.
+double portable_log(double x);
+
+// Gumbel(0, 1) noise of one (seed, position, token).
+double gumbel_noise(uint64_t seed, int64_t position, int64_t token);
+
+// logits / temperature over n logits, -inf where top-k or top-p removes the token.
+std::vector<double> coupled_scores(const float* logits, int64_t n, const SamplingConfig& cfg);
+
+// argmax over i of scores[i] + gumbel_noise(seed, position, ids[i]), ties to the lowest id.
+int64_t gumbel_argmax(const std::vector<double>& scores, const int64_t* ids, uint64_t seed, int64_t position);
+
+// The target's token at `position` from logits [vocab].
+int64_t coupled_choose(const float* logits, int64_t vocab, const SamplingConfig& cfg, uint64_t seed, int64_t position);
+
+// The drafter's token at `position` from its candidates (argmax_id when greedy).
+int64_t coupled_draft(const int64_t* candidate_ids, const float* candidate_logits, int64_t candidates, int64_t argmax_id,
+                      const SamplingConfig& cfg, uint64_t seed, int64_t position);
+
+// accept_drafts for the coupled rule: drafts[i] is at first_position + i; verify logits
+// [(drafts + 1) x vocab] row-major. next_token is the target's token at first_position + accepted.
+Acceptance coupled_accept(const std::vector<int64_t>& drafts, const float* target_logits, int64_t vocab,
+                          const SamplingConfig& cfg, uint64_t seed, int64_t first_position);
+
 }  // namespace mtp_edge

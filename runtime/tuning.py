@@ -1,0 +1,171 @@
+"""Where the draft-length policy gets its cost table: tuning.json, warm-up calls, or a fixed default.
+
+`mtp-edge tune BUNDLE` writes `tuning.json` beside a bundle: the seconds this machine spends per
+call of each method, per backend. It is machine-local (not listed in the manifest, not copied
+with the bundle) and tagged with the machine and the program it was measured on; a malformed or
+foreign one is refused with a message and the policy measures its own costs instead. Costs only
+decide how many tokens are drafted, so they can never change greedy output (or coupled-rule
+sampling output); under the rejection rule they can, which is why seeded rejection-rule runs use a
+frozen table (tuning.json, else DEFAULT_COSTS), never live timings.
+
+Without tuning.json the policy times a few warm-up calls of each method before the prompt is
+prefilled (positions 0..K, overwritten by the prefill; tens of milliseconds on the shipped pair),
+then keeps the table current from every call the loop times.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import torch
+
+from .draft_policy import CostTable, DraftPolicy
+
+TUNING_FILE = "tuning.json"
+TUNING_VERSION = 1
+
+# Relative costs for seeded rejection-rule runs without tuning.json: verify grows a quarter of a
+# decode per extra token and a draft step costs a tenth of one (the shipped pair's .pte and ONNX
+# measure 0.1x to 0.8x per extra verify token and 0.06x to 0.25x per draft step).
+DEFAULT_COSTS = CostTable(decode=1.0, draft_step=0.1, verify={n: 1.0 + 0.25 * (n - 1) for n in range(2, 34)})
+
+# Cost tables measured per backend object: warm-up once per backend, then kept current across generations.
+_measured: "weakref.WeakKeyDictionary[object, CostTable]" = weakref.WeakKeyDictionary()
+
+
+class TuningError(ValueError):
+    """A tuning.json that cannot be used here (malformed, another machine, another program)."""
+
+
+def machine_id() -> dict:
+    """What makes timings comparable: the CPU model and count, the OS and the Python runtime."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.system()}
+
+
+def bundle_key(bundle_dir: Path) -> str:
+    """The sha256s of the bundle's artifacts (from its manifest): a tuning.json belongs to one export."""
+    from mtp_edge.export.bundle import MANIFEST
+
+    manifest = json.loads((Path(bundle_dir) / MANIFEST).read_text())
+    return ",".join(sorted(a["sha256"] for a in manifest.get("artifacts", {}).values()))
+
+
+def write_tuning(bundle_dir: str | Path, backend_name: str, costs: CostTable, extra: dict | None = None) -> Path:
+    """Add (or replace) backend_name's cost table in bundle_dir/tuning.json."""
+    path = Path(bundle_dir) / TUNING_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if data.get("version") != TUNING_VERSION or data.get("machine") != machine_id() or data.get("bundle") != bundle_key(bundle_dir):
+            data = {}
+    except (json.JSONDecodeError, OSError):
+        data = {}
+    data.update(version=TUNING_VERSION, machine=machine_id(), bundle=bundle_key(bundle_dir))
+    data.setdefault("backends", {})[backend_name] = {"costs": costs.to_json(), **(extra or {})}
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_tuning(bundle_dir: str | Path, backend_name: str) -> CostTable | None:
+    """backend_name's cost table from bundle_dir/tuning.json; None when there is none.
+    Raises TuningError for a file that is malformed or was measured elsewhere."""
+    path = Path(bundle_dir) / TUNING_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TuningError(f"{path}: not valid JSON ({e}); delete it or rerun `mtp-edge tune {bundle_dir}`.") from None
+    if not isinstance(data, dict) or data.get("version") != TUNING_VERSION:
+        raise TuningError(f"{path}: not a tuning file of version {TUNING_VERSION}; rerun `mtp-edge tune {bundle_dir}`.")
+    if data.get("machine") != machine_id():
+        raise TuningError(f"{path}: measured on another machine ({data.get('machine')}); rerun `mtp-edge tune {bundle_dir}` here.")
+    if data.get("bundle") != bundle_key(bundle_dir):
+        raise TuningError(f"{path}: measured on another export of this bundle; rerun `mtp-edge tune {bundle_dir}`.")
+    entry = data.get("backends", {}).get(backend_name)
+    if entry is None:
+        return None
+    try:
+        return CostTable.from_json(entry["costs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise TuningError(f"{path}: the {backend_name} cost table is malformed ({e}); rerun `mtp-edge tune {bundle_dir}`.") from None
+
+
+def backend_name(backend) -> str:
+    return getattr(backend, "name", None) or type(backend).__name__.removesuffix("Backend").lower()
+
+
+def _timed(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def measure_costs(backend, max_k: int, repeats: int = 2) -> CostTable:
+    """Time decode, verify at every length 2..max_k+1 and one draft step, from position 0 of an
+    empty cache (the caller prefills afterwards, which overwrites these positions). Fastest of
+    `repeats` after one untimed call of each, to skip first-call costs."""
+    tokens = torch.zeros(max_k + 1, dtype=torch.long)
+    verify = {}
+    backend.verify(tokens[:1], 0)
+    decode = _timed(lambda: backend.verify(tokens[:1], 0), repeats)
+    for n in range(2, max_k + 2):
+        backend.verify(tokens[:n], 0)
+        verify[n] = _timed(lambda n=n: backend.verify(tokens[:n], 0), repeats)
+    draft_step = 0.0
+    if max_k > 0 and backend.has_drafter:
+        _, hidden = backend.verify(tokens[:2], 0)
+        backend.rollback(2)
+        draft = lambda: backend.draft(0, hidden[-1], 2, validated_length=2)  # noqa: E731
+        draft()
+        draft_step = _timed(draft, repeats)
+    backend.rollback(0)
+    return CostTable(decode=decode, draft_step=draft_step, verify=verify)
+
+
+def cost_table(backend, max_k: int, *, frozen: bool) -> tuple[CostTable, str]:
+    """The table a generation starts from, and where it came from ("tuning.json", "measured",
+    "default"). Frozen runs (seeded rejection-rule sampling) never use live timings."""
+    bundle_dir = getattr(backend, "bundle_dir", None)
+    if bundle_dir is not None:
+        try:
+            table = read_tuning(bundle_dir, backend_name(backend))
+        except TuningError as e:
+            print(f"mtp-edge: warning: {e} Using {'the default' if frozen else 'measured'} costs.", file=sys.stderr)
+            table = None
+        if table is not None and table.max_k >= max_k:
+            return table, TUNING_FILE
+    if frozen:
+        return DEFAULT_COSTS, "default"
+    if backend not in _measured or _measured[backend].max_k < max_k:
+        _measured[backend] = measure_costs(backend, max_k)
+    return _measured[backend], "measured"
+
+
+def remember_costs(backend, costs: CostTable) -> None:
+    """Keep a generation's live-updated table for the next generation on the same backend."""
+    _measured[backend] = costs
+
+
+def make_policy(backend, max_k: int, *, frozen: bool = False) -> tuple[DraftPolicy, str]:
+    costs, source = cost_table(backend, max_k, frozen=frozen)
+    return DraftPolicy(costs, min(max_k, costs.max_k), frozen=frozen), source

@@ -1,0 +1,133 @@
+"""k="auto": the draft-length policy inside the loop never changes greedy output, switches between
+plain and speculative rounds as costs and acceptance say, and reports what it chose."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backends_for_tests import ScriptedDrafts
+from mtp_edge.models import load_pair
+from mtp_edge.runtime.backends.eager import EagerBackend
+from mtp_edge.runtime.draft_policy import AcceptanceEstimate, CostTable, DraftPolicy
+from mtp_edge.runtime.errors import GenerationError
+from mtp_edge.runtime.sampling import SamplingConfig
+from mtp_edge.runtime.speculative import EarlyStop, generate
+
+
+@pytest.fixture(scope="module")
+def backend_for(tiny_dirs):
+    @functools.lru_cache(maxsize=None)
+    def make(max_seq_len: int) -> EagerBackend:
+        return EagerBackend(*load_pair(*tiny_dirs, max_seq_len=max_seq_len))
+
+    return make
+
+
+def _prompt(seed: int, length: int, vocab: int) -> list[int]:
+    return torch.randint(0, vocab, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+costs_st = st.builds(
+    lambda decode, step, per_token, k: CostTable(decode, step, {n: decode + per_token * (n - 1) for n in range(2, k + 2)}),
+    st.floats(0.5, 2.0), st.floats(0.0, 0.5), st.floats(0.0, 1.5), st.integers(1, 6),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10_000),
+    prompt_len=st.integers(1, 12),
+    max_new_tokens=st.integers(1, 40),
+    max_seq_len=st.sampled_from([16, 24, 48]),
+    costs=costs_st,
+    history=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=8),
+    frozen=st.booleans(),
+    p_min=st.sampled_from([None, 0.0, 0.3, 0.9]),
+    scripted=st.booleans(),
+)
+def test_greedy_auto_equals_target_only(backend_for, seed, prompt_len, max_new_tokens, max_seq_len, costs, history,
+                                        frozen, p_min, scripted):
+    """Any cost table, any acceptance history, live or frozen timings, early stops: the tokens of plain decoding."""
+    backend = backend_for(max_seq_len)
+    prompt = _prompt(seed, prompt_len, backend.vocab_size)
+    plain = generate(backend, prompt, k=0, max_new_tokens=max_new_tokens)
+    if scripted:
+        wrong = set(torch.randint(0, 64, (6,), generator=torch.Generator().manual_seed(seed)).tolist())
+        backend = ScriptedDrafts(backend, prompt + plain.tokens, wrong)
+    max_k = min(costs.max_k, backend.max_draft)
+    acceptance = AcceptanceEstimate(max_k)
+    for drafted, accepted in history:
+        drafted = min(drafted, max_k)
+        acceptance = acceptance.observed(drafted, min(accepted, drafted))
+    policy = DraftPolicy(costs, max_k, acceptance=acceptance, frozen=frozen, probe_every=3)
+    spec = generate(backend, prompt, k="auto", policy=policy, draft_p_min=p_min, max_new_tokens=max_new_tokens)
+    assert spec.tokens == plain.tokens
+    assert spec.stats.stop_reason == plain.stats.stop_reason
+    s = spec.stats
+    assert s.new_tokens - 1 == s.rounds + s.accepted and sum(s.k_histogram.values()) == s.rounds
+
+
+def test_policy_switches_between_plain_and_drafting_mid_generation(backend_for):
+    """A drafter right for a stretch, then wrong, then right again: the policy drafts, falls back to
+    plain decoding, probes, and drafts again; the tokens stay the target's."""
+    backend = backend_for(128)
+    prompt = _prompt(3, 4, backend.vocab_size)
+    plain = generate(backend, prompt, k=0, max_new_tokens=100)
+    wrong = set(range(30, 60))  # every draft for these positions is wrong
+    scripted = ScriptedDrafts(backend, prompt + plain.tokens, wrong)
+    costs = CostTable(1.0, 0.05, {n: 1.0 + 0.6 * (n - 1) for n in range(2, 6)})
+    policy = DraftPolicy(costs, 4, probe_every=2, frozen=True, acceptance=AcceptanceEstimate(4, decay=0.5))
+    got = generate(scripted, prompt, k="auto", policy=policy, max_new_tokens=100)
+    assert got.tokens == plain.tokens
+    kinds = [r.drafted > 0 for r in got.stats.round_log]
+    switches = sum(a != b for a, b in zip(kinds, kinds[1:]))
+    assert got.stats.k_histogram.get(0, 0) > 0 and any(kinds)
+    assert switches >= 3  # on, off, probe on, ...
+    assert got.stats.policy["plain_rounds"] > 0 and got.stats.policy["probe_rounds"] > 0
+
+
+def test_auto_measures_costs_and_reports_them(backend_for):
+    backend = backend_for(64)
+    prompt = _prompt(5, 6, backend.vocab_size)
+    plain = generate(backend, prompt, k=0, max_new_tokens=24)
+    got = generate(backend, prompt, k="auto", max_new_tokens=24)
+    assert got.tokens == plain.tokens
+    policy = got.stats.policy
+    assert policy["cost_source"] == "measured" and not policy["frozen"]
+    assert set(policy["costs"]["verify"]) == {str(n) for n in range(2, backend.max_draft + 2)}
+    assert policy["costs"]["decode"] > 0 and policy["costs"]["draft_step"] > 0
+    d = got.stats.as_dict()
+    assert sum(d["k_histogram"].values()) == got.stats.rounds and d["plain_rounds"] == got.stats.k_histogram.get(0, 0)
+
+
+def test_seeded_rejection_sampling_with_auto_repeats(backend_for):
+    """Under the rejection rule the policy runs from a frozen table: a seeded run repeats exactly."""
+    backend = backend_for(64)
+    prompt = _prompt(6, 5, backend.vocab_size)
+    cfg = SamplingConfig(temperature=0.8, top_p=0.95, seed=42)
+    a = generate(backend, prompt, k="auto", max_new_tokens=30, sampling=cfg)
+    b = generate(backend, prompt, k="auto", max_new_tokens=30, sampling=cfg)
+    assert a.tokens == b.tokens and a.stats.policy["frozen"] and a.stats.policy["cost_source"] == "default"
+
+
+def test_cost_based_early_stop_rule():
+    stop = EarlyStop(step_cost=(0.5, 0.5), rate=1.0)
+    assert stop.stops(0, 1.0, 0.4) and not stop.stops(0, 1.0, 0.6)
+    assert stop.stops(1, 0.6, 0.7)  # 0.42 expected tokens for 0.5 s at 1 token/s
+    assert EarlyStop(p_min=0.5).stops(3, 1.0, 0.49) and not EarlyStop(p_min=0.5).stops(3, 1.0, 0.5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(k="often"), "must be a whole number or 'auto'"),
+    (dict(k="auto", max_k=99), "max_k must be in 0.."),
+    (dict(k="auto", draft_p_min=1.5), "draft_p_min must be a probability"),
+])
+def test_bad_auto_requests(backend_for, kwargs, message):
+    with pytest.raises(GenerationError) as info:
+        generate(backend_for(16), [2, 3], max_new_tokens=5, **kwargs)
+    assert message in str(info.value)
