@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from .settings import ExportSettings
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("MTP_EDGE_CACHE") or Path.home() / ".cache" / "mtp-edge")
@@ -44,20 +46,22 @@ def exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cached_bundle(pair_dir: Path, root: Path | None = None, *, name: str = "default-pair", **export) -> Path:
-    """The pair in pair_dir (target/ and drafter/ folders) exported once into the cache folder
-    (`root`, default cache_root()), keyed by its weights, the export code, the export settings and
-    library versions; `export` is passed to write_bundle."""
+def cached_bundle(pair_dir: Path, root: Path | None = None, *, name: str = "default-pair", settings: ExportSettings) -> Path:
+    """The pair in pair_dir (target/ and drafter/ folders) exported with `settings` once into the cache
+    folder (`root`, default cache_root()), keyed by its weights, the export code, settings.to_json()
+    and library versions."""
     from mtp_edge.export.bundle import library_versions, sha256_file, write_bundle
 
+    if not isinstance(settings, ExportSettings):
+        raise TypeError(f"cached_bundle takes settings=ExportSettings(...), got {type(settings).__name__}.")
     pair_dir = Path(pair_dir)
     key = json.dumps({
         "weights": [sha256_file(pair_dir / sub / "model.safetensors") for sub in ("target", "drafter")],
-        "code": code_hash(), "export": export, "versions": library_versions(),
-    }, sort_keys=True, default=str)
+        "code": code_hash(), "settings": settings.to_json(), "versions": library_versions(),
+    }, sort_keys=True)
     bundle = (root or cache_root()) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if not (bundle / "manifest.json").is_file():
         with exclusive(bundle.with_name(bundle.name + ".lock")):
             if not (bundle / "manifest.json").is_file():  # another process may have written it meanwhile
-                write_bundle(pair_dir / "target", pair_dir / "drafter", bundle, **export)
+                write_bundle(pair_dir / "target", pair_dir / "drafter", bundle, settings)
     return bundle

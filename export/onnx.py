@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from mtp_edge.models import Gemma4Drafter, Gemma4Target
-from mtp_edge.models.attention import ReadOnlyCache
 
 from .pte import CACHE_FQN_PREFIX, ExportError, _Progress, _dtype_name, _TargetView
 
@@ -50,27 +49,31 @@ def new_rows_output(kind: str, layer: int) -> str:
 
 
 class TargetGraph(nn.Module):
+    """The target over an ExternalCache: reads the cache inputs, returns the T new K/V rows per cache layer."""
+
     def __init__(self, target: Gemma4Target):
         super().__init__()
-        self.target = target
+        self.target = target.with_cache("external")  # no cache buffers: the cache is graph inputs
         self.cache_layers = tuple(target.cfg.cache_layers)
 
     def forward(self, tokens, start_pos, logits_at, cache_flat: list[torch.Tensor]):
-        cache = {layer: (cache_flat[2 * i], cache_flat[2 * i + 1]) for i, layer in enumerate(self.cache_layers)}
-        logits, hidden, new = self.target.forward_external(tokens, start_pos, logits_at, cache)
-        return (logits[0], hidden[0], *(t for layer in self.cache_layers for t in new[layer]))
+        past = {layer: (cache_flat[2 * i], cache_flat[2 * i + 1]) for i, layer in enumerate(self.cache_layers)}
+        hidden, kv = self.target.run(tokens, start_pos, past)
+        hidden = hidden.index_select(1, logits_at)
+        logits = self.target.logits(hidden)
+        return (logits[0], hidden[0], *(t for layer in self.cache_layers for t in kv[layer].new))
 
 
 class DrafterGraph(nn.Module):
     def __init__(self, target: Gemma4Target, drafter: Gemma4Drafter):
         super().__init__()
-        self.target = _TargetView(target)
+        self.target = _TargetView(target.with_cache("external"))  # no cache buffers: the cache is graph inputs
         self.drafter = drafter
         self.store_layers = dict(target.cfg.store_layers)
         self.read_layers = tuple(sorted(set(self.store_layers.values())))
 
     def forward(self, token, hidden, position, validated_length, cache_flat: list[torch.Tensor]):
-        cache = {layer: ReadOnlyCache(cache_flat[2 * i], cache_flat[2 * i + 1]) for i, layer in enumerate(self.read_layers)}
+        cache = {layer: (cache_flat[2 * i], cache_flat[2 * i + 1]) for i, layer in enumerate(self.read_layers)}
         kv = {layer_type: cache[layer] for layer_type, layer in self.store_layers.items()}
         embedding = Gemma4Target.embed(self.target, token.view(1, 1))
         return self.drafter.draft_step(embedding, hidden.view(1, 1, -1), position, validated_length, kv)
@@ -196,20 +199,14 @@ def export_onnx(
     hidden = torch.zeros(cfg.hidden_size, dtype=target.embed_tokens.weight.dtype)
     drafter_args = (torch.zeros(1, **i64), hidden, torch.zeros(1, **i64), torch.ones(1, **i64), drafter_examples)
 
-    # The module's own cache buffers are not graph state here; leave them out of the weights.
-    own_cache, target.cache = target.cache, nn.Module()
-    try:
-        with torch.no_grad():
-            quantized = {}
-            quantized["target"] = _export_graph(TargetGraph(target), target_args, out_dir / TARGET_FILE, target_inputs,
-                                                target_outputs, target_dynamic, target_external, recipe)
-            step(f"torch.onnx.export {TARGET_FILE}" + (" + quantize" if quantized["target"] else ""))
-            drafter_module.target.cache = nn.Module()
-            quantized["drafter"] = _export_graph(drafter_module, drafter_args, out_dir / DRAFTER_FILE, drafter_inputs,
-                                                 drafter_outputs, None, drafter_external, recipe)
-            step(f"torch.onnx.export {DRAFTER_FILE}" + (" + quantize" if quantized["drafter"] else ""))
-    finally:
-        target.cache = own_cache
+    with torch.no_grad():
+        quantized = {}
+        quantized["target"] = _export_graph(TargetGraph(target), target_args, out_dir / TARGET_FILE, target_inputs,
+                                            target_outputs, target_dynamic, target_external, recipe)
+        step(f"torch.onnx.export {TARGET_FILE}" + (" + quantize" if quantized["target"] else ""))
+        quantized["drafter"] = _export_graph(drafter_module, drafter_args, out_dir / DRAFTER_FILE, drafter_inputs,
+                                             drafter_outputs, None, drafter_external, recipe)
+        step(f"torch.onnx.export {DRAFTER_FILE}" + (" + quantize" if quantized["drafter"] else ""))
     for name in (TARGET_FILE, DRAFTER_FILE):
         check_graph(out_dir / name)
     step("onnx.checker (full)")

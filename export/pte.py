@@ -29,13 +29,14 @@ kept out of XNNPACK, which would silently compute exact GELU (see xnnpack_partit
 Padded writes (the last prefill chunk, a shrunken verify) land past the usable length, so the
 cache buffers carry `cache_slack(k, prefill_chunk)` extra positions: the usable max_seq_len (what a
 runtime may fill) is the buffer length minus that slack, and no write ever leaves the buffer.
+
+What the export needs from executorch 1.5.1 beyond its public API (patches that keep the export's
+memory down, the tanh-GELU partitioner, reading a .pte back) is in export/executorch_compat.py and
+applied here in one `with patched_for_export():` around lowering and to_executorch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import gc
 import os
 import sys
 import time
@@ -45,6 +46,14 @@ import torch
 from torch import nn
 
 from mtp_edge.models import Gemma4Drafter, Gemma4Target, MtpEdgeError
+
+from .executorch_compat import (
+    patched_for_export,
+    read_program,
+    release_lowered_copies,
+    release_weights,
+    xnnpack_partitioner,
+)
 
 BACKENDS = ("xnnpack", "portable")
 CACHE_FQN_PREFIX = "target.cache."
@@ -238,157 +247,6 @@ class _Progress:
         self.last = now
 
 
-def xnnpack_partitioner():
-    """XNNPACK's partitioner, except that tanh-approximated GELU stays out of the delegate.
-
-    executorch 1.5.1 lowers aten.gelu(approximate="tanh") to XNNPACK's exact (erf) GELU, dropping
-    the `approximate` argument: on the tiny pair that moved fp32 logits by 0.26% of their range.
-    Gemma 4 uses gelu_pytorch_tanh, so those nodes run in the portable kernel, which honours it.
-    """
-    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
-    from executorch.backends.xnnpack.partition.config.generic_node_configs import GeluConfig
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-    class ExactGeluConfig(GeluConfig):
-        def check_constraints(self, node, ep) -> bool:
-            approximate = node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
-            return approximate == "none" and super().check_constraints(node, ep)
-
-    return XnnpackPartitioner(configs=[ExactGeluConfig if c is GeluConfig else c for c in ALL_PARTITIONER_CONFIGS])
-
-
-@contextlib.contextmanager
-def weights_shared_while_lowering():
-    """Lower to XNNPACK without a copy of the weights per delegated method.
-
-    executorch 1.5.1 deep-copies each delegated program before the backend preprocesses it
-    (`BackendDetails.copy_exported_program_for_preprocess`), which at E2B size is several GB per
-    method, all alive at once. XNNPACK's passes replace state-dict entries instead of writing into
-    them, so the copy can share the tensors, as executorch's own CUDA backend does. Exports of
-    every size go through this, so the export tests (methods equal to eager) cover it.
-    """
-    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
-
-    own = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
-
-    def copy_sharing_tensors(cls, program, compile_specs):
-        memo = {id(t): t for values in (program.state_dict, program.constants) for t in values.values()
-                if isinstance(t, torch.Tensor)}
-        return copy.deepcopy(program, memo)
-
-    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_tensors)
-    try:
-        yield
-    finally:
-        if own is None:
-            del XnnpackBackend.copy_exported_program_for_preprocess
-        else:
-            XnnpackBackend.copy_exported_program_for_preprocess = own
-
-
-def drop_merged_delegate_data(edge) -> None:
-    """Free each delegate's own copy of its packed weights once the program manager has merged them.
-
-    The EdgeProgramManager merges every lowered module's named data into one store (deduplicated
-    by content: prefill, verify and decode pack the same target weights) when it is built, and
-    to_executorch emits from that store; the per-module copies would otherwise stay alive."""
-    from executorch.exir.lowered_backend_module import LoweredBackendModule
-
-    for name in edge.methods:
-        for module in edge.exported_program(name).graph_module.modules():
-            if isinstance(module, LoweredBackendModule):
-                module._named_data_store_output = None
-    gc.collect()
-
-
-# The 4-bit tables packed so far, while embedding_tables_packed_once is active: storage key -> (table, packed).
-_packed_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
-_PACK_ROWS = 16384
-_pack_kernel_registered = False
-
-
-def _pack_4bit_once(weight: torch.Tensor, bitwidth: int) -> torch.Tensor:
-    """executorch's `quant_fusion::_pack_embedding_weight` (two int4 values per byte, the even one in
-    the high nibble), packed a block of rows at a time and once per table while packing is shared."""
-    from executorch.exir.passes._quant_patterns_and_replacements import _pack_embedding_weight
-
-    if _packed_tables is None or bitwidth != 4 or weight.dim() != 2 or weight.shape[1] % 2:
-        return _pack_embedding_weight._init_fn(weight, bitwidth)
-    key = (weight.untyped_storage().data_ptr(), weight.storage_offset(), tuple(weight.shape), tuple(weight.stride()))
-    if key not in _packed_tables:
-        rows, cols = weight.shape
-        out = torch.empty(rows, cols // 2, dtype=torch.uint8)
-        for start in range(0, rows, _PACK_ROWS):
-            pairs = weight[start:start + _PACK_ROWS].add(8).view(torch.uint8).view(-1, cols // 2, 2)
-            torch.bitwise_or(pairs[:, :, 0] << 4, pairs[:, :, 1], out=out[start:start + _PACK_ROWS])
-        _packed_tables[key] = (weight, out)  # the table stays alive, so its address is not reused meanwhile
-    return _packed_tables[key][1]
-
-
-@contextlib.contextmanager
-def embedding_tables_packed_once():
-    """Pack each 4-bit embedding table once for all methods, a block of rows at a time.
-
-    With do_quant_fusion_and_const_prop, to_executorch rewrites every quantized embedding lookup
-    into executorch's embedding_4bit kernel and constant-folds the packing of its table, method by
-    method. executorch 1.5.1 packs a whole table in one go (temporaries of the table's size) and
-    once per method that reads it: at E2B size the 2.35B-entry PLE table is read by prefill,
-    verify and decode, and each packed copy (1.2 GB) stays alive until the program is written.
-    Here the packing op's CPU kernel (registered through torch.library) writes the same bytes row
-    block by row block and hands every method the same tensor (the emitter stores equal constants
-    once either way).
-    """
-    global _packed_tables, _pack_kernel_registered
-    from executorch.exir.passes._quant_patterns_and_replacements import _pack_embedding_weight
-
-    if not _pack_kernel_registered:
-        _pack_embedding_weight.register_kernel("cpu", _pack_4bit_once)
-        _pack_kernel_registered = True
-    _packed_tables = {}
-    try:
-        yield
-    finally:
-        _packed_tables = None
-
-
-def release_weights(*modules: nn.Module) -> None:
-    """Drop the modules' references to their weights (parameters and constant buffers).
-
-    After torch.export the exported programs hold every weight; the modules holding them too
-    would keep each one alive until the export ends, although lowering (linears, packed into
-    the XNNPACK delegates) and constant propagation (the embedding tables) replace them on the way.
-    """
-    for module in modules:
-        for sub in module.modules():
-            for name in list(sub._parameters):
-                sub._parameters[name] = None
-            for name in list(sub._buffers):
-                sub._buffers[name] = None
-    gc.collect()
-
-
-def release_delegated_weights(edge) -> None:
-    """Free the weights a lowered (XNNPACK) module kept from before it was lowered.
-
-    Each LoweredBackendModule keeps the program it was lowered from, state dict included, while the
-    delegate carries its own packed copy of those weights. to_executorch still traces that program
-    (with fake tensors) and reads its graph, never its values, so each weight is replaced by a
-    zero-stride view of one element: same shape, dtype and device, no memory.
-    """
-    from executorch.exir.lowered_backend_module import LoweredBackendModule
-
-    for name in edge.methods:
-        for module in edge.exported_program(name).graph_module.modules():
-            if isinstance(module, LoweredBackendModule):
-                program = module.original_module
-                for values in (program.state_dict, program.constants):
-                    for key, t in values.items():
-                        if type(t) in (torch.Tensor, nn.Parameter):
-                            stub = torch.zeros((), dtype=t.dtype).expand(t.shape)
-                            values[key] = nn.Parameter(stub, requires_grad=False) if isinstance(t, nn.Parameter) else stub
-    gc.collect()
-
-
 def planned_buffer_sizes(executorch_program) -> dict[str, list[int]]:
     """Method -> non_const_buffer_sizes: [0 (reserved), activations arena, shared mutable arena]."""
     return {plan.name: list(plan.non_const_buffer_sizes) for plan in executorch_program.execution_plan}
@@ -397,9 +255,7 @@ def planned_buffer_sizes(executorch_program) -> dict[str, list[int]]:
 def inspect_program(pte_path: str | Path) -> dict:
     """Read back a .pte's memory plan: per method its planned arena sizes, its operators, and
     where each named mutable buffer lives (memory id, offset), straight from the serialized program."""
-    from executorch.exir._serialize._program import deserialize_pte_binary
-
-    program = deserialize_pte_binary(Path(pte_path).read_bytes()).program
+    program = read_program(Path(pte_path).read_bytes())
     methods = {}
     for plan in program.execution_plan:
         buffers = {}
@@ -495,13 +351,11 @@ def export_pte(
             release_weights(target, drafter)
 
         partitioner = [xnnpack_partitioner()] if backend == "xnnpack" else []
-        with weights_shared_while_lowering():
+        with patched_for_export():  # executorch 1.5.1 workarounds, all in export/executorch_compat.py
             edge = to_edge_transform_and_lower(exported, partitioner=partitioner)
-        del exported
-        drop_merged_delegate_data(edge)
-        release_delegated_weights(edge)
-        step(f"to_edge_transform_and_lower ({backend})")
-        with embedding_tables_packed_once():
+            del exported
+            release_lowered_copies(edge)
+            step(f"to_edge_transform_and_lower ({backend})")
             et = edge.to_executorch(
                 ExecutorchBackendConfig(
                     memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
@@ -515,7 +369,7 @@ def export_pte(
                     do_quant_fusion_and_const_prop=quantized,
                 )
             )
-        del edge
+            del edge
         step("to_executorch (memory planning, emit)")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)

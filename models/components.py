@@ -149,8 +149,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
-def attend_grouped(q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Attention of q [1, H, T, D] over several K/V parts [1, KV, S_i, D], each with a mask [1, 1, T, S_i].
+def attend_grouped(q: torch.Tensor, kv, masks) -> torch.Tensor:
+    """Attention of q [1, H, T, D] over several K/V parts kv = ((k, v) [1, KV, S_i, D], ...), part i
+    masked by masks[i] [1, 1, T, S_i].
 
     Query heads are grouped per KV head instead of repeating K/V, the parts are never
     concatenated, and scores are computed key-major (k @ q^T) so that only small tensors are
@@ -158,17 +159,17 @@ def attend_grouped(q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor
     never copies it.
     """
     batch, heads, seq, dim = q.shape
-    kv_heads = parts[0][0].shape[1]
+    kv_heads = kv[0][0].shape[1]
     groups = heads // kv_heads
     qt = q.reshape(batch, kv_heads, groups * seq, dim).transpose(-1, -2)  # [1, KV, D, G*T]
     scores = []
-    for k, _, mask in parts:
+    for (k, _), mask in zip(kv, masks):
         s = k @ qt  # [1, KV, S, G*T]; Gemma 4 uses attention scaling 1.0
         keep = mask.repeat(1, 1, groups, 1).transpose(-1, -2)
         scores.append(s.masked_fill(~keep, torch.finfo(s.dtype).min))
     probs = torch.softmax(torch.cat(scores, dim=-2).float(), dim=-2).to(q.dtype).transpose(-1, -2)  # [1, KV, G*T, sum S]
     out, offset = 0, 0
-    for k, v, _ in parts:
+    for k, v in kv:
         out = out + probs[..., offset:offset + k.shape[2]] @ v
         offset += k.shape[2]
     return out.reshape(batch, heads, seq, dim).transpose(1, 2).reshape(batch, seq, heads * dim)

@@ -86,7 +86,8 @@ class Gemma4Drafter(nn.Module):
         masks = validated_masks(validated_length, key_len, d.sliding_window)
         for i, layer in enumerate(self.layers):
             layer_type = d.layer_types[i]
-            x, _ = layer(x, None, rope[layer_type], masks[layer_type], kv[layer_type], position)
+            # Every drafter layer is KV-shared: it reads the target's K/V as one part, writes nothing.
+            x, _ = layer(x, None, rope[layer_type], (masks[layer_type],), (kv[layer_type],), position)
         hidden = self.norm(x)
         return hidden, self.post_projection(hidden)
 

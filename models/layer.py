@@ -28,9 +28,9 @@ class DecoderLayer(nn.Module):
             self.per_layer_projection = nn.Linear(self.ple_dim, cfg.hidden_size, bias=False)
             self.post_per_layer_input_norm = RMSNorm(cfg.hidden_size, eps)
 
-    def forward(self, x, per_layer_input, rope, mask, kv, positions):
-        """Returns (x, the K/V this layer attended over): see Attention.forward."""
-        h, kv = self.self_attn(self.input_layernorm(x), rope, mask, kv, positions)
+    def forward(self, x, per_layer_input, rope, masks, kv, positions, cache=None):
+        """Returns (x, the K/V parts this layer attended over): see Attention.forward."""
+        h, kv = self.self_attn(self.input_layernorm(x), rope, masks, kv, positions, cache)
         x = x + self.post_attention_layernorm(h)
         x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         if self.ple_dim:

@@ -1,48 +1,33 @@
-"""The Gemma 4 text decoder (the target) with a static, preallocated KV cache.
+"""The Gemma 4 text decoder (the target).
 
-One forward serves prefill (T = chunk) and verify (T = K + 1): it writes the K/V of the T
-tokens at positions start..start+T-1 and returns their logits and final hidden states (the
-drafter's input). Rollback is the caller's business: rejected K/V stay in the buffer and are
-masked, because a query never attends a key at or after its own position.
+One pass, `run`, serves every use: tokens [B, T] at positions start_pos..start_pos+T-1 through
+the decoder and the KV cache the model was built with (models.attention: StaticCache unless
+built otherwise or viewed through `with_cache`). Built on it:
+
+    forward                  prefill (T = chunk) and verify (T = K + 1) through the static cache:
+                             logits and the final hidden states (the drafter's input); the eager
+                             runtime, and the .pte's methods (export/pte.py)
+    export/onnx.py           TargetGraph: an ExternalCache pass that returns the new K/V rows
+    models/training, qat     a NoCache pass over whole batches (training, distillation, evaluation)
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import ReadOnlyCache
-from .components import RMSNorm, RotaryTables, causal_masks, split_causal_masks
+from .attention import KV, KVCache, make_cache
+from .components import RMSNorm, RotaryTables
 from .config import DecoderConfig
 from .layer import DecoderLayer
 
 
-class KVCache(nn.Module):
-    """K/V buffers [1, kv_heads, max_seq_len, head_dim] for the layers that own a cache.
-
-    Sliding layers keep a full-length buffer rather than a `window`-slot ring: a speculative
-    write that is later rejected can then never overwrite a key that is still inside the window.
-    """
-
-    def __init__(self, cfg: DecoderConfig, max_seq_len: int, dtype: torch.dtype):
-        super().__init__()
-        self.max_seq_len = max_seq_len
-        for layer in cfg.cache_layers:
-            shape = (1, cfg.num_kv_heads[layer], max_seq_len, cfg.head_dims[layer])
-            self.register_buffer(f"k_{layer}", torch.zeros(shape, dtype=dtype), persistent=False)
-            self.register_buffer(f"v_{layer}", torch.zeros(shape, dtype=dtype), persistent=False)
-
-    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return getattr(self, f"k_{layer}"), getattr(self, f"v_{layer}")
-
-    def reset(self) -> None:
-        for buf in self.buffers():
-            buf.zero_()
-
-
 class Gemma4Target(nn.Module):
-    def __init__(self, cfg: DecoderConfig, max_seq_len: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, cfg: DecoderConfig, max_seq_len: int, dtype: torch.dtype = torch.float32, cache: str = "static"):
+        """cache: "static" (max_seq_len positions of buffers), "external" or "none" (see models.attention)."""
         super().__init__()
         self.cfg = cfg
         self.max_seq_len = max_seq_len
@@ -59,7 +44,7 @@ class Gemma4Target(nn.Module):
         self.norm = RMSNorm(h, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(h, cfg.vocab_size, bias=False)
         self.rotary = RotaryTables(cfg)
-        self.cache = KVCache(cfg, max_seq_len, dtype)
+        self.cache: KVCache = make_cache(cache, cfg, max_seq_len, dtype)
         self.to(dtype)
         self.reset_derived_buffers()
 
@@ -92,69 +77,55 @@ class Gemma4Target(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def forward(
-        self, tokens: torch.Tensor, start_pos: torch.Tensor, logits_at: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [1, T] at positions start_pos[0] + arange(T), through the static cache.
+    def with_cache(self, kind: str) -> Gemma4Target:
+        """This model over another kind of cache, its weights and modules shared, not copied (the
+        ONNX graph's ExternalCache, training's NoCache); the view holds no buffers of this model's cache."""
+        view = copy.copy(self)
+        view._modules = dict(self._modules)  # copy.copy shares the dict: swap the cache in the view's own
+        view.cache = make_cache(kind, self.cfg, self.max_seq_len, self.embed_tokens.weight.dtype)
+        return view
 
-        Returns (logits [1, T or len(logits_at), vocab], hidden [1, T, hidden]); `logits_at`
-        selects the positions whose logits are needed (a prefill chunk needs one).
+    def run(self, tokens: torch.Tensor, start_pos, past: dict[int, KV] | None = None) -> tuple[torch.Tensor, dict]:
+        """The one pass: tokens [B, T] at positions start_pos + arange(T) through the decoder and its cache.
+
+        past: the cache an ExternalCache reads (cache layer -> K/V [1, kv_heads, L, head_dim], valid
+        below start_pos); None for the other caches. Returns (final hidden [B, T, hidden], per cache
+        layer the K/V parts it attended over: a StaticCache's (buffers,), an ExternalCache's
+        PastAndNew(the cache read, the T new rows), NoCache's (fresh K/V,)).
         """
-        positions = start_pos + torch.arange(tokens.shape[1], device=tokens.device)
-        hidden, _ = self._decode(tokens, positions, self.max_seq_len, use_cache=True)
-        selected = hidden if logits_at is None else hidden.index_select(1, logits_at)
-        return self.logits(selected), hidden
-
-    def forward_external(
-        self, tokens: torch.Tensor, start_pos: torch.Tensor, logits_at: torch.Tensor, cache: dict[int, tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
-        """The forward of a graph that does not own its cache (ONNX): reads `cache` (layer -> K/V
-        [1, kv_heads, L, head_dim], valid below start_pos) and never writes it.
-
-        Returns (logits [1, len(logits_at), vocab], hidden [1, len(logits_at), hidden], the new
-        K/V rows [1, kv_heads, T, head_dim] per cache layer, for the caller to store at
-        start_pos..start_pos+T-1).
-        """
-        positions = start_pos + torch.arange(tokens.shape[1], device=tokens.device)
-        views = {layer: ReadOnlyCache(*kv) for layer, kv in cache.items()}
-        hidden, pending = self._decode(tokens, positions, 0, use_cache=False, external=views, start_pos=start_pos)
-        hidden = hidden.index_select(1, logits_at)
-        return self.logits(hidden), hidden, {layer: (kv.new_k, kv.new_v) for layer, kv in pending.items()}
-
-    def forward_train(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Cache-free pass over a batch [B, T] from position 0 (training, distillation).
-
-        Returns (logits [B, T, vocab], hidden [B, T, hidden], the store layers' K/V per layer type).
-        """
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        hidden, store = self._decode(tokens, positions, tokens.shape[1], use_cache=False)
-        return self.logits(hidden), hidden, store
-
-    def _decode(self, tokens, positions, key_len: int, use_cache: bool, external=None, start_pos=None):
         cfg = self.cfg
+        positions = start_pos + torch.arange(tokens.shape[1], device=tokens.device)
         x = self.embed(tokens)
         ple = self.per_layer_inputs(tokens, x) if cfg.ple_dim else None
         rope = self.rotary(positions, x.dtype)
-        if external is None:
-            masks = causal_masks(positions, key_len, cfg.sliding_window)
-        else:
-            cache_len = next(iter(external.values())).k.shape[2]
-            masks = split_causal_masks(positions, start_pos, cache_len, cfg.sliding_window)
-        store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # K/V of the layers that own one
+        masks = self.cache.masks(positions, start_pos, past)
+        kv: dict[int, tuple[KV, ...]] = {}
         for i, layer in enumerate(self.layers):
-            layer_type = cfg.layer_types[i]
-            source = cfg.kv_source(i)
-            if external is not None:
-                kv = store[source] if source in store else external[source]
-            else:
-                kv = self.cache.layer(source) if use_cache else store.get(source)
+            layer_type, source = cfg.layer_types[i], cfg.kv_source(i)
+            # A layer that owns K/V starts from what the cache holds; a KV-shared one reads its store layer's.
+            held = kv[source] if cfg.is_kv_shared(i) else self.cache.read(i, past)
             per_layer = ple[:, :, i] if ple is not None else None
-            x, store[source] = layer(x, per_layer, rope[layer_type], masks[layer_type], kv, positions)
-        if external is not None:
-            return self.norm(x), store
-        by_type = {layer_type: store[layer] for layer_type, layer in cfg.store_layers.items()}
-        return self.norm(x), by_type
+            x, kv[source] = layer(x, per_layer, rope[layer_type], masks[layer_type], held, positions, self.cache)
+        return self.norm(x), kv
 
-    def store_kv(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """The store layers' K/V buffers, per layer type: what KV-shared layers and the drafter read."""
-        return {layer_type: self.cache.layer(layer) for layer_type, layer in self.cfg.store_layers.items()}
+    def forward(
+        self, tokens: torch.Tensor, start_pos: torch.Tensor, logits_at: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [1, T] at positions start_pos[0] + arange(T), through the static cache (or a batch
+        [B, T] from start_pos 0 without one).
+
+        Returns (logits [B, T or len(logits_at), vocab], hidden [B, T, hidden]); `logits_at`
+        selects the positions whose logits are needed (a prefill chunk needs one).
+        """
+        hidden, _ = self.run(tokens, start_pos)
+        selected = hidden if logits_at is None else hidden.index_select(1, logits_at)
+        return self.logits(selected), hidden
+
+    def store_kv(self, kv: dict[int, tuple[KV, ...]] | None = None) -> dict[str, KV]:
+        """The store layers' K/V per layer type: what the KV-shared layers and the drafter read.
+
+        The static cache's buffers, or from `kv` (run's K/V parts: one each from a StaticCache or
+        NoCache pass) those of that pass."""
+        if kv is None:
+            return {layer_type: self.cache.layer(layer) for layer_type, layer in self.cfg.store_layers.items()}
+        return {layer_type: kv[layer][0] for layer_type, layer in self.cfg.store_layers.items()}

@@ -96,7 +96,7 @@ def _with_group(name: str, group: int) -> str:
 
 # The default per format: the fastest speculative decoding measured within the 2% budget on tokens
 # per target call (README "Quantization"; 2-core x86 machine, 480 MiB L3).
-# onnx: none. On the QAT-trained shipped pair (`python -m mtp_edge.runtime.bench.benchmarks recipes`): none
+# onnx: none. On the QAT-trained shipped pair (`mtp-edge bench recipes`): none
 # 330.6 tok/s vs 249.9 (8da4w+emb4) and 154.4 (8da8w+emb8): onnxruntime's MatMulNBits with fp32
 # activations is slower than sgemm.
 # pte: by the weights one target decode step reads (models.sizes.target_step_reads), because which

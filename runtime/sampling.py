@@ -34,14 +34,25 @@ class SplitMix64:
         return (self.next_u64() >> 11) * (1.0 / (1 << 53))
 
 
+SAMPLING_RULES = ("rejection", "coupled")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 0.0  # 0 means greedy
     top_k: int = 0  # 0 disables
     top_p: float = 1.0
     seed: int = 0
+    # How speculative sampling stays exact (greedy ignores it). "rejection": accept a draft with
+    # probability min(1, p/q), else resample the residual; the output is distributed as the target's,
+    # but a seeded run's tokens depend on how many drafts each round made. "coupled": Gumbel-max with
+    # noise keyed by (seed, position, token); the output is token for token plain seeded sampling,
+    # whatever the draft lengths, the policy or the drafter.
+    rule: str = "rejection"
 
     def __post_init__(self):
+        if self.rule not in SAMPLING_RULES:
+            raise GenerationError(f"sampling rule {self.rule!r} is unknown; choose from {', '.join(SAMPLING_RULES)}.")
         if self.temperature < 0:
             raise GenerationError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
         if not 0.0 < self.top_p <= 1.0:
@@ -52,6 +63,15 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def coupled(self) -> bool:
+        return self.rule == "coupled" and not self.greedy
+
+    @property
+    def depends_on_draft_lengths(self) -> bool:
+        """Seeded output that changes with the draft lengths: the policy must then ignore live timings."""
+        return not self.greedy and self.rule == "rejection"
 
 
 def probabilities(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

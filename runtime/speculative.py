@@ -27,7 +27,8 @@ import torch
 from .backend import Backend
 from .draft_policy import DraftPolicy
 from .errors import GenerationError
-from .sampling import SamplingConfig, SplitMix64, accept_drafts, choose, draft_token, probabilities
+from .sampling import (SamplingConfig, SplitMix64, accept_drafts, choose, coupled_accept, coupled_choose, coupled_draft,
+                       draft_token, probabilities)
 
 
 @dataclass
@@ -171,7 +172,10 @@ def draft(
             if early_stop.stops(step, survival, p):
                 break
             survival *= p
-        token, q = draft_token(out, backend.vocab_size, sampling, rng)
+        if sampling.coupled:  # the noise of the position this draft would take
+            token, q = coupled_draft(out, sampling, sampling.seed, position + 1 + step), None
+        else:
+            token, q = draft_token(out, backend.vocab_size, sampling, rng)
         drafts.append(token)
         probs.append(q)
         hidden = out.hidden
@@ -198,7 +202,10 @@ def speculative_decode(
     target_logits, target_hidden = backend.verify(torch.tensor([last, *drafts], dtype=torch.long), position)
     if timer is not None:
         timer("verify", len(drafts) + 1, time.perf_counter() - started)
-    accepted, next_token = accept_drafts(drafts, draft_probs, target_logits, sampling, rng)
+    if sampling.coupled:  # verify row j chooses the token at position + 1 + j
+        accepted, next_token = coupled_accept(drafts, target_logits, sampling, sampling.seed, position + 1)
+    else:
+        accepted, next_token = accept_drafts(drafts, draft_probs, target_logits, sampling, rng)
     return [*drafts[:accepted], next_token], len(drafts), accepted, target_hidden[accepted]
 
 
@@ -235,7 +242,7 @@ def generate(
 
             # A seeded run under the rejection rule draws different tokens for different draft
             # lengths: its policy must not follow live timings, or the run would not repeat.
-            policy, source = make_policy(backend, bound, frozen=not sampling.greedy)
+            policy, source = make_policy(backend, bound, frozen=sampling.depends_on_draft_lengths)
         else:
             source = "given"
     elif k == "auto":
@@ -259,7 +266,10 @@ def generate(
 
     started = time.perf_counter()
     logits, hidden = prefill(backend, prompt)
-    last = choose(logits, sampling, rng)
+    if sampling.coupled:
+        last = coupled_choose(logits, sampling, sampling.seed, len(prompt))
+    else:
+        last = choose(logits, sampling, rng)
     stats.prefill_s = time.perf_counter() - started
     position = len(prompt)
     stopped = emit([last])

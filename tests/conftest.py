@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 warnings.filterwarnings("ignore", message=".*register_constant.*")
 
 from hf_pairs import make_hf_pair, save_pair  # noqa: E402
+from shared_exports import locked, run_dir, shared_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -21,14 +22,75 @@ def hf_plain():
 
 
 @pytest.fixture(scope="session")
-def tiny_dirs(hf_tiny, tmp_path_factory):
-    """The tiny pair saved by transformers as a text-only, single-file checkpoint."""
-    return save_pair(hf_tiny, tmp_path_factory.mktemp("tiny"))
+def shared_dir(tmp_path_factory) -> Path:
+    """One folder for the whole run, seen by every pytest-xdist worker (tests/shared_exports.py)."""
+    return run_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory):
-    """A cache folder for the session (MTP_EDGE_CACHE): the demo test starts from it empty, as a
-    user's first run, and exports the shipped pair's demo bundle into it; the native runner tests
-    reuse that bundle instead of exporting it again (about 7 minutes)."""
-    return tmp_path_factory.mktemp("mtp-edge-cache")
+def tiny_dirs(request, shared_dir):
+    """The tiny pair saved by transformers as a text-only, single-file checkpoint: once per run,
+    every worker reads the same folders (so that the exports of it are shared too)."""
+    root = shared_dir / "tiny"
+    with locked(shared_dir / "tiny.lock"):
+        if not (shared_dir / "tiny.saved").is_file():
+            save_pair(request.getfixturevalue("hf_tiny"), root)
+            (shared_dir / "tiny.saved").touch()
+    return root / "target", root / "drafter"
+
+
+@pytest.fixture(scope="session")
+def shared_export(shared_dir):
+    """shared_export(pair_dirs, settings) -> the bundle of that pair exported with that ExportSettings,
+    once per run for every test file and worker that asks for the same (read-only: copy it to change it)."""
+    return lambda pair_dirs, settings: shared_bundle(shared_dir, pair_dirs, settings)
+
+
+@pytest.fixture(scope="session")
+def demo_cache(shared_dir):
+    """A cache folder for the run (MTP_EDGE_CACHE), shared by the xdist workers: the demo test starts
+    from it empty, as a user's first run, and exports the shipped pair's demo bundle into it; the
+    native runner tests reuse that bundle instead of exporting it again (about 7 minutes)."""
+    cache = shared_dir / "mtp-edge-cache"
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+# --------------------------------------------------------------------------- lanes and order
+# `make test` runs everything on two pytest-xdist workers with --dist loadgroup: the tests that read
+# one expensive export carry one xdist_group mark, so they run on one worker, which exports it once
+# (tests/shared_exports.py) while the other worker runs something else. Groups and tests are started
+# longest first (the order below, then the other `slow` tests, then the rest in file order), so that
+# the two workers finish together; costs are single-core seconds measured on the 2-core dev machine.
+RUN_FIRST = [
+    "shipped-eval-pte",      # export the shipped pair 8da4w+emb4 .pte, then `mtp-edge eval`
+    "shipped-demo",          # `mtp-edge demo` from an empty cache (exports .pte + ONNX); native reuses it
+    "quantized-8da4w",       # tiny pair, 8da4w+emb4, .pte (XNNPACK) + ONNX
+    "quantized-8da8w",
+    "shipped-eval-onnx",
+    "tiny-xnnpack",          # tiny pair fp32 .pte (XNNPACK) + ONNX: test_export_pte, test_clustered_head
+    "optimum-cli",           # the same export through optimum-cli and mtp-edge export
+    "tiny-portable",         # tiny pair fp32 .pte (portable): test_export_pte, test_native_runner, test_android_bridge
+    "optimum-exported",      # from_pretrained(export=True)
+    "quantized-int4",
+    "tiny-onnx",
+]
+
+
+def _rank(item) -> int:
+    group = item.get_closest_marker("xdist_group")
+    name = group.args[0] if group and group.args else None
+    if name in RUN_FIRST:
+        return RUN_FIRST.index(name)
+    return len(RUN_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+
+
+def pytest_itemcollected(item):
+    # A grouped test reads an expensive export: it is slow, and `-m "not slow"` leaves it out.
+    if item.get_closest_marker("xdist_group") and not item.get_closest_marker("slow"):
+        item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture parameters
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_rank)  # stable: file order within a group, pytest's grouping by fixture parameter kept

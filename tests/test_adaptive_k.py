@@ -38,7 +38,7 @@ costs_st = st.builds(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.integers(0, 10_000),
     prompt_len=st.integers(1, 12),
@@ -131,3 +131,25 @@ def test_bad_auto_requests(backend_for, kwargs, message):
     with pytest.raises(GenerationError) as info:
         generate(backend_for(16), [2, 3], max_new_tokens=5, **kwargs)
     assert message in str(info.value)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**63 - 1),
+    prompt_len=st.integers(1, 10),
+    max_new_tokens=st.integers(1, 30),
+    k=st.sampled_from([1, 2, 4, 8, "auto"]),
+    temperature=st.sampled_from([0.7, 1.0, 1.5]),
+    top_k=st.sampled_from([0, 20]),
+    top_p=st.sampled_from([1.0, 0.9]),
+    p_min=st.sampled_from([None, 0.2]),
+)
+def test_coupled_rule_gives_plain_seeded_sampling_tokens(backend_for, seed, prompt_len, max_new_tokens, k, temperature,
+                                                         top_k, top_p, p_min):
+    """Under the coupled rule a seeded run is token for token the target's own seeded run, for any K or policy."""
+    backend = backend_for(48)
+    prompt = _prompt(seed % 10_000, prompt_len, backend.vocab_size)
+    cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, rule="coupled")
+    plain = generate(backend, prompt, k=0, max_new_tokens=max_new_tokens, sampling=cfg)
+    spec = generate(backend, prompt, k=k, draft_p_min=p_min, max_new_tokens=max_new_tokens, sampling=cfg)
+    assert spec.tokens == plain.tokens

@@ -1,7 +1,7 @@
 """The Android app's Java API (com.mtpedge.MtpEdgeRunner) over the JNI bridge, on a desktop JVM.
 
 The JNI library is the `mtp_edge_jni` target of android_demo/native, built with the runner by
-runtime/native.py (same cache folder); the Java class and the test driver
+runtime/native/build.py (same cache folder); the Java class and the test driver
 (tests/java/com/mtpedge/BridgeDriver.java) are compiled with javac and run with
 `java -Djava.library.path=...`. The driver answers one JSON line per command. The JVM must give
 the Python pte backend's tokens (greedy and seeded sampling), stream exactly the tokens it
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE
-from mtp_edge.runtime import native
+from mtp_edge.runtime.native import build
 from mtp_edge.runtime.backends.pte import PteBackend
 from mtp_edge.runtime.speculative import generate
 from test_native_runner import GREEDY, K, MAX_SEQ, SAMPLING, TOP_K, _rand, tiny_bundle  # noqa: F401 - fixture
@@ -29,12 +29,13 @@ JAVA_SOURCES = [ROOT / "android_demo/app/src/main/java/com/mtpedge/MtpEdgeRunner
                 ROOT / "tests/java/com/mtpedge/BridgeDriver.java"]
 EXCEPTION = "com.mtpedge.MtpEdgeRunner$MtpEdgeException"
 
-pytestmark = pytest.mark.skipif(not (shutil.which("javac") and shutil.which("java")), reason="needs a JDK (javac, java)")
+pytestmark = [pytest.mark.skipif(not (shutil.which("javac") and shutil.which("java")), reason="needs a JDK (javac, java)"),
+              pytest.mark.native, pytest.mark.xdist_group("tiny-portable")]  # the worker of test_native_runner's tiny tests
 
 
 @pytest.fixture(scope="module")
 def jni_library() -> Path:
-    return native.jni_library(progress=False)
+    return build.jni_library(progress=False)
 
 
 @pytest.fixture(scope="module")

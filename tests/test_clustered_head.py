@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from graph_shapes import aten_shapes, onnx_shapes, pte_shapes, vocabulary_sized
-from mtp_edge.export.bundle import read_manifest, write_bundle
+from mtp_edge.export.bundle import ExportSettings, read_manifest
 from mtp_edge.export.pte import buffer_length, method_modules
 from mtp_edge.models import load_pair
 from mtp_edge.runtime.backends import open_bundle
@@ -36,11 +36,14 @@ def pair(tiny_dirs):
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_dirs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clustered") / "bundle"
-    write_bundle(*tiny_dirs, out, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats="pte,onnx",
-                 quantize="none", progress=False)
-    return out
+def bundle(tiny_dirs, shared_export):
+    # The run's shared export (conftest.shared_export), test_export_pte's XNNPACK bundle: the tests
+    # reading it carry its xdist group.
+    return shared_export(tiny_dirs, ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, backend="xnnpack",
+                                                   formats="pte,onnx", quantize="none"))
+
+
+SHARED_BUNDLE = pytest.mark.xdist_group("tiny-xnnpack")
 
 
 def _draft_graph(target, drafter):
@@ -64,15 +67,16 @@ def test_draft_step_computes_no_vocabulary_sized_tensor(pair):
         drafter.masked_embedding = clustered
 
 
+@SHARED_BUNDLE
 @pytest.mark.parametrize("fmt", ["pte", "onnx"])
 def test_exported_draft_steps_hold_no_vocabulary_sized_tensor(bundle, fmt):
     manifest = read_manifest(bundle)
-    vocab = manifest["target_config"]["vocab_size"]
+    vocab = manifest.vocab_size
     if fmt == "pte":
         shapes = pte_shapes(bundle / "model.pte", "draft")
         # Non-constant values include the cache buffers and the outputs: the check reads real tensors.
-        d = manifest["drafter_config"]
-        candidates = d["centroid_top_k"] * vocab // d["num_centroids"]
+        d = manifest.drafter_config
+        candidates = d.centroid_top_k * vocab // d.num_centroids
         assert (candidates,) in [s for _, s in shapes]
     else:
         shapes = onnx_shapes(bundle, "drafter")
@@ -80,6 +84,7 @@ def test_exported_draft_steps_hold_no_vocabulary_sized_tensor(bundle, fmt):
     assert vocabulary_sized(shapes, vocab) == []
 
 
+@SHARED_BUNDLE
 @pytest.mark.parametrize("fmt", ["pte", "onnx"])
 def test_argmax_output_is_the_best_candidate_and_the_reference_greedy_draft(bundle, tiny_dirs, fmt):
     runner = open_bundle(bundle, fmt, threads=1)
@@ -98,6 +103,7 @@ def test_argmax_output_is_the_best_candidate_and_the_reference_greedy_draft(bund
         token, hidden, eager_hidden = out.argmax_id, out.hidden, ref.hidden
 
 
+@SHARED_BUNDLE
 @pytest.mark.parametrize("fmt", ["pte", "onnx"])
 def test_sampled_drafts_come_from_the_candidates(bundle, fmt):
     """Seeded sampling drafts only candidate tokens and stays a function of the seed."""
@@ -109,6 +115,7 @@ def test_sampled_drafts_come_from_the_candidates(bundle, fmt):
     assert first.tokens == again.tokens and first.stats.drafted > 0
 
 
+@pytest.mark.slow
 def test_bench_head_cli(tmp_path):
     """`mtp-edge bench head` at the tiny geometry: both heads timed on eager and pte, bytes from the shapes."""
     done = subprocess.run([sys.executable, "-m", "mtp_edge.runtime.commands.cli", "bench", "head", "--preset", "tiny",

@@ -1,6 +1,6 @@
 """ONNX export: target.onnx + drafter.onnx over one KV cache that ONNX Runtime sessions share.
 
-One ONNX bundle of the random tiny pair (sliding window 8) is exported per module (a few
+One ONNX bundle of the random tiny pair (sliding window 8) is exported per run (a few
 seconds); every check below reads it through real onnxruntime sessions.
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from backends_for_tests import ScriptedDrafts
 from mtp_edge.export import onnx as onnx_export
-from mtp_edge.export.bundle import COPIED_FROM_TARGET, MANIFEST, BundleError, read_manifest, write_bundle
+from mtp_edge.export.bundle import COPIED_FROM_TARGET, MANIFEST, BundleError, ExportSettings, read_manifest, write_bundle
 from mtp_edge.models import load_pair
 from mtp_edge.runtime.backends import open_bundle
 from mtp_edge.runtime.backends.eager import EagerBackend
@@ -42,10 +42,13 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_dirs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle_onnx") / "tiny"
-    write_bundle(*tiny_dirs, out, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats="onnx", progress=False)
-    return out
+def bundle(tiny_dirs, shared_export):
+    # Exported once per run (conftest.shared_export); the tests reading it carry its xdist group.
+    return shared_export(tiny_dirs, ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats="onnx",
+                                                   quantize="none"))
+
+
+SHARED_BUNDLE = pytest.mark.xdist_group("tiny-onnx")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,9 @@ def eager(tiny_dirs):
 # --------------------------------------------------------------------------- graphs and manifest
 
 
+@SHARED_BUNDLE
 def test_graphs_pass_the_checker_and_match_the_manifest(bundle, tiny_dirs):
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle).to_json()
     assert manifest["formats"] == ["onnx"] and "methods" not in manifest
     # What the target checkpoint has of the files a bundle copies (transformers wrote config.json at least).
     copied = {role for role, name in COPIED_FROM_TARGET.items() if (tiny_dirs[0] / name).exists()}
@@ -102,6 +106,7 @@ def test_graphs_pass_the_checker_and_match_the_manifest(bundle, tiny_dirs):
             assert output["shape"] == [buffer[0], buffer[1], tokens_dim, buffer[3]]
 
 
+@SHARED_BUNDLE
 def test_cache_inputs_feed_only_matmuls(bundle):
     """Inside both graphs the cache is read by matmuls directly: no node copies, concatenates,
     transposes or scatters a cache tensor."""
@@ -115,6 +120,7 @@ def test_cache_inputs_feed_only_matmuls(bundle):
 # --------------------------------------------------------------------------- parity
 
 
+@SHARED_BUNDLE
 def test_graphs_match_eager(onnx_backend, eager):
     prompt = _rand(1, 10)  # chunks of 4, 4 and 2 tokens: the graph takes any T
     for backend_out, eager_out in zip(onnx_backend.prefill(prompt), eager.prefill(prompt)):
@@ -137,6 +143,7 @@ def test_graphs_match_eager(onnx_backend, eager):
         hidden_o, hidden_e = out_o.hidden, out_e.hidden
 
 
+@SHARED_BUNDLE
 @pytest.mark.parametrize("prompt_len", [1, 6, 13])
 def test_greedy_generation_matches_target_only_and_eager(onnx_backend, eager, prompt_len):
     prompt = _rand(10 + prompt_len, prompt_len).tolist()
@@ -151,6 +158,7 @@ def test_greedy_generation_matches_target_only_and_eager(onnx_backend, eager, pr
     assert any(0 < r.drafted < K for r in spec.stats.round_log)
 
 
+@SHARED_BUNDLE
 def test_long_accepts_and_rejections(onnx_backend):
     """Mostly right drafts with planted mistakes: rollback past the window over the shared cache."""
     prompt = _rand(7, 5).tolist()
@@ -164,11 +172,12 @@ def test_long_accepts_and_rejections(onnx_backend):
 # --------------------------------------------------------------------------- the shared cache
 
 
+@SHARED_BUNDLE
 def test_both_sessions_read_one_cache_allocation(bundle, eager):
     backend = OnnxBackend(bundle, threads=1)
     manifest = backend.manifest
     target, drafter = backend.bound_cache["target"], backend.bound_cache["drafter"]
-    aliases = manifest["onnx"]["drafter"]["cache_inputs"]
+    aliases = manifest.onnx["drafter"].cache_inputs
     assert aliases
     for graph_input, buffer in aliases.items():
         pointer = backend.cache[buffer].__array_interface__["data"][0]
@@ -192,10 +201,11 @@ def test_both_sessions_read_one_cache_allocation(bundle, eager):
     _close(backend.draft(5, hidden[-1], K + 1, K + 1).hidden, first.hidden)
 
 
+@SHARED_BUNDLE
 def test_bytes_copied_per_round_are_the_new_rows(bundle):
     backend = OnnxBackend(bundle, threads=1)
-    cache = backend.manifest["cache"]["buffers"]
-    row_bytes = sum(b["shape"][1] * b["shape"][3] * 4 for b in cache)  # one position of every cache tensor
+    cache = backend.manifest.cache.buffers
+    row_bytes = sum(b.shape[1] * b.shape[3] * 4 for b in cache)  # one position of every cache tensor
     backend.prefill(_rand(4, 9))
     assert backend.bytes_copied == 9 * row_bytes
     prompt = _rand(5, 6).tolist()
@@ -218,6 +228,7 @@ def bundle_copy(bundle, tmp_path):
     return copy
 
 
+@SHARED_BUNDLE
 @pytest.mark.parametrize("name", [onnx_export.TARGET_FILE, onnx_export.DRAFTER_FILE])
 def test_tampered_graph_is_refused(bundle_copy, name):
     path = bundle_copy / name
@@ -228,6 +239,7 @@ def test_tampered_graph_is_refused(bundle_copy, name):
         OnnxBackend(bundle_copy)
 
 
+@SHARED_BUNDLE
 def test_damaged_graph_without_hash_check_is_a_clear_error(bundle_copy):
     path = bundle_copy / onnx_export.DRAFTER_FILE
     path.write_bytes(b"\xff" * path.stat().st_size)  # same size: only the skipped hash would notice
@@ -236,6 +248,7 @@ def test_damaged_graph_without_hash_check_is_a_clear_error(bundle_copy):
     assert "\n" not in str(e.value)
 
 
+@SHARED_BUNDLE
 def test_unknown_schema_version_and_missing_files(bundle_copy):
     path = bundle_copy / MANIFEST
     original = path.read_text()
@@ -255,6 +268,7 @@ def test_unknown_schema_version_and_missing_files(bundle_copy):
         OnnxBackend(bundle_copy)
 
 
+@SHARED_BUNDLE
 def test_a_bundle_without_the_format_says_how_to_get_it(bundle):
     from mtp_edge.runtime.backends.pte import PteBackend
 
@@ -263,6 +277,7 @@ def test_a_bundle_without_the_format_says_how_to_get_it(bundle):
     assert isinstance(open_bundle(bundle), OnnxBackend)  # the bundle's own format by default
 
 
+@SHARED_BUNDLE
 def test_requests_beyond_the_export_are_refused(onnx_backend):
     with pytest.raises(GenerationError, match=rf"K={K + 1} is not available.*K <= {K}"):
         generate(onnx_backend, [1, 2, 3], k=K + 1, max_new_tokens=4)
@@ -274,16 +289,17 @@ def test_requests_beyond_the_export_are_refused(onnx_backend):
         onnx_backend.verify(torch.ones(K + 2, dtype=torch.long), 0)
 
 
+@pytest.mark.slow
 def test_external_data_bundle(tiny_dirs, tmp_path, eager):
     """Weights in .data files beside the graphs (automatic above 2 GB, forced here on the tiny pair)."""
     out = tmp_path / "external"
-    write_bundle(*tiny_dirs, out, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats="onnx",
-                 onnx_external_data=True, progress=False)
+    write_bundle(*tiny_dirs, out, ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats="onnx",
+                                                 quantize="none", onnx_external_data=True), progress=False)
     manifest = read_manifest(out)
-    data = sorted(a["file"] for role, a in manifest["artifacts"].items() if role.startswith("onnx_data_"))
+    data = sorted(a.file for role, a in manifest.artifacts.items() if role.startswith("onnx_data_"))
     assert len(data) == 2 and all(f.endswith(".data") for f in data)
     for role in ("target", "drafter"):
-        path = out / manifest["onnx"][role]["file"]
+        path = out / manifest.onnx[role].file
         model = onnx.load(str(path), load_external_data=False)
         assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
         assert (out / f"{path.name}.data").stat().st_size > 0
@@ -305,6 +321,7 @@ def test_external_data_bundle(tiny_dirs, tmp_path, eager):
 # --------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_cli_export_onnx_then_generate(tiny_dirs, tmp_path, eager):
     exe = str(Path(sys.executable).with_name("mtp-edge"))
     out = tmp_path / "bundle"
@@ -331,6 +348,6 @@ def test_cli_export_onnx_then_generate(tiny_dirs, tmp_path, eager):
     assert done.returncode == 0, done.stderr
     from mtp_edge.quantize.recipes import parse_recipe
 
-    assert read_manifest(default)["quantization"]["recipe"] == parse_recipe(None, "onnx").text()
+    assert read_manifest(default).quantization.recipe == parse_recipe(None, "onnx").text()
     backend = OnnxBackend(default, threads=1)
     assert generate(backend, prompt, k=2, max_new_tokens=12).tokens == generate(backend, prompt, k=0, max_new_tokens=12).tokens

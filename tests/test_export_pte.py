@@ -1,7 +1,9 @@
 """ExecuTorch export: one .pte whose four methods share the KV cache, the bundle format, the pte backend.
 
-One bundle of the random tiny pair per backend (XNNPACK, then portable) is exported per module,
-the slow part (about 100 s and 40 s on two busy cores), and every check below reads it.
+One bundle of the random tiny pair per backend (XNNPACK, then portable) is exported per run, the
+slow part (about 100 s and 40 s on two busy cores), and every check below reads it. Both are the
+run's shared exports (conftest.shared_export): the XNNPACK one, which holds the ONNX graphs too, is
+test_clustered_head's; the portable one is test_native_runner's and test_android_bridge's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from backends_for_tests import ScriptedDrafts
 from mtp_edge.export import pte as pte_export
-from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, SCHEMA_VERSION, BundleError, read_manifest, write_bundle
+from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, SCHEMA_VERSION, BundleError, ExportSettings, read_manifest, write_bundle
 from mtp_edge.models import load_pair
 from mtp_edge.runtime.backends.eager import EagerBackend
 from mtp_edge.runtime.backends.pte import PteBackend
@@ -31,11 +33,12 @@ def _rand(seed: int, n: int, high: int = 512) -> torch.Tensor:
     return torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", params=["xnnpack", "portable"])
-def bundle(request, tiny_dirs, tmp_path_factory):
-    out = tmp_path_factory.mktemp(f"bundle_{request.param}") / "tiny"
-    write_bundle(*tiny_dirs, out, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, backend=request.param, progress=False)
-    return out
+@pytest.fixture(scope="module", params=[pytest.param("xnnpack", marks=pytest.mark.xdist_group("tiny-xnnpack")),
+                                        pytest.param("portable", marks=pytest.mark.xdist_group("tiny-portable"))])
+def bundle(request, tiny_dirs, shared_export):
+    formats = "pte,onnx" if request.param == "xnnpack" else "pte"
+    return shared_export(tiny_dirs, ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, backend=request.param,
+                                                   formats=formats, quantize="none"))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def test_manifest_describes_the_bundle(bundle, pte):
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle).to_json()
     assert manifest["schema_version"] == SCHEMA_VERSION
     assert set(manifest["methods"]) == {"prefill", "verify", "decode", "draft"}
     sig = manifest["methods"]
@@ -158,7 +161,7 @@ def test_draft_reads_the_cache_verify_wrote(bundle, eager):
 
 
 def test_memory_plan_shares_one_cache_arena(bundle):
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle).to_json()
     cache = manifest["cache"]
     cache_bytes = sum(torch.Size(b["shape"]).numel() * 4 for b in cache["buffers"])
     assert cache["bytes"] == cache_bytes
@@ -241,7 +244,8 @@ def test_interrupted_export_leaves_no_bundle(tiny_dirs, tmp_path, monkeypatch):
     monkeypatch.setattr(pte_export, "export_pte", fail)
     out = tmp_path / "bundle"
     with pytest.raises(KeyboardInterrupt):
-        write_bundle(*tiny_dirs, out, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, progress=False)
+        write_bundle(*tiny_dirs, out, ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, quantize="none"),
+                     progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -253,12 +257,14 @@ def test_write_bundle_replaces_a_bundle_but_not_other_folders(tiny_dirs, tmp_pat
     monkeypatch.setattr(pte_export, "export_pte", fake_export)
     out = tmp_path / "bundle"
     for k in (1, 2):
-        write_bundle(*tiny_dirs, out, k=k, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, progress=False)
-        assert read_manifest(out)["k"] == k and (out / PROGRAM_FILE).read_bytes() == b"program %d" % k
+        write_bundle(*tiny_dirs, out, ExportSettings(k=k, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, quantize="none"),
+                     progress=False)
+        assert read_manifest(out).k == k and (out / PROGRAM_FILE).read_bytes() == b"program %d" % k
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(BundleError, match="not a bundle; refusing to replace it"):
-        write_bundle(*tiny_dirs, other, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, progress=False)
+        write_bundle(*tiny_dirs, other, ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, quantize="none"),
+                     progress=False)
     assert (other / "keep.txt").read_text() == "mine"

@@ -127,11 +127,13 @@ def test_clustered_head_never_scores_the_vocabulary(hf_tiny, tiny_dirs):
 
 @torch.no_grad()
 def test_batched_training_pass_matches_reference(loaded):
-    """forward_train (cache-free, batched) gives the reference logits, hidden and store K/V."""
+    """The cache-free pass (a NoCache view, batched) gives the reference logits, hidden and store K/V."""
     hf, target, _ = loaded
     tokens = torch.randint(0, target.cfg.vocab_size, (2, 20), generator=torch.Generator().manual_seed(8))
     ref = hf.target(tokens, output_hidden_states=True, return_shared_kv_states=True, use_cache=False)
-    logits, hidden, store = target.forward_train(tokens)
+    cache_free = target.with_cache("none")
+    hidden, kv = cache_free.run(tokens, 0)
+    logits, store = cache_free.logits(hidden), cache_free.store_kv(kv)
     assert (ref.logits - logits).abs().max() <= TOL
     assert (ref.hidden_states[-1] - hidden).abs().max() <= TOL
     for layer_type, (k, v) in ref.shared_kv_states.items():

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, write_bundle
-from mtp_edge.runtime import native
+from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, ExportSettings
+from mtp_edge.runtime.native import build, validate
 from mtp_edge.runtime.backends.pte import PteBackend
 from mtp_edge.runtime.sampling import SamplingConfig
 from mtp_edge.runtime.speculative import generate
@@ -33,14 +33,21 @@ TOP_K = SamplingConfig(temperature=1.3, top_k=20, seed=5)
 
 @pytest.fixture(scope="session")
 def runner() -> Path:
-    return native.build_runner(progress=False)
+    return build.build_runner(progress=False)
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tiny_dirs, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("native") / "tiny"
-    write_bundle(*tiny_dirs, out, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, backend="portable", progress=False)
-    return out
+def tiny_bundle(tiny_dirs, shared_export) -> Path:
+    # The run's shared export (conftest.shared_export), test_export_pte's portable bundle.
+    return shared_export(tiny_dirs, ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, backend="portable",
+                                                   quantize="none"))
+
+
+# Every test here builds or runs the native runner (not in `make test-fast`). Under pytest-xdist the
+# tests of the runner and of the tiny bundle run on one worker (test_android_bridge's too), the test
+# of the shipped pair's bundle on the worker of the demo test, which exports that bundle.
+pytestmark = pytest.mark.native
+TINY = pytest.mark.xdist_group("tiny-portable")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +56,7 @@ def shipped_bundle(demo_cache) -> Path:
     from mtp_edge.models.shipped import default_pair_dir
     from mtp_edge.runtime.commands.demo import DEMO_EXPORT
 
-    return cached_bundle(default_pair_dir(), root=demo_cache, **DEMO_EXPORT)
+    return cached_bundle(default_pair_dir(), root=demo_cache, settings=DEMO_EXPORT)
 
 
 def _rand(seed: int, n: int, high: int = 512) -> list[int]:
@@ -58,8 +65,8 @@ def _rand(seed: int, n: int, high: int = 512) -> list[int]:
 
 def _both(runner, bundle, prompts, cases, max_new_tokens):
     """(native results, python generations), case-major then prompt."""
-    requests = [native.request(p, k=k, max_new_tokens=max_new_tokens, sampling=s) for k, s in cases for p in prompts]
-    ours = native.run_requests(bundle, requests, runner=runner, timeout=300)
+    requests = [validate.request(p, k=k, max_new_tokens=max_new_tokens, sampling=s) for k, s in cases for p in prompts]
+    ours = validate.run_requests(bundle, requests, runner=runner, timeout=300)
     backend = PteBackend(bundle)
     theirs = [generate(backend, p, k=k, max_new_tokens=max_new_tokens, sampling=s, eos_ids=backend.eos_ids)
               for k, s in cases for p in prompts]
@@ -74,6 +81,7 @@ def _assert_same(ours, theirs):
             s.stop_reason, s.rounds, s.drafted, s.accepted, s.new_tokens), f"generation {i}"
 
 
+@TINY
 def test_tiny_pair_native_tokens_equal_python(runner, tiny_bundle):
     prompts = [_rand(10 + n, n) for n in (1, 6, 13)]
     cases = [(K, GREEDY), (K, SAMPLING), (K, TOP_K), (0, GREEDY), (0, SAMPLING)]
@@ -88,6 +96,7 @@ def test_tiny_pair_native_tokens_equal_python(runner, tiny_bundle):
         assert r.stats["decode_s"] >= r.stats["decode_methods_s"] >= 0 and r.stats["runner_s"] >= 0
 
 
+@pytest.mark.xdist_group("shipped-demo")
 def test_shipped_pair_native_tokens_equal_python(runner, shipped_bundle):
     from mtp_edge.models.shipped import heldout_prompts
 
@@ -99,10 +108,11 @@ def test_shipped_pair_native_tokens_equal_python(runner, shipped_bundle):
     assert sum(r.stats["accepted"] for r in ours[:3]) > 0  # the trained drafter is accepted
 
 
+@TINY
 def test_c_api_gives_the_cli_tokens(runner, tiny_bundle):
     """c_api_example drives mtp_edge_runner.h from plain C, as the JNI bridge will."""
     prompt = _rand(3, 5)
-    cli = native.run_requests(tiny_bundle, [native.request(prompt, k=K, max_new_tokens=20)], runner=runner)[0]
+    cli = validate.run_requests(tiny_bundle, [validate.request(prompt, k=K, max_new_tokens=20)], runner=runner)[0]
     done = subprocess.run([str(runner.with_name("c_api_example")), str(tiny_bundle), str(K), "20", *map(str, prompt)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -114,6 +124,7 @@ def test_c_api_gives_the_cli_tokens(runner, tiny_bundle):
     assert done.returncode == 2 and "not a folder" in done.stderr.splitlines()[-1]
 
 
+@TINY
 def test_validate_command(tiny_bundle):
     done = subprocess.run([MTP_EDGE, "validate", str(tiny_bundle), "--json", "--max-new-tokens", "24", "--num-prompts", "2"],
                           capture_output=True, text=True, timeout=600)
@@ -147,6 +158,7 @@ def bundle_copy(tiny_bundle, tmp_path) -> Path:
     return copy
 
 
+@TINY
 def test_missing_bundle(runner, tmp_path):
     msg = _error(_run(runner, tmp_path / "nowhere"))
     assert "nowhere: not a folder. Pass a bundle folder written by `mtp-edge export`." in msg
@@ -154,6 +166,7 @@ def test_missing_bundle(runner, tmp_path):
     assert "no manifest.json; not a bundle, or its export was interrupted" in _error(_run(runner, tmp_path / "empty"))
 
 
+@TINY
 def test_modified_program_is_refused(runner, bundle_copy):
     path = bundle_copy / PROGRAM_FILE
     data = bytearray(path.read_bytes())
@@ -163,6 +176,7 @@ def test_modified_program_is_refused(runner, bundle_copy):
     assert "artifact model.pte was modified after export (sha256 does not match manifest.json); export the bundle again." in msg
 
 
+@TINY
 def test_unknown_schema_version_is_refused(runner, bundle_copy):
     path = bundle_copy / MANIFEST
     manifest = json.loads(path.read_text())
@@ -172,6 +186,7 @@ def test_unknown_schema_version_is_refused(runner, bundle_copy):
     assert "bundle schema_version 99 is not supported; this runner reads schema_version 1" in msg
 
 
+@TINY
 def test_requests_the_bundle_cannot_serve(runner, tiny_bundle):
     msg = _error(_run(runner, tiny_bundle, requests=[{"prompt": [1] * MAX_SEQ, "k": 0}]))
     assert f"the prompt has {MAX_SEQ} tokens but the cache holds {MAX_SEQ} positions" in msg
@@ -183,6 +198,7 @@ def test_requests_the_bundle_cannot_serve(runner, tiny_bundle):
     assert "top_p must be in (0, 1], got 0.0." in msg
 
 
+@TINY
 def test_bad_request_lines_name_the_line(runner, tiny_bundle):
     done = _run(runner, tiny_bundle, requests=[{"prompt": [1, 2], "max_new_tokens": 3}, {"prompt": [1], "temp": 1}])
     assert "request line 2: unknown field \"temp\"" in _error(done)
@@ -191,9 +207,10 @@ def test_bad_request_lines_name_the_line(runner, tiny_bundle):
     assert "request line 1: not valid JSON" in _error(done)
 
 
+@TINY
 def test_python_wrapper_raises_the_runner_message(runner, tiny_bundle):
-    with pytest.raises(native.NativeError, match=f"cache holds {MAX_SEQ} positions") as e:
-        native.run_requests(tiny_bundle, [{"prompt": [1] * MAX_SEQ}], runner=runner)
+    with pytest.raises(build.NativeError, match=f"cache holds {MAX_SEQ} positions") as e:
+        validate.run_requests(tiny_bundle, [{"prompt": [1] * MAX_SEQ}], runner=runner)
     assert e.value.returncode == 2
 
 
@@ -205,11 +222,11 @@ def test_validate_command_errors(tmp_path):
 
 def test_build_key_follows_the_sources(tmp_path, monkeypatch):
     copy = tmp_path / "native"
-    shutil.copytree(native.source_dir(), copy)
-    before = native.source_hash(copy)
-    assert native.source_hash(copy) == before
+    shutil.copytree(build.source_dir(), copy)
+    before = build.source_hash(copy)
+    assert build.source_hash(copy) == before
     (copy / "runner.cpp").write_text((copy / "runner.cpp").read_text() + "\n// changed\n")
-    assert native.source_hash(copy) != before
+    assert build.source_hash(copy) != before
     monkeypatch.setenv("MTP_EDGE_NATIVE_SRC", str(tmp_path / "nowhere"))
-    with pytest.raises(native.NativeError, match="native runner's sources"):
-        native.source_dir()
+    with pytest.raises(build.NativeError, match="native runner's sources"):
+        build.source_dir()

@@ -28,16 +28,25 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def cli_bundles(tiny_dirs, tmp_path_factory):
-    """The same export through both front doors."""
+    """The same export through both front doors (the two commands run at the same time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     target, drafter = tiny_dirs
     root = tmp_path_factory.mktemp("optimum_cli")
-    through_optimum = _cli("optimum-cli", "export", "mtp-edge", "--model", str(target), "--drafter", str(drafter),
-                           *EXPORT_ARGS, str(root / "optimum"))
+    with ThreadPoolExecutor(2) as pool:
+        through_optimum = pool.submit(_cli, "optimum-cli", "export", "mtp-edge", "--model", str(target), "--drafter",
+                                      str(drafter), *EXPORT_ARGS, str(root / "optimum"))
+        through_mtp_edge = pool.submit(_cli, "mtp-edge", "export", "--model", str(target), "--drafter", str(drafter),
+                                       *EXPORT_ARGS, "--out", str(root / "mtp_edge"))
+    through_optimum, through_mtp_edge = through_optimum.result(), through_mtp_edge.result()
     assert through_optimum.returncode == 0, through_optimum.stderr[-3000:]
-    through_mtp_edge = _cli("mtp-edge", "export", "--model", str(target), "--drafter", str(drafter), *EXPORT_ARGS,
-                            "--out", str(root / "mtp_edge"))
     assert through_mtp_edge.returncode == 0, through_mtp_edge.stderr[-3000:]
     return root / "optimum", root / "mtp_edge"
+
+
+# Under pytest-xdist the tests of one of these two fixtures run on one worker, which makes it once.
+CLI_BUNDLES = pytest.mark.xdist_group("optimum-cli")
+EXPORTED = pytest.mark.xdist_group("optimum-exported")
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +65,13 @@ def test_optimum_cli_lists_the_exporter():
     assert own.returncode == 0 and "--drafter" in own.stdout and "OUTPUT_DIR" in own.stdout
 
 
+@CLI_BUNDLES
 def test_optimum_cli_writes_the_bundle_mtp_edge_export_writes(cli_bundles):
     through_optimum, through_mtp_edge = (read_manifest(b) for b in cli_bundles)
     assert through_optimum == through_mtp_edge  # every field, the artifacts' sha256 included
-    assert {"program", "onnx_target", "onnx_drafter", "hf_config"} <= set(through_optimum["artifacts"])
-    for entry in through_optimum["artifacts"].values():
-        assert (cli_bundles[0] / entry["file"]).read_bytes() == (cli_bundles[1] / entry["file"]).read_bytes()
+    assert {"program", "onnx_target", "onnx_drafter", "hf_config"} <= set(through_optimum.artifacts)
+    for entry in through_optimum.artifacts.values():
+        assert (cli_bundles[0] / entry.file).read_bytes() == (cli_bundles[1] / entry.file).read_bytes()
 
 
 def test_optimum_cli_errors_are_one_line(tiny_dirs, tmp_path):
@@ -73,6 +83,7 @@ def test_optimum_cli_errors_are_one_line(tiny_dirs, tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
+@EXPORTED
 @pytest.mark.parametrize("prompt_len", [5, 13])
 def test_generate_equals_transformers_generate(exported, hf_tiny, prompt_len):
     prompt = torch.randint(0, hf_tiny.target.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
@@ -84,6 +95,7 @@ def test_generate_equals_transformers_generate(exported, hf_tiny, prompt_len):
     assert stats.new_tokens == 30 and stats.drafted > 0  # it drafted: speculative, not plain decoding
 
 
+@EXPORTED
 def test_generate_batch_with_left_padding_matches_rows_alone(exported, hf_tiny):
     short, long = [5, 17, 2, 9], [3, 1, 4, 1, 5, 9, 2]
     pad = 0
@@ -97,6 +109,7 @@ def test_generate_batch_with_left_padding_matches_rows_alone(exported, hf_tiny):
     assert len(exported.last_stats) == 2
 
 
+@EXPORTED
 def test_num_assistant_tokens_zero_is_target_only_and_streamer_sees_every_token(exported, capsys):
     prompt = torch.tensor([[7, 11, 13, 17, 19]])
     speculative = exported.generate(prompt, max_new_tokens=20)
@@ -119,6 +132,7 @@ def test_num_assistant_tokens_zero_is_target_only_and_streamer_sees_every_token(
     assert [t for chunk in streamer.chunks[1:-1] for t in chunk] == streamed[0, 5:].tolist()
 
 
+@EXPORTED
 def test_seeded_sampling_repeats_and_follows_torch_manual_seed(exported):
     prompt = torch.tensor([[2, 3, 5, 7]])
     args = dict(do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=16)
@@ -129,6 +143,7 @@ def test_seeded_sampling_repeats_and_follows_torch_manual_seed(exported):
     assert torch.equal(first, exported.generate(prompt, **args))
 
 
+@EXPORTED
 def test_save_pretrained_then_from_pretrained_gives_the_same_tokens(exported, tmp_path):
     prompt = torch.tensor([[4, 8, 15, 16, 23, 42]])
     before = exported.generate(prompt, max_new_tokens=24)
@@ -142,6 +157,7 @@ def test_save_pretrained_then_from_pretrained_gives_the_same_tokens(exported, tm
     assert logits[0, -1].argmax().item() == before[0, 6].item()
 
 
+@CLI_BUNDLES
 def test_onnx_backend_of_a_cli_bundle(cli_bundles, hf_tiny):
     model = MtpEdgeModelForCausalLM.from_pretrained(cli_bundles[0], backend="onnx")
     prompt = torch.tensor([[9, 8, 7, 6, 5, 4]])
@@ -149,6 +165,7 @@ def test_onnx_backend_of_a_cli_bundle(cli_bundles, hf_tiny):
     assert model.backend_name == "onnx" and torch.equal(model.generate(prompt, max_new_tokens=20), expected)
 
 
+@EXPORTED
 def test_wrong_use_is_a_clear_error(tiny_dirs, exported, tmp_path):
     target, drafter = tiny_dirs
     with pytest.raises(CheckpointError, match="trained for another target"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from graph_shapes import onnx_shapes, pte_shapes, vocabulary_sized
-from mtp_edge.export.bundle import read_manifest, write_bundle
+from mtp_edge.export.bundle import ExportSettings, read_manifest, write_bundle
 from mtp_edge.models import load_pair
 from mtp_edge.quantize.modules import quantize_pair
 from mtp_edge.quantize.recipes import parse_recipe
@@ -33,19 +33,21 @@ def _rand(seed: int, n: int, high: int = 512) -> list[int]:
     return torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@pytest.fixture(scope="module", params=RECIPES, ids=[r for r, _ in RECIPES])
-def quantized(request, tiny_dirs, tmp_path_factory):
+# Under pytest-xdist the tests of one recipe's bundle run on one worker, which exports it once.
+GROUPS = ["quantized-8da4w", "quantized-8da8w", "quantized-int4"]
+
+
+@pytest.fixture(scope="module", params=[pytest.param(r, id=r[0], marks=pytest.mark.xdist_group(g)) for r, g in zip(RECIPES, GROUPS)])
+def quantized(request, tiny_dirs, shared_export):
     recipe, formats = request.param
-    out = tmp_path_factory.mktemp("quantized") / "bundle"
-    write_bundle(*tiny_dirs, out, k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats=formats,
-                 quantize=recipe, progress=False)
-    return recipe, out
+    return recipe, shared_export(tiny_dirs, ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats=formats,
+                                                           quantize=recipe))
 
 
 @pytest.mark.parametrize("backend", ["pte", "onnx"])
 def test_speculative_is_lossless_on_the_quantized_pair(quantized, backend):
     recipe, bundle = quantized
-    if backend not in read_manifest(bundle)["formats"]:
+    if backend not in read_manifest(bundle).formats:
         pytest.skip(f"{recipe} is exported for onnx only (no XNNPACK int4 weight-only kernel)")
     runner = open_bundle(bundle, backend, threads=1)
     for seed, prompt_len in ((1, 3), (2, 11)):
@@ -58,7 +60,7 @@ def test_speculative_is_lossless_on_the_quantized_pair(quantized, backend):
 
 def test_manifest_records_the_recipe_and_what_it_quantized(quantized):
     recipe, bundle = quantized
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle).to_json()
     q = manifest["quantization"]
     parsed = parse_recipe(recipe)
     assert q["recipe"] == parsed.text() and parse_recipe(q["recipe"]) == parsed
@@ -99,11 +101,11 @@ def test_quantized_head_gathers_candidate_rows_only(quantized, fmt):
     """emb4 / emb8 LM-head rows are gathered per candidate: no step activation is vocabulary-sized."""
     recipe, bundle = quantized
     manifest = read_manifest(bundle)
-    if fmt not in manifest["formats"]:
+    if fmt not in manifest.formats:
         pytest.skip(f"{recipe} is exported for onnx only")
     shapes = pte_shapes(bundle / "model.pte", "draft") if fmt == "pte" else onnx_shapes(bundle, "drafter")
     assert len(shapes) > 20
-    assert vocabulary_sized(shapes, manifest["target_config"]["vocab_size"]) == []
+    assert vocabulary_sized(shapes, manifest.vocab_size) == []
 
 
 @pytest.mark.parametrize("recipe", [r for r, formats in RECIPES if "pte" in formats]
@@ -137,8 +139,8 @@ def test_int4_for_pte_is_refused_before_any_work(tiny_dirs, tmp_path):
     from mtp_edge.quantize.recipes import RecipeError
 
     with pytest.raises(RecipeError, match=r"target: int4 \(weight-only\) linears have no ExecuTorch/XNNPACK kernel.*--format onnx"):
-        write_bundle(*tiny_dirs, tmp_path / "b", k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats="pte",
-                     quantize="target=int4,drafter=none", progress=False)
+        write_bundle(*tiny_dirs, tmp_path / "b", ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, formats="pte",
+                                                                quantize="target=int4,drafter=none"), progress=False)
     assert not list(tmp_path.iterdir())
 
 
@@ -157,8 +159,8 @@ def test_eager_quantized_modules_track_the_fp32_pair():
     assert report["target"]["linears"] and report["target"]["embeddings"] == ["embed_tokens", "embed_tokens_per_layer"]
     assert report["drafter"]["embeddings"] == ["embed_tokens"]  # the drafter's LM head rows
     with torch.no_grad():
-        q_logits = target.forward_train(ids)[0]
-        r_logits = reference.forward_train(ids)[0]
+        q_logits = target.with_cache("none")(ids, 0)[0]
+        r_logits = reference.with_cache("none")(ids, 0)[0]
     assert not torch.equal(q_logits, r_logits)
     # The shipped target is QAT-trained for this recipe: 0.99 measured eagerly over 16k held-out tokens.
     assert float((q_logits.argmax(-1) == r_logits.argmax(-1)).float().mean()) >= 0.95
@@ -179,7 +181,11 @@ SHIPPED_RECIPE = "target=8da4w+emb4,drafter=8da4w+emb4"
 MIN_TOP1_AGREEMENT = 0.95
 
 
-def test_shipped_pair_eval_report(tmp_path):
+# One bundle per format, each evaluated on its own: the two (minutes each) run in parallel under
+# pytest-xdist, and each report measures the RSS of its own format's components.
+@pytest.mark.parametrize("backend", [pytest.param("pte", marks=pytest.mark.xdist_group("shipped-eval-pte")),
+                                     pytest.param("onnx", marks=pytest.mark.xdist_group("shipped-eval-onnx"))])
+def test_shipped_pair_eval_report(tmp_path, backend):
     import json
     import subprocess
     import sys
@@ -189,19 +195,20 @@ def test_shipped_pair_eval_report(tmp_path):
 
     pair = default_pair_dir()
     out = tmp_path / "bundle"
-    write_bundle(pair / "target", pair / "drafter", out, k=4, max_seq_len=256, prefill_chunk=32, formats="pte,onnx",
-                 quantize=SHIPPED_RECIPE, progress=False)
+    write_bundle(pair / "target", pair / "drafter", out, ExportSettings(k=4, max_seq_len=256, prefill_chunk=32,
+                                                                        formats=backend, quantize=SHIPPED_RECIPE),
+                 progress=False)
     exe = str(Path(sys.executable).with_name("mtp-edge"))
-    for backend in ("pte", "onnx"):
-        done = subprocess.run([exe, "eval", str(out), "--backend", backend, "--json"], capture_output=True, text=True,
-                              timeout=1800)
-        assert done.returncode == 0, done.stderr
-        report = json.loads(done.stdout)
-        assert report["recipe"] == SHIPPED_RECIPE and report["backend"] == backend
-        assert report["bytes"]["fp32_over_bundle"][backend] >= 4.0
-        assert report["quality"]["top1_agreement"] >= MIN_TOP1_AGREEMENT
-        assert abs(report["speculation"]["relative_change"]) <= 0.05
-        assert report["speculation"]["speculative_equals_target_only"]  # 32 prompts x 64 tokens
-        assert report["quality"]["perplexity_ratio"] < 1.05
-        for component, rss in report["peak_rss"].items():
-            assert rss["rss_bytes"] > rss["baseline_rss_bytes"] > 0 and rss["peak_rss_bytes"] > 0, component
+    done = subprocess.run([exe, "eval", str(out), "--backend", backend, "--json"], capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["recipe"] == SHIPPED_RECIPE and report["backend"] == backend
+    assert report["bytes"]["fp32_over_bundle"][backend] >= 4.0
+    assert report["quality"]["top1_agreement"] >= MIN_TOP1_AGREEMENT
+    assert abs(report["speculation"]["relative_change"]) <= 0.05
+    assert report["speculation"]["speculative_equals_target_only"]  # 32 prompts x 64 tokens
+    assert report["quality"]["perplexity_ratio"] < 1.05
+    assert report["peak_rss"]  # the bundle's components: the program, or both ONNX graphs
+    for component, rss in report["peak_rss"].items():
+        assert rss["rss_bytes"] > rss["baseline_rss_bytes"] > 0 and rss["peak_rss_bytes"] > 0, component

@@ -8,6 +8,7 @@ target-only distribution, and a control shows the same test rejects a subtly bia
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 
@@ -71,11 +72,12 @@ def _p_value(counts: Counter, exact: dict[tuple, float]) -> float:
     return chisquare(observed, expected).pvalue
 
 
-def _run(cfg: SamplingConfig) -> Counter:
+def _run(cfg: SamplingConfig, **generate_kwargs) -> Counter:
     backend = PartialDrafter(*_tables())
     counts = Counter()
+    generate_kwargs = {"k": 3} | generate_kwargs
     for seed in range(SEEDS):
-        out = generate(backend, [2], k=3, max_new_tokens=TOKENS, sampling=SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, seed))
+        out = generate(backend, [2], max_new_tokens=TOKENS, sampling=dataclasses.replace(cfg, seed=seed), **generate_kwargs)
         counts[tuple(out.tokens)] += 1
     return counts
 
@@ -84,6 +86,45 @@ def _run(cfg: SamplingConfig) -> Counter:
 def test_speculative_sampling_matches_target_distribution(cfg):
     counts = _run(cfg)
     assert _p_value(counts, _exact(_tables()[0], 2, cfg)) > ALPHA
+
+
+@pytest.mark.parametrize("rule, generate_kwargs", [
+    ("rejection", dict(k="auto", draft_p_min=0.7)),  # early stops in about half the rounds
+    ("coupled", dict(k="auto")),
+    ("coupled", dict(k=3, draft_p_min=0.7)),
+], ids=["rejection-auto-pmin", "coupled-auto", "coupled-k3-pmin"])
+def test_policy_and_early_stop_keep_sampling_lossless(rule, generate_kwargs):
+    cfg = dataclasses.replace(CONFIGS[1], rule=rule)
+    counts = _run(cfg, **generate_kwargs)
+    assert _p_value(counts, _exact(_tables()[0], 2, cfg)) > ALPHA
+
+
+def test_early_stops_trigger_often():
+    """The threshold above stops a real share of drafts (else the tests above would prove nothing)."""
+    backend = PartialDrafter(*_tables())
+    stops = rounds = 0
+    for seed in range(200):
+        out = generate(backend, [2], k=3, draft_p_min=0.7, max_new_tokens=TOKENS,
+                       sampling=dataclasses.replace(CONFIGS[1], seed=seed))
+        stops, rounds = stops + out.stats.early_stops, rounds + out.stats.rounds
+    assert stops > 0.2 * rounds
+
+
+def test_control_early_stop_on_the_drawn_token_is_rejected(monkeypatch):
+    """Dropping a draft because the token drawn had a low drafter probability biases the output:
+    the chi-square test catches it, so the tests above would catch such a stop rule."""
+    real = speculative.draft
+
+    def biased_draft(backend, last, hidden, position, k, sampling, rng, early_stop=None, timer=None):
+        drafts, probs = real(backend, last, hidden, position, k, sampling, rng)
+        for i, (token, q) in enumerate(zip(drafts, probs)):
+            if float(q[token]) < 0.45:  # the bug: judged on the value drawn
+                return drafts[:i], probs[:i]
+        return drafts, probs
+
+    monkeypatch.setattr(speculative, "draft", biased_draft)
+    cfg = CONFIGS[0]
+    assert _p_value(_run(cfg), _exact(_tables()[0], 2, cfg)) < ALPHA
 
 
 def test_control_biased_rule_is_rejected(monkeypatch):

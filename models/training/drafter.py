@@ -82,9 +82,12 @@ def cluster(drafter: Gemma4Drafter, seed: int = 0) -> None:
 
 
 def distill_step(target: Gemma4Target, drafter: Gemma4Drafter, batch: torch.Tensor, unroll: int) -> dict:
-    """Losses for one batch [B, T]: every position p in 1..T-unroll starts a draft round of `unroll` steps."""
+    """Losses for one batch [B, T]: every position p in 1..T-unroll starts a draft round of `unroll` steps.
+
+    target: built with (or viewed through, with_cache("none")) NoCache: one pass over the whole batch."""
     with torch.no_grad():
-        t_logits, t_hidden, store = target.forward_train(batch)
+        t_hidden, kv = target.run(batch, 0)
+        t_logits, store = target.logits(t_hidden), target.store_kv(kv)
         t_probs = torch.softmax(t_logits.float(), -1)
         t_emb = target.embed(batch)
     length = batch.shape[1]
@@ -121,6 +124,7 @@ def train_drafter(
 ) -> tuple[Gemma4Drafter, int]:
     """Returns (drafter, steps done); with stop_after, trains at most that many steps in this run."""
     target.eval().requires_grad_(False)
+    teacher = target.with_cache("none")
     drafter.train()
     optimizer = adamw(drafter, lr)
     generator = torch.Generator().manual_seed(seed)
@@ -132,7 +136,7 @@ def train_drafter(
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup)
         batch = stream.batch(generator, batch_size, length)[:, :-1]
-        losses = distill_step(target, drafter, batch, unroll)
+        losses = distill_step(teacher, drafter, batch, unroll)
         optimizer.zero_grad(set_to_none=True)
         (losses["kl"] + losses["centroid_ce"]).backward()
         torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)

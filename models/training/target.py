@@ -31,9 +31,10 @@ def train_target(
     """Train from scratch, or fine-tune `model` (then `cfg` is its config)."""
     torch.manual_seed(seed)
     if model is None:
-        model = Gemma4Target(cfg, max_seq_len=1)  # the cache is unused by the cache-free training pass
+        model = Gemma4Target(cfg, max_seq_len=1)  # trained through a NoCache view: the static cache is never used
         init_weights(model)
     model.train()
+    cache_free = model.with_cache("none")  # same weights, a pass over whole windows from position 0
     optimizer = adamw(model, lr)
     generator = torch.Generator().manual_seed(seed)
     start = checkpoint.load(model, optimizer, generator)[0] if checkpoint else 0
@@ -43,7 +44,7 @@ def train_target(
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup)
         batch = stream.batch(generator, batch_size, length)
-        logits, _, _ = model.forward_train(batch[:, :-1])
+        logits, _ = cache_free(batch[:, :-1], 0)
         loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), batch[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -62,8 +63,9 @@ def evaluate_target(model: Gemma4Target, stream: TokenStream, *, windows: int = 
     generator = torch.Generator().manual_seed(seed)
     batch = stream.batch(generator, windows, length)
     losses, correct, total = [], 0, 0
+    cache_free = model.with_cache("none")
     for row in batch.split(8):
-        logits, _, _ = model.forward_train(row[:, :-1])
+        logits, _ = cache_free(row[:, :-1], 0)
         losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), row[:, 1:].reshape(-1), reduction="sum"))
         correct += int((logits.argmax(-1) == row[:, 1:]).sum())
         total += row[:, 1:].numel()

@@ -9,10 +9,10 @@ BUNDLE_BACKENDS = ("pte", "onnx")
 
 def open_bundle(bundle_dir: str | Path, backend: str | None = None, *, threads: int | None = None):
     """The backend that runs an exported bundle: `backend` (pte or onnx), or the bundle's first format."""
-    from mtp_edge.export.bundle import BundleError, bundle_formats, read_manifest
+    from mtp_edge.export.manifest import BundleError, read_manifest
 
     if backend is None:
-        backend = bundle_formats(read_manifest(bundle_dir, verify_hashes=False))[0]
+        backend = read_manifest(bundle_dir, verify_hashes=False).formats[0]
     if backend == "pte":
         from .pte import PteBackend
 

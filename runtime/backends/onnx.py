@@ -52,14 +52,14 @@ class OnnxBackend:
                 raise GenerationError(f"{name} must be >= 1 (or None for the default), got {value}.")
         self.bundle_dir = Path(bundle_dir)
         self.manifest = m = read_manifest(self.bundle_dir, verify_hashes=verify_hashes, needs="onnx")
-        graphs = m["onnx"]
-        self.k = int(m["k"])
-        self.prefill_chunk = int(m["prefill_chunk"])
-        self.vocab_size = int(m["target_config"]["vocab_size"])
-        self.max_seq_len = int(m["cache"]["max_seq_len"])
+        graphs = m.onnx
+        self.k = m.k
+        self.prefill_chunk = m.prefill_chunk
+        self.vocab_size = m.vocab_size
+        self.max_seq_len = m.cache.max_seq_len
         self.max_draft = self.k
         self.has_drafter = True
-        self.eos_ids = tuple(m["eos_token_ids"])
+        self.eos_ids = m.eos_token_ids
         self.session_threads = session_options(threads).intra_op_num_threads
         # The draft step (one token through the drafter's few layers and the clustered head) runs
         # on the calling thread: a thread pool's hand-off costs more than it saves at that size.
@@ -68,32 +68,32 @@ class OnnxBackend:
 
         self.sessions = {}
         for role in ("target", "drafter"):
-            path = self.bundle_dir / graphs[role]["file"]
+            path = self.bundle_dir / graphs[role].file
             try:
                 self.sessions[role] = ort.InferenceSession(path, session_options(threads_per_role[role]),
                                                            providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise BundleError(f"{path}: ONNX Runtime could not load the graph ({reason}); re-export the bundle.") from None
-            expected = [v["name"] for v in graphs[role]["inputs"]]
+            expected = list(graphs[role].input_names)
             found = [v.name for v in self.sessions[role].get_inputs()]
             if found != expected:
                 raise BundleError(f"{path}: graph inputs {found} differ from manifest.json's {expected}; re-export the bundle.")
 
         # The cache: one array per buffer, one OrtValue over each, bound to both sessions.
-        self.cache = {b["name"]: np.zeros(b["shape"], dtype=b["dtype"]) for b in m["cache"]["buffers"]}
+        self.cache = {b.name: np.zeros(b.shape, dtype=b.dtype) for b in m.cache.buffers}
         self.cache_values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in self.cache.items()}
         self.bindings = {role: session.io_binding() for role, session in self.sessions.items()}
         self.bound_cache = {}  # role -> graph input -> the OrtValue bound to it (tests check they alias)
         for role in self.sessions:
             self.bound_cache[role] = {}
-            for graph_input, buffer in graphs[role]["cache_inputs"].items():
+            for graph_input, buffer in graphs[role].cache_inputs.items():
                 value = self.cache_values[buffer]
                 self.bindings[role].bind_ortvalue_input(graph_input, value)
                 self.bound_cache[role][graph_input] = value
-        self.new_rows = graphs["target"]["new_rows_outputs"]  # output -> cache buffer
+        self.new_rows = graphs["target"].new_rows_outputs or {}  # output -> cache buffer
         self.staging: dict[int, dict[str, tuple[np.ndarray, object]]] = {}  # T -> output -> (array, OrtValue)
-        dtype = next(v for v in graphs["target"]["outputs"] if v["name"] == "hidden")["dtype"]
+        dtype = graphs["target"].output("hidden").dtype
         self.dtype = getattr(torch, dtype)
         self.np_dtype = np.dtype(dtype)
 

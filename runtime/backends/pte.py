@@ -34,33 +34,33 @@ class PteBackend:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_manifest(self.bundle_dir, verify_hashes=verify_hashes, needs="pte")
         m = self.manifest
-        self.k = int(m["k"])
-        self.prefill_chunk = int(m["prefill_chunk"])
-        self.vocab_size = int(m["target_config"]["vocab_size"])
-        self.hidden_size = int(m["target_config"]["hidden_size"])
-        self.max_seq_len = int(m["cache"]["max_seq_len"])  # usable positions, not the buffer length
-        self.buffer_length = int(m["cache"]["buffer_length"])
+        self.k = m.k
+        self.prefill_chunk = m.prefill_chunk
+        self.vocab_size = m.vocab_size
+        self.hidden_size = m.hidden_size
+        self.max_seq_len = m.cache.max_seq_len  # usable positions, not the buffer length
+        self.buffer_length = m.cache.buffer_length
         self.max_draft = self.k
         self.method_seconds = 0.0  # inside ExecuTorch method calls since the backend was opened
-        self.has_drafter = "draft" in m["methods"]
-        self.eos_ids = tuple(m["eos_token_ids"])
+        self.has_drafter = "draft" in m.methods
+        self.eos_ids = m.eos_token_ids
         self.validated_length = 0
 
-        path = self.bundle_dir / m["artifacts"]["program"]["file"]
+        path = self.bundle_dir / m.artifact("program").file
         try:
             self.program = Runtime.get().load_program(path)
         except Exception as e:  # the pybindings raise RuntimeError/ValueError with an error code
             raise BundleError(f"{path}: ExecuTorch could not load the program ({e}); re-export the bundle.") from None
-        missing = set(m["methods"]) - set(self.program.method_names)
+        missing = set(m.methods) - set(self.program.method_names)
         if missing:
             raise BundleError(f"{path}: the program lacks method(s) {sorted(missing)} listed in manifest.json; re-export the bundle.")
         self.methods = {}
-        for name in m["methods"]:
+        for name in m.methods:
             try:
                 self.methods[name] = self.program.load_method(name)
             except Exception as e:
                 raise BundleError(f"{path}: ExecuTorch could not load method {name!r} ({e}).") from None
-        self.dtype = getattr(torch, m["methods"]["decode"]["outputs"][1]["dtype"])
+        self.dtype = getattr(torch, m.methods["decode"].output("hidden").dtype)
 
     def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
         started = time.perf_counter()

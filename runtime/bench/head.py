@@ -7,7 +7,7 @@ the full head (every vocabulary row), eagerly and as a draft-only .pte run by th
 runtime on XNNPACK. Bytes read per step are counted from the shapes, not measured.
 
 Set against an E2B target decode step, eager, extrapolated in the layer count from E2B-width
-slices (see bench.e2b_slice_configs): a full-size fp32 target does not fit this machine.
+slices (see e2b.e2b_slice_configs): a full-size fp32 target does not fit this machine.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .benchmarks import _line, _percentiles, _time_calls, e2b_slice_configs, random_modules
+from .e2b import e2b_slice_configs, fit_line, random_modules
+from .timing import percentiles, time_calls
 
 FP32 = 4
 
@@ -73,7 +74,7 @@ def _in_blocks(calls: dict, repeats: int, warmup: int, blocks: int = 3) -> dict:
                 start = time.perf_counter()
                 fn()
                 seconds[key].append(time.perf_counter() - start)
-    return {key: _percentiles(values) for key, values in seconds.items()}
+    return {key: percentiles(values) for key, values in seconds.items()}
 
 
 class HeadOnly(nn.Module):
@@ -111,7 +112,7 @@ def _decode_ms(preset_name: str, layers: int, context: int, repeats: int) -> flo
     target, _ = random_modules(target_cfg, None, max_seq_len=context, dtype=torch.float32)
     decode = DecodeMethod(target)
     token, start = torch.tensor([[7]]), torch.tensor([context - 1])
-    ms = _time_calls(lambda: decode(token, start), repeats, warmup=2)["median_ms"]
+    ms = time_calls(lambda: decode(token, start), repeats, warmup=2)["median_ms"]
     del target, decode
     gc.collect()
     return ms
@@ -190,7 +191,7 @@ def bench_head(preset_name: str = "e2b", *, context: int = 1024, repeats: int = 
         measured = {n: _decode_ms(preset_name, n, context, max(3, repeats // 4)) for n in decode_layers}
         _say(progress, "eager target decode: " + ", ".join(f"{n} layers {ms:.1f} ms" for n, ms in measured.items()))
         (l1, y1), (l2, y2) = measured.items()
-        a, b = _line(l1, y1, l2, y2)
+        a, b = fit_line(l1, y1, l2, y2)
         decode_ms = a + b * full_layers
         report["target_decode"] = {
             "eager_ms_measured": measured, "layers": full_layers, "eager_ms_extrapolated": decode_ms,

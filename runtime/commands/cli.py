@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mtp_edge.models.errors import CheckpointError, MtpEdgeError
+from mtp_edge.runtime.commands.render import format_report, human_bytes
 
 PROG = "mtp-edge"
 
@@ -48,123 +49,6 @@ def resolve_configs(spec: str, drafter_dir: str | None = None):
     if target is not None and drafter is not None:
         C.check_pair(target, drafter)  # sizes of a pair that cannot run together would mislead
     return target, drafter
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def _digits4(v: float) -> str:
-    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
-
-
-def human_bytes(n: int) -> str:
-    """Decimal units (1 GB = 10^9 bytes)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{_digits4(n / scale)} {unit}"
-    return f"{n} B"
-
-
-def human_count(n: int) -> str:
-    if n < 10_000:
-        return str(n)
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{_digits4(n / scale)}{unit}"
-    return str(n)
-
-
-LABEL_WIDTH = 46
-WIDTHS = ("fp32", "bf16", "int8", "int4")
-
-
-def _line(label: str, count: str, cells) -> str:
-    return f"  {label:<{LABEL_WIDTH}}{count:>12}" + "".join(f"{c:>12}" for c in cells)
-
-
-def _table(title: str, rows: list[tuple[str, dict]]) -> list[str]:
-    """rows: (label, {"parameters": n, "bytes": {...}}); the last row is the total."""
-    lines = [_line(title, "parameters", WIDTHS)]
-    for label, entry in rows:
-        lines.append(_line(label, human_count(entry["parameters"]), (human_bytes(entry["bytes"][w]) for w in WIDTHS)))
-    lines.insert(-1, "  " + "-" * (LABEL_WIDTH + 12 * (1 + len(WIDTHS))))
-    return lines
-
-
-TARGET_LABELS = {
-    "token_embedding": "token embedding",
-    "lm_head": "LM head (untied)",
-    "ple_table": "PLE table",
-    "ple_projections": "PLE projections",
-    "attention": "attention",
-    "mlp": "MLP",
-    "norms_other": "norms/other",
-}
-DRAFTER_LABELS = {
-    "lm_head": "LM head",
-    "centroid_head": "centroid head",
-    "projections": "pre/post projections",
-    "layers": "layers",
-    "norms_other": "norms/other",
-}
-
-
-def format_report(report: dict, source: str) -> str:
-    out = [f"{PROG} inspect {source}", "Sizes in decimal units (1 GB = 10^9 bytes); quantisation scales not counted.", ""]
-    t = report.get("target")
-    if t:
-        c = t["config"]
-        labels = dict(TARGET_LABELS)
-        if c["tie_word_embeddings"]:
-            labels["token_embedding"] = "token embedding (= tied LM head)"
-        out.append(
-            f"Target: {c['layers']} layers ({c['kv_shared_layers']} KV-shared), hidden {c['hidden_size']}, "
-            f"vocab {c['vocab_size']}, PLE dim {c['ple_dim']}"
-        )
-        rows = [(labels[k], v) for k, v in t["groups"].items()] + [("total", t)]
-        out += _table("weights", rows) + [""]
-
-        kv = t["kv_cache"]
-        kv_cells = lambda d: (human_bytes(d[w]) for w in ("fp32", "bf16"))
-        out += [
-            f"  KV cache: {kv['cache_layers']} cache layers ({kv['sliding_cache_layers']} sliding, "
-            f"{kv['full_cache_layers']} full), {kv['elements_per_token']} elements per token",
-            _line("KV cache bytes", "", ("fp32", "bf16")),
-            _line("per 1k tokens, full-length buffers (allocated)", "", kv_cells(kv["bytes_per_1k_tokens"])),
-            _line(f"window-bounded: sliding layers at {kv['sliding_window']} tokens", "",
-                  kv_cells(kv["sliding_layers_bytes_at_window"])),
-            _line("window-bounded: + full layers per 1k tokens", "", kv_cells(kv["full_layers_bytes_per_1k_tokens"])),
-            "",
-        ]
-        step_labels = {
-            "weights": "weights read whole",
-            "embedding_rows": "embedding rows (token + PLE, 1 each)",
-            "lm_head": "LM head read whole (logits)",
-        }
-        rows = [(step_labels[k], v) for k, v in t["decode_step"]["reads"].items()] + [("total", t["decode_step"])]
-        out += _table("one decode step reads (KV cache not incl.)", rows) + [""]
-
-    d = report.get("drafter")
-    if d:
-        c = d["config"]
-        head = (
-            f"clustered head {c['num_centroids']} centroids, top-{c['centroid_top_k']} -> {c['candidate_tokens']} candidates"
-            if c["clustered_head"] else "full LM head"
-        )
-        out.append(
-            f"Drafter: {c['layers']} layers, hidden {c['hidden_size']}, backbone {c['backbone_hidden_size']}, {head}"
-        )
-        rows = [(DRAFTER_LABELS[k], v) for k, v in d["groups"].items()] + [("total", d)]
-        out += _table("weights", rows) + [""]
-        step_labels = {
-            "weights": "weights read whole",
-            "centroid_head": "centroid head read whole",
-            "lm_head": f"LM head rows ({c['candidate_tokens']} candidates)" if c["clustered_head"] else "LM head read whole",
-            "target_embedding_row": "target embedding row (input)",
-        }
-        rows = [(step_labels[k], v) for k, v in d["draft_step"]["reads"].items()] + [("total", d["draft_step"])]
-        out += _table("one draft step reads (KV cache not incl.)", rows) + [""]
-    return "\n".join(out).rstrip() + "\n"
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -285,43 +169,18 @@ def cmd_generate(args) -> int:
 
 
 def add_bench(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks that print figures (loop overhead, eager speed)")
-    p.add_argument("what", choices=["loop", "eager", "acceptance", "head"],
-                   help="loop: the loop's own time per round on a free backend; eager: plain vs speculative tokens/s on "
-                   "a random-weight pair; acceptance: the shipped pair at K=1..6, greedy and temperature 0.7; head: one "
-                   "draft step with the clustered vs the full LM head, eager and pte, and the bytes each reads")
-    p.add_argument("--preset", help="geometry, random weights (default: tiny for `eager`, e2b for `head`)")
-    p.add_argument("--context", type=int, default=1024, help="`head`: cache positions the draft step attends over")
-    p.add_argument("--repeats", type=int, default=20, help="`head`: timed calls per measurement")
-    p.add_argument("--no-pte", action="store_true", help="`head`: eager only (no .pte export)")
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--json", action="store_true")
+    from mtp_edge.runtime.bench import add_arguments
+
+    p = subparsers.add_parser("bench", help="benchmarks that print figures (method latency, loop overhead, speed, export cost)",
+                              description="Benchmarks that print figures; `mtp-edge bench NAME -h` for each one's options.")
+    add_arguments(p)
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    from mtp_edge.runtime.bench import benchmarks as bench
-    from mtp_edge.runtime.sampling import SamplingConfig
+    from mtp_edge.runtime.bench import run
 
-    if args.what == "loop":
-        report = {"greedy": bench.bench_loop(args.k), "sampling": bench.bench_loop(args.k, sampling=SamplingConfig(1.0))}
-    elif args.what == "acceptance":
-        report = bench.bench_acceptance(max_new_tokens=args.new_tokens)
-    elif args.what == "head":
-        from mtp_edge.runtime.bench.head import bench_head, summary
-
-        report = bench_head(args.preset or "e2b", context=args.context, repeats=args.repeats, pte=not args.no_pte)
-        if not args.json:
-            print(summary(report))
-            return 0
-    else:
-        report = bench.bench_eager(args.preset or "tiny", args.k, args.new_tokens)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(json.dumps(report, indent=2))
-    return 0
+    return run(args)
 
 
 def add_train_drafter(subparsers) -> None:
@@ -374,7 +233,8 @@ def add_demo(subparsers) -> None:
 
 
 def cmd_demo(args) -> int:
-    from mtp_edge.runtime.commands.demo import format_demo, run_demo
+    from mtp_edge.runtime.commands.demo import run_demo
+    from mtp_edge.runtime.commands.render import format_demo
 
     report = run_demo(k=args.k, max_new_tokens=args.max_new_tokens)
     sys.stdout.write(json.dumps(report) + "\n" if args.json else format_demo(report))
@@ -401,7 +261,9 @@ def add_export_arguments(p: argparse.ArgumentParser, *, positional_output: bool)
     p.add_argument("--k", type=int, default=4, help="largest draft length the bundle verifies (default 4)")
     p.add_argument("--prefill-chunk", type=int, default=32, help="prompt tokens per prefill call (default 32)")
     p.add_argument("--backend", default="xnnpack", choices=["xnnpack", "portable"], help="ExecuTorch kernels for the .pte")
-    p.add_argument("--quantize", default=None, metavar="RECIPE",
+    from mtp_edge.export.settings import DEFAULT
+
+    p.add_argument("--quantize", default=DEFAULT, metavar="RECIPE",
                    help="none, or e.g. target=8da4w+emb4,drafter=8da8w (see README: Quantization); default: the format's "
                         "default recipe (.pte: 8da4w+emb4 for E2B-size targets, 8da8w+emb8 for small ones; ONNX: none)")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON document")
@@ -409,15 +271,14 @@ def add_export_arguments(p: argparse.ArgumentParser, *, positional_output: bool)
 
 def cmd_export(args) -> int:
     from mtp_edge.export.bundle import write_bundle
+    from mtp_edge.export.settings import ExportSettings
 
-    manifest = write_bundle(args.model, args.drafter, args.out, k=args.k, max_seq_len=args.max_seq_len,
-                            prefill_chunk=args.prefill_chunk, backend=args.backend, formats=args.format,
-                            quantize=args.quantize)
+    manifest = write_bundle(args.model, args.drafter, args.out, ExportSettings.from_args(args))
     if args.json:
-        sys.stdout.write(json.dumps(manifest) + "\n")
+        sys.stdout.write(json.dumps(manifest.to_json()) + "\n")
     else:
-        for name, artifact in manifest["artifacts"].items():
-            print(f"{name:<13} {artifact['file']:<18} {human_bytes(artifact['bytes'])}")
+        for name, artifact in manifest.artifacts.items():
+            print(f"{name:<13} {artifact.file:<18} {human_bytes(artifact.bytes)}")
     return 0
 
 
@@ -436,7 +297,8 @@ def add_eval(subparsers) -> None:
 
 
 def cmd_eval(args) -> int:
-    from mtp_edge.runtime.commands.evaluate import evaluate_bundle, format_eval
+    from mtp_edge.runtime.commands.evaluate import evaluate_bundle
+    from mtp_edge.runtime.commands.render import format_eval
     from mtp_edge.runtime.tokenizer import TextCodec
 
     text_ids = None
@@ -469,7 +331,8 @@ def add_validate(subparsers) -> None:
 
 def cmd_validate(args) -> int:
     from mtp_edge.runtime.errors import GenerationError
-    from mtp_edge.runtime.native.build import format_validate, validate_bundle
+    from mtp_edge.runtime.commands.render import format_validate
+    from mtp_edge.runtime.native.validate import validate_bundle
 
     if args.max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mtp_edge.export.cache import cached_bundle
+from mtp_edge.export.settings import DEFAULT, ExportSettings
 from mtp_edge.models.shipped import default_pair_dir, heldout_prompts
 from mtp_edge.runtime.sampling import SamplingConfig
 from mtp_edge.runtime.speculative import generate
@@ -23,20 +24,21 @@ def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 256):
     return EagerBackend(*load_pair(pair_dir / "target", pair_dir / "drafter", max_seq_len=max_seq_len))
 
 
-# quantize=None: each format's default recipe for the pair (quantize.recipes.default_recipe).
-DEMO_EXPORT = dict(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack", formats=("pte", "onnx"), quantize=None)
+# quantize=DEFAULT: each format's default recipe for the pair (quantize.recipes.default_recipe).
+DEMO_EXPORT = ExportSettings(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack", formats=("pte", "onnx"),
+                             quantize=DEFAULT)
 
 
 def pte_backend(pair_dir: Path | None = None):
     from mtp_edge.runtime.backends.pte import PteBackend
 
-    return PteBackend(cached_bundle(pair_dir or default_pair_dir(), **DEMO_EXPORT))
+    return PteBackend(cached_bundle(pair_dir or default_pair_dir(), settings=DEMO_EXPORT))
 
 
 def onnx_backend(pair_dir: Path | None = None):
     from mtp_edge.runtime.backends.onnx import OnnxBackend
 
-    return OnnxBackend(cached_bundle(pair_dir or default_pair_dir(), **DEMO_EXPORT))
+    return OnnxBackend(cached_bundle(pair_dir or default_pair_dir(), settings=DEMO_EXPORT))
 
 
 BACKENDS = {"eager": eager_backend, "pte": pte_backend, "onnx": onnx_backend}
@@ -90,28 +92,10 @@ def run_demo(k: int = 4, max_new_tokens: int = 64, backends=None) -> dict:
     for name in backends or BACKENDS:  # eager first: every unquantized backend is held to its tokens
         backend = BACKENDS[name](pair_dir)
         manifest = getattr(backend, "manifest", None)
-        recipe = manifest["quantization"].get("recipes", {}).get(name, manifest["quantization"]["recipe"]) if manifest else "none"
+        recipe = manifest.quantization.recipe_for(name) if manifest else "none"
         row = compare(backend, prompts, k=k, max_new_tokens=max_new_tokens, eos_ids=eos, desc=f"demo {name}",
                       reference=reference if recipe == "none" else None)
         reference = reference or row["outputs"]
         rows[name] = {"recipe": recipe, **{key: value for key, value in row.items() if key != "outputs"}}
     return {"pair": str(pair_dir), "prompts": len(prompts), "max_new_tokens": max_new_tokens, "greedy": True,
             "backends": rows}
-
-
-def format_demo(report: dict) -> str:
-    head = (f"{'backend':<10}{'plain tok/s':>13}{'spec tok/s':>12}{'speedup':>9}{'accept':>8}{'tok/call':>10}"
-            f"{'spec=plain':>12}{'=first':>8}")
-    lines = [f"default pair, {report['prompts']} held-out prompts, {report['max_new_tokens']} new tokens each, greedy", head]
-    for name, r in report["backends"].items():
-        lines.append(
-            f"{name:<10}{r['plain_tokens_per_s']:>13.1f}{r['speculative_tokens_per_s']:>12.1f}{r['speedup']:>8.2f}x"
-            f"{r['acceptance_rate']:>8.1%}{r['tokens_per_target_call']:>10.2f}{'yes' if r['token_identical'] else 'NO':>12}"
-            f"{'-' if r['matches_reference'] is None else 'yes' if r['matches_reference'] else 'NO':>8}"
-        )
-    for name, r in report["backends"].items():
-        if r["recipe"] != "none":
-            lines.append(f"{name} runs the quantized recipe {r['recipe']}")
-    lines.append("spec=plain: speculative output identical to target-only output on that backend; "
-                 "=first: plain output identical to the first row's (unquantized backends)")
-    return "\n".join(lines) + "\n"

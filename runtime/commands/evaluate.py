@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from mtp_edge.export.bundle import COPIED_FROM_TARGET, BundleError, bundle_formats, read_manifest
+from mtp_edge.export.bundle import COPIED_FROM_TARGET, BundleError, BundleManifest, read_manifest
 
 from mtp_edge.runtime.speculative import generate
 
@@ -76,46 +74,15 @@ def tokens_per_call(backend, prompts: list[list[int]], k: int, max_new_tokens: i
 
 # --------------------------------------------------------------------------- peak RSS per component
 
-_COMPONENT_SCRIPT = r"""
-import json, os, resource, sys
-bundle, fmt, role = sys.argv[1:4]
-def rss():  # resident now (the high-water mark is mostly set by the imports, not by a small component)
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-if fmt == "pte":
-    import torch
-    import executorch.kernels.quantized  # noqa: F401
-    from executorch.runtime import Runtime  # noqa: F401
-    base = rss()
-    from mtp_edge.runtime.backends.pte import PteBackend
-    b = PteBackend(bundle, verify_hashes=False)
-    b.prefill(torch.tensor([1, 2, 3]))
-    b.draft(4, torch.zeros(b.hidden_size), 2, 3)
-else:
-    import onnxruntime as ort, numpy as np  # no torch here: the baseline is onnxruntime's own
-    base = rss()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    m = json.load(open(f"{bundle}/manifest.json"))["onnx"][role]
-    s = ort.InferenceSession(f"{bundle}/{m['file']}", options, providers=["CPUExecutionProvider"])
-    feeds = {}
-    for i in m["inputs"]:
-        shape = [1 if isinstance(d, str) else d for d in i["shape"]]
-        feeds[i["name"]] = np.zeros(shape, dtype=i["dtype"]) if i["dtype"] != "int64" else np.ones(shape, dtype=np.int64)
-    if "start_pos" in feeds:
-        feeds["start_pos"][:] = 0; feeds["logits_at"][:] = 0
-    s.run(None, feeds)
-print(json.dumps({"baseline_rss_bytes": base, "rss_bytes": rss(),
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
-"""
-
-
 def component_rss(bundle_dir: Path, fmt: str, role: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", _COMPONENT_SCRIPT, str(bundle_dir), fmt, role],
-                          capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise BundleError(f"{bundle_dir}: measuring {fmt} {role} failed: {done.stderr.strip().splitlines()[-1]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    """RSS of a fresh process that loads one component and runs it once (rss_probe.component_rss_child)."""
+    from mtp_edge.runtime.bench.timing import ChildError, run_in_child
+    from mtp_edge.runtime.commands.rss_probe import component_rss_child
+
+    try:
+        out = run_in_child(component_rss_child, str(bundle_dir), fmt, role, timeout=1800)["result"]
+    except ChildError as e:
+        raise BundleError(f"{bundle_dir}: measuring {fmt} {role} failed: {e.reason}") from None
     out["above_baseline_bytes"] = out["rss_bytes"] - out["baseline_rss_bytes"]
     return out
 
@@ -123,10 +90,10 @@ def component_rss(bundle_dir: Path, fmt: str, role: str) -> dict:
 # --------------------------------------------------------------------------- the report
 
 
-def reference_dirs(manifest: dict, target_dir=None, drafter_dir=None) -> tuple[Path, Path]:
-    source = manifest.get("source") or {}
-    target_dir = Path(target_dir or source.get("target", ""))
-    drafter_dir = Path(drafter_dir or source.get("drafter", ""))
+def reference_dirs(manifest: BundleManifest, target_dir=None, drafter_dir=None) -> tuple[Path, Path]:
+    source = manifest.source
+    target_dir = Path(target_dir or (source.target if source else ""))
+    drafter_dir = Path(drafter_dir or (source.drafter if source else ""))
     for role, folder in (("target", target_dir), ("drafter", drafter_dir)):
         if not (folder / "config.json").is_file():
             raise BundleError(
@@ -159,14 +126,14 @@ def evaluate_bundle(bundle_dir, *, backend: str | None = None, reference_model=N
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
-    formats = bundle_formats(manifest)
+    formats = manifest.formats
     backend = backend or formats[0]
     target_dir, drafter_dir = reference_dirs(manifest, reference_model, reference_drafter)
     bundled = open_bundle(bundle_dir, backend)
     window = min(window, bundled.max_seq_len)
     reference = EagerBackend(*load_pair(target_dir, drafter_dir, max_seq_len=bundled.max_seq_len), max_draft=bundled.k)
     windows = heldout_windows(target_dir, text_ids, positions, window)
-    report = {"bundle": str(bundle_dir), "backend": backend, "recipe": manifest["quantization"]["recipe"],
+    report = {"bundle": str(bundle_dir), "backend": backend, "recipe": manifest.quantization.recipe,
               "reference": {"target": str(target_dir), "drafter": str(drafter_dir)}}
     report["quality"] = quality(bundled, reference, windows, bundled.k + 1)
     if prompts is None:
@@ -183,7 +150,7 @@ def evaluate_bundle(bundle_dir, *, backend: str | None = None, reference_model=N
                              "relative_change": quantized_tpc / reference_tpc - 1.0,
                              "speculative_equals_target_only": lossless}
     fp32 = sum(t.numel() * 4 for m in (reference.target, reference.drafter) for t in m.parameters())
-    artifacts = {role: a["bytes"] for role, a in manifest["artifacts"].items() if role not in COPIED_FROM_TARGET}
+    artifacts = {role: a.bytes for role, a in manifest.artifacts.items() if role not in COPIED_FROM_TARGET}
     per_format = {"pte": sum(b for r, b in artifacts.items() if r == "program"),
                   "onnx": sum(b for r, b in artifacts.items() if r.startswith("onnx_"))}
     report["bytes"] = {"artifacts": artifacts, "fp32_weight_bytes": fp32,
@@ -193,22 +160,3 @@ def evaluate_bundle(bundle_dir, *, backend: str | None = None, reference_model=N
         components = {"pte": ["program"], "onnx": ["target", "drafter"]}
         report["peak_rss"] = {f"{f}:{role}": component_rss(bundle_dir, f, role) for f in formats for role in components[f]}
     return report
-
-
-def format_eval(report: dict) -> str:
-    q, s, b = report["quality"], report["speculation"], report["bytes"]
-    lines = [
-        f"bundle {report['bundle']} ({report['backend']}), recipe {report['recipe']}",
-        f"target top-1 agreement with the unquantized target: {q['top1_agreement']:.2%} over {q['positions']} positions",
-        f"perplexity {q['perplexity']:.3f} vs {q['reference_perplexity']:.3f} unquantized (delta {q['perplexity_delta']:+.3f})",
-        f"tokens per target call (K={s['k']}, greedy): {s['tokens_per_target_call']:.3f} vs "
-        f"{s['reference_tokens_per_target_call']:.3f} unquantized ({s['relative_change']:+.1%}); speculative output "
-        f"{'identical to' if s['speculative_equals_target_only'] else 'DIFFERENT from'} target-only output",
-    ]
-    for fmt, size in b["per_format"].items():
-        lines.append(f"{fmt}: {size / 2**20:.2f} MiB on disk, {b['fp32_over_bundle'][fmt]:.2f}x smaller than the fp32 weights")
-    for name, r in report.get("peak_rss", {}).items():
-        lines.append(f"RSS {name}: {r['rss_bytes'] / 2**20:.1f} MiB after loading and one call, {r['above_baseline_bytes'] / 2**20:.1f} MiB "
-                     f"above the runtime's own; process peak {r['peak_rss_bytes'] / 2**20:.1f} MiB")
-    return "\n".join(lines) + "\n"
-

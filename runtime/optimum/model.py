@@ -1,7 +1,7 @@
 """MtpEdgeModelForCausalLM: an mtp-edge bundle behind optimum's OptimizedModel, for transformers users.
 
     model = MtpEdgeModelForCausalLM.from_pretrained("gemma-4-E2B-it", drafter="gemma-4-E2B-it-assistant",
-                                                    export=True, format="pte", quantize=None)
+                                                    export=True, format="pte", quantize="default")
     ids = model.generate(input_ids, max_new_tokens=64)     # speculative decoding; ids shaped like transformers'
     model.last_stats[0].acceptance_rate                    # what the last call did, one entry per row
     model.save_pretrained("gemma-4-e2b-bundle")            # a bundle, as written by `mtp-edge export`
@@ -25,7 +25,8 @@ from optimum.modeling_base import OptimizedModel
 from transformers import AutoConfig, GenerationConfig, PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutput
 
-from mtp_edge.export.bundle import MANIFEST, bundle_formats, copy_bundle, read_manifest, write_bundle
+from mtp_edge.export.bundle import MANIFEST, BundleManifest, copy_bundle, read_manifest, write_bundle
+from mtp_edge.export.settings import DEFAULT, ExportSettings
 from mtp_edge.models.errors import MtpEdgeError
 
 from mtp_edge.runtime.backends import open_bundle
@@ -59,9 +60,9 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
         runtime = open_bundle(self.bundle_dir, backend, threads=threads)
         if config is None:
             config = AutoConfig.from_pretrained(self.bundle_dir) if (self.bundle_dir / "config.json").is_file() \
-                else PretrainedConfig(vocab_size=self.manifest["target_config"]["vocab_size"])
+                else PretrainedConfig(vocab_size=self.manifest.vocab_size)
         super().__init__(runtime, config)
-        self.backend_name = backend or bundle_formats(self.manifest)[0]
+        self.backend_name = backend or self.manifest.formats[0]
         self.generation_config = _generation_defaults(self.bundle_dir, self.manifest)
         self.last_stats: list[GenerationStats] = []
         self._owned_dir = owned_dir  # an export made by from_pretrained(export=True) lives as long as the model
@@ -73,10 +74,11 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
                         **kwargs) -> "MtpEdgeModelForCausalLM":
         """Load a bundle, or with export=True export a transformers checkpoint pair first.
 
-        export=True: drafter=DIR (required), format="pte" | "onnx" | "pte,onnx", quantize=None (the
-        default recipe) | "none" | a recipe string, max_seq_len=1024, k=4, prefill_chunk=32,
-        pte_backend="xnnpack" | "portable", progress=True. Both: backend="pte" | "onnx" (default:
-        the bundle's first format), threads (ONNX Runtime). Hub options are accepted and unused.
+        export=True: drafter=DIR (required), format="pte" | "onnx" | "pte,onnx", quantize="default"
+        (each format's default recipe) | "none" (fp32) | a recipe string, max_seq_len=1024, k=4,
+        prefill_chunk=32, pte_backend="xnnpack" | "portable" (together an ExportSettings), progress=True.
+        Both: backend="pte" | "onnx" (default: the bundle's first format), threads (ONNX Runtime). Hub
+        options are accepted and unused.
         """
         folder = Path(model_id)
         if not folder.is_dir():
@@ -102,7 +104,7 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
 
     @classmethod
     def _export(cls, model_id: str | Path, config: PretrainedConfig | None = None, *, drafter: str | Path | None = None,
-                format: str = "pte", quantize: str | None = None, max_seq_len: int = 1024, k: int = 4,
+                format: str = "pte", quantize: str = DEFAULT, max_seq_len: int = 1024, k: int = 4,
                 prefill_chunk: int = 32, pte_backend: str = "xnnpack", backend: str | None = None,
                 threads: int | None = None, progress: bool = True, **hub_kwargs) -> "MtpEdgeModelForCausalLM":
         from mtp_edge.models.config import check_pair, drafter_config_from_folder, target_config_from_folder
@@ -112,12 +114,13 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
             raise MtpEdgeModelError("export=True needs drafter=DIR: the MTP drafter (assistant) checkpoint of this target.")
         if not Path(drafter).is_dir():
             raise MtpEdgeModelError(f"drafter={drafter}: not a local folder; pass the drafter checkpoint folder.")
+        settings = ExportSettings(k=k, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk, backend=pte_backend,
+                                  formats=format, quantize=quantize)  # checked before any config is read
         # Configs only: a drafter made for another target is refused before any weight is read.
         check_pair(target_config_from_folder(model_id), drafter_config_from_folder(drafter))
         owned = tempfile.TemporaryDirectory(prefix="mtp-edge-export-")
         bundle = Path(owned.name) / "bundle"
-        write_bundle(model_id, drafter, bundle, k=k, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
-                     backend=pte_backend, formats=format, quantize=quantize, progress=progress)
+        write_bundle(model_id, drafter, bundle, settings, progress=progress)
         return cls(bundle, config=config, backend=backend, threads=threads, owned_dir=owned)
 
     def save_pretrained(self, save_directory: str | Path, push_to_hub: bool = False, **kwargs) -> None:
@@ -237,11 +240,11 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
         return f"{type(self).__name__}(bundle={self.bundle_dir}, backend={self.backend_name}, k={self.model.max_draft})"
 
 
-def _generation_defaults(bundle_dir: Path, manifest: dict) -> GenerationConfig:
+def _generation_defaults(bundle_dir: Path, manifest: BundleManifest) -> GenerationConfig:
     if (bundle_dir / "generation_config.json").is_file():
         return GenerationConfig.from_pretrained(bundle_dir)
-    return GenerationConfig(eos_token_id=manifest["eos_token_ids"], pad_token_id=manifest.get("pad_token_id"),
-                            bos_token_id=manifest.get("bos_token_id"))
+    return GenerationConfig(eos_token_id=list(manifest.eos_token_ids), pad_token_id=manifest.pad_token_id,
+                            bos_token_id=manifest.bos_token_id)
 
 
 def _rows(input_ids, attention_mask) -> list[list[int]]:

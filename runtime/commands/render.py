@@ -1,0 +1,188 @@
+"""How the commands' reports are printed: plain functions of the report dicts that demo, evaluate,
+native.validate and models.sizes return. Nothing is imported here, so cli imports it at start-up
+and `mtp-edge --help` stays fast.
+
+    format_report     `mtp-edge inspect` (tables of parameters and bytes)
+    format_demo       `mtp-edge demo`
+    format_eval       `mtp-edge eval`
+    format_validate   `mtp-edge validate`
+"""
+
+from __future__ import annotations
+
+
+def _digits4(v: float) -> str:
+    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
+
+
+def human_bytes(n: int) -> str:
+    """Decimal units (1 GB = 10^9 bytes)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{_digits4(n / scale)} {unit}"
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    if n < 10_000:
+        return str(n)
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{_digits4(n / scale)}{unit}"
+    return str(n)
+
+
+LABEL_WIDTH = 46
+WIDTHS = ("fp32", "bf16", "int8", "int4")
+
+
+def _line(label: str, count: str, cells) -> str:
+    return f"  {label:<{LABEL_WIDTH}}{count:>12}" + "".join(f"{c:>12}" for c in cells)
+
+
+def _table(title: str, rows: list[tuple[str, dict]]) -> list[str]:
+    """rows: (label, {"parameters": n, "bytes": {...}}); the last row is the total."""
+    lines = [_line(title, "parameters", WIDTHS)]
+    for label, entry in rows:
+        lines.append(_line(label, human_count(entry["parameters"]), (human_bytes(entry["bytes"][w]) for w in WIDTHS)))
+    lines.insert(-1, "  " + "-" * (LABEL_WIDTH + 12 * (1 + len(WIDTHS))))
+    return lines
+
+
+TARGET_LABELS = {
+    "token_embedding": "token embedding",
+    "lm_head": "LM head (untied)",
+    "ple_table": "PLE table",
+    "ple_projections": "PLE projections",
+    "attention": "attention",
+    "mlp": "MLP",
+    "norms_other": "norms/other",
+}
+DRAFTER_LABELS = {
+    "lm_head": "LM head",
+    "centroid_head": "centroid head",
+    "projections": "pre/post projections",
+    "layers": "layers",
+    "norms_other": "norms/other",
+}
+
+
+def format_report(report: dict, source: str) -> str:
+    out = [f"mtp-edge inspect {source}", "Sizes in decimal units (1 GB = 10^9 bytes); quantisation scales not counted.", ""]
+    t = report.get("target")
+    if t:
+        c = t["config"]
+        labels = dict(TARGET_LABELS)
+        if c["tie_word_embeddings"]:
+            labels["token_embedding"] = "token embedding (= tied LM head)"
+        out.append(
+            f"Target: {c['layers']} layers ({c['kv_shared_layers']} KV-shared), hidden {c['hidden_size']}, "
+            f"vocab {c['vocab_size']}, PLE dim {c['ple_dim']}"
+        )
+        rows = [(labels[k], v) for k, v in t["groups"].items()] + [("total", t)]
+        out += _table("weights", rows) + [""]
+
+        kv = t["kv_cache"]
+        kv_cells = lambda d: (human_bytes(d[w]) for w in ("fp32", "bf16"))
+        out += [
+            f"  KV cache: {kv['cache_layers']} cache layers ({kv['sliding_cache_layers']} sliding, "
+            f"{kv['full_cache_layers']} full), {kv['elements_per_token']} elements per token",
+            _line("KV cache bytes", "", ("fp32", "bf16")),
+            _line("per 1k tokens, full-length buffers (allocated)", "", kv_cells(kv["bytes_per_1k_tokens"])),
+            _line(f"window-bounded: sliding layers at {kv['sliding_window']} tokens", "",
+                  kv_cells(kv["sliding_layers_bytes_at_window"])),
+            _line("window-bounded: + full layers per 1k tokens", "", kv_cells(kv["full_layers_bytes_per_1k_tokens"])),
+            "",
+        ]
+        step_labels = {
+            "weights": "weights read whole",
+            "embedding_rows": "embedding rows (token + PLE, 1 each)",
+            "lm_head": "LM head read whole (logits)",
+        }
+        rows = [(step_labels[k], v) for k, v in t["decode_step"]["reads"].items()] + [("total", t["decode_step"])]
+        out += _table("one decode step reads (KV cache not incl.)", rows) + [""]
+
+    d = report.get("drafter")
+    if d:
+        c = d["config"]
+        head = (
+            f"clustered head {c['num_centroids']} centroids, top-{c['centroid_top_k']} -> {c['candidate_tokens']} candidates"
+            if c["clustered_head"] else "full LM head"
+        )
+        out.append(
+            f"Drafter: {c['layers']} layers, hidden {c['hidden_size']}, backbone {c['backbone_hidden_size']}, {head}"
+        )
+        rows = [(DRAFTER_LABELS[k], v) for k, v in d["groups"].items()] + [("total", d)]
+        out += _table("weights", rows) + [""]
+        step_labels = {
+            "weights": "weights read whole",
+            "centroid_head": "centroid head read whole",
+            "lm_head": f"LM head rows ({c['candidate_tokens']} candidates)" if c["clustered_head"] else "LM head read whole",
+            "target_embedding_row": "target embedding row (input)",
+        }
+        rows = [(step_labels[k], v) for k, v in d["draft_step"]["reads"].items()] + [("total", d["draft_step"])]
+        out += _table("one draft step reads (KV cache not incl.)", rows) + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- demo, eval, validate
+
+
+def format_demo(report: dict) -> str:
+    head = (f"{'backend':<10}{'plain tok/s':>13}{'spec tok/s':>12}{'speedup':>9}{'accept':>8}{'tok/call':>10}"
+            f"{'spec=plain':>12}{'=first':>8}")
+    lines = [f"default pair, {report['prompts']} held-out prompts, {report['max_new_tokens']} new tokens each, greedy", head]
+    for name, r in report["backends"].items():
+        lines.append(
+            f"{name:<10}{r['plain_tokens_per_s']:>13.1f}{r['speculative_tokens_per_s']:>12.1f}{r['speedup']:>8.2f}x"
+            f"{r['acceptance_rate']:>8.1%}{r['tokens_per_target_call']:>10.2f}{'yes' if r['token_identical'] else 'NO':>12}"
+            f"{'-' if r['matches_reference'] is None else 'yes' if r['matches_reference'] else 'NO':>8}"
+        )
+    for name, r in report["backends"].items():
+        if r["recipe"] != "none":
+            lines.append(f"{name} runs the quantized recipe {r['recipe']}")
+    lines.append("spec=plain: speculative output identical to target-only output on that backend; "
+                 "=first: plain output identical to the first row's (unquantized backends)")
+    return "\n".join(lines) + "\n"
+
+
+def format_eval(report: dict) -> str:
+    q, s, b = report["quality"], report["speculation"], report["bytes"]
+    lines = [
+        f"bundle {report['bundle']} ({report['backend']}), recipe {report['recipe']}",
+        f"target top-1 agreement with the unquantized target: {q['top1_agreement']:.2%} over {q['positions']} positions",
+        f"perplexity {q['perplexity']:.3f} vs {q['reference_perplexity']:.3f} unquantized (delta {q['perplexity_delta']:+.3f})",
+        f"tokens per target call (K={s['k']}, greedy): {s['tokens_per_target_call']:.3f} vs "
+        f"{s['reference_tokens_per_target_call']:.3f} unquantized ({s['relative_change']:+.1%}); speculative output "
+        f"{'identical to' if s['speculative_equals_target_only'] else 'DIFFERENT from'} target-only output",
+    ]
+    for fmt, size in b["per_format"].items():
+        lines.append(f"{fmt}: {size / 2**20:.2f} MiB on disk, {b['fp32_over_bundle'][fmt]:.2f}x smaller than the fp32 weights")
+    for name, r in report.get("peak_rss", {}).items():
+        lines.append(f"RSS {name}: {r['rss_bytes'] / 2**20:.1f} MiB after loading and one call, {r['above_baseline_bytes'] / 2**20:.1f} MiB "
+                     f"above the runtime's own; process peak {r['peak_rss_bytes'] / 2**20:.1f} MiB")
+    return "\n".join(lines) + "\n"
+
+
+def format_validate(report: dict) -> str:
+    lines = [
+        f"validate {report['bundle']}: native runner vs Python pte backend, {report['prompts']} prompts "
+        f"({report['prompts_from']}), {report['max_new_tokens']} new tokens each, recipe {report['quantization']}",
+        f"{'case':<28}{'identical':>10}{'native tok/s':>14}{'python tok/s':>14}{'speedup':>9}{'accept':>8}"
+        f"{'native us/round':>17}{'python us/round':>17}",
+    ]
+    for row in report["cases"]:
+        sampling = row["sampling"]
+        label = row["case"] + (f" t={sampling['temperature']:g} p={sampling['top_p']:g}" if sampling["temperature"] else "")
+        speedup = row["native_tokens_per_s"] / row["python_tokens_per_s"] if row["python_tokens_per_s"] else 0.0
+        accept = "-" if row["acceptance_rate"] is None else f"{row['acceptance_rate']:.1%}"
+        lines.append(
+            f"{label:<28}{str(row['identical']) + '/' + str(row['prompts']):>10}{row['native_tokens_per_s']:>14.1f}"
+            f"{row['python_tokens_per_s']:>14.1f}{speedup:>8.2f}x{accept:>8}"
+            f"{row['native_runner_s_per_round'] * 1e6:>17.1f}{row['python_runner_s_per_round'] * 1e6:>17.1f}"
+        )
+    lines.append(f"native greedy speculative == native greedy K=0: {'yes' if report['native_speculative_equals_plain'] else 'NO'}")
+    lines.append("us/round: time per round outside the ExecuTorch method calls (sampling, accept rule, copies, bookkeeping)")
+    lines.append("OK: the native runner gives the Python runtime's tokens" if report["ok"] else
+                 "MISMATCH: the native runner's tokens differ from the Python runtime's (see identical)")
+    return "\n".join(lines) + "\n"
