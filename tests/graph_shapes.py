@@ -30,7 +30,7 @@ def aten_shapes(exported_program) -> list[tuple[str, tuple[int, ...]]]:
 def pte_shapes(pte_path: Path, method: str) -> list[tuple[str, tuple[int, ...]]]:
     """(value index, shape) of every non-constant tensor of a .pte method: inputs, outputs, planned
     activations, the delegates' inputs and outputs, and the mutable buffers."""
-    from executorch.exir._serialize._program import deserialize_pte_binary
+    from mtp_edge.export.executorch_compat import read_program as deserialize_pte_binary
 
     program = deserialize_pte_binary(Path(pte_path).read_bytes()).program
     plan = next(p for p in program.execution_plan if p.name == method)

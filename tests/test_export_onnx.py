@@ -215,7 +215,7 @@ def test_bytes_copied_per_round_are_the_new_rows(bundle):
     assert copied == (len(prompt) + verified) * row_bytes
     per_round = (copied - len(prompt) * row_bytes) / spec.stats.rounds
     assert per_round <= (K + 1) * row_bytes
-    assert row_bytes * MAX_SEQ < sum(np.prod(b["shape"]) * 4 for b in cache)  # a round never copies a whole buffer
+    assert row_bytes * MAX_SEQ < sum(np.prod(b.shape) * 4 for b in cache)  # a round never copies a whole buffer
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -10,6 +10,7 @@ exports into the session's cache folder (conftest.demo_cache) and these tests re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import torch
 from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, ExportSettings
 from mtp_edge.runtime.native import build, validate
 from mtp_edge.runtime.backends.pte import PteBackend
+from mtp_edge.runtime.draft_policy import CostTable, DraftPolicy
 from mtp_edge.runtime.sampling import SamplingConfig
 from mtp_edge.runtime.speculative import generate
 
@@ -29,6 +31,11 @@ K, CHUNK, MAX_SEQ = 3, 4, 40  # the tiny preset's sliding window is 8
 GREEDY = SamplingConfig()
 SAMPLING = SamplingConfig(temperature=0.8, top_p=0.95, seed=11)
 TOP_K = SamplingConfig(temperature=1.3, top_k=20, seed=5)
+COUPLED = SamplingConfig(temperature=0.8, top_p=0.95, seed=11, rule="coupled")
+COUPLED_TOP_K = SamplingConfig(temperature=1.3, top_k=20, seed=5, rule="coupled")
+# K = auto from one frozen table on both sides: at the prior acceptance (1/2) one draft pays, more do
+# not; the random drafter's rejections then make plain rounds win, with a probe every 16 of them.
+COSTS = CostTable(decode=1.0, draft_step=0.05, verify={2: 1.3, 3: 1.6, 4: 1.9})
 
 
 @pytest.fixture(scope="session")
@@ -73,12 +80,36 @@ def _both(runner, bundle, prompts, cases, max_new_tokens):
     return ours, theirs
 
 
+def _both_auto(runner, bundle, prompts, cases, max_new_tokens, costs=COSTS):
+    """K = auto on both sides from the same frozen cost table; cases: (sampling, draft_p_min, max_k)."""
+    requests = [validate.request(p, k="auto", max_new_tokens=max_new_tokens, sampling=s, draft_p_min=p_min, max_k=max_k,
+                                 costs=costs) for s, p_min, max_k in cases for p in prompts]
+    ours = validate.run_requests(bundle, requests, runner=runner, timeout=300)
+    backend = PteBackend(bundle)
+    bound = lambda max_k: min(backend.max_draft if max_k is None else max_k, backend.max_seq_len - 2)  # noqa: E731
+    theirs = [generate(backend, p, k="auto", max_k=max_k, draft_p_min=p_min, max_new_tokens=max_new_tokens, sampling=s,
+                       eos_ids=backend.eos_ids, policy=DraftPolicy(costs, min(bound(max_k), costs.max_k), frozen=True))
+              for s, p_min, max_k in cases for p in prompts]
+    return ours, theirs
+
+
+def _histogram(counts) -> dict[str, int]:
+    return {str(k): n for k, n in counts.items() if n}
+
+
 def _assert_same(ours, theirs):
+    """Same tokens, same rounds, same draft length each round; with K = auto the same policy decisions."""
     for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         assert a.tokens == b.tokens, f"generation {i}"
         s = b.stats
         assert (a.stats["stop_reason"], a.stats["rounds"], a.stats["drafted"], a.stats["accepted"], a.stats["new_tokens"]) == (
             s.stop_reason, s.rounds, s.drafted, s.accepted, s.new_tokens), f"generation {i}"
+        assert (a.stats["k_histogram"], a.stats["plain_rounds"], a.stats["early_stops"]) == (
+            _histogram(s.k_histogram), s.k_histogram.get(0, 0), s.early_stops), f"generation {i}"
+        if s.policy is None:
+            assert a.stats["policy"] is None, f"generation {i}"
+        else:  # the same plans, the same acceptance estimate bit for bit, the same (frozen) table
+            assert a.stats["policy"] == {**s.policy, "k_histogram": _histogram(s.policy["k_histogram"])}, f"generation {i}"
 
 
 @TINY
@@ -96,6 +127,60 @@ def test_tiny_pair_native_tokens_equal_python(runner, tiny_bundle):
         assert r.stats["decode_s"] >= r.stats["decode_methods_s"] >= 0 and r.stats["runner_s"] >= 0
 
 
+@TINY
+def test_tiny_pair_auto_native_equals_python(runner, tiny_bundle):
+    """K = auto, both sides deciding from one frozen table: the same draft length every round, the same
+    early stops (the drafter's top probability against the cost rule or a fixed p-min), the same tokens."""
+    prompts = [_rand(20 + n, n) for n in (1, 6, 13)]
+    cases = [(GREEDY, None, None), (GREEDY, 0.0, None), (GREEDY, 0.0, 2), (SAMPLING, None, None), (SAMPLING, 0.0, None),
+             (TOP_K, 0.05, None), (COUPLED, None, None), (COUPLED, 0.0, None), (COUPLED_TOP_K, 0.05, 2)]
+    ours, theirs = _both_auto(runner, tiny_bundle, prompts, cases, max_new_tokens=2 * MAX_SEQ)
+    _assert_same(ours, theirs)
+    n = len(prompts)
+    for r in ours:
+        assert r.stats["policy"]["frozen"] and r.stats["policy"]["cost_source"] == "given"
+        assert r.stats["policy"]["costs"] == COSTS.to_json()
+    never_stopped = ours[n:3 * n] + ours[4 * n:5 * n] + ours[7 * n:8 * n]  # draft_p_min = 0: only the policy decides
+    assert all(r.stats["early_stops"] == 0 for r in never_stopped)
+    assert sum(r.stats["drafted"] for r in never_stopped) > 0 and sum(r.stats["plain_rounds"] for r in never_stopped) > 0
+    assert sum(r.stats["policy"]["probe_rounds"] for r in never_stopped) > 0
+    assert all(int(d) <= 2 for r in ours[2 * n:3 * n] + ours[8 * n:] for d in r.stats["k_histogram"])  # max_k = 2
+    assert sum(r.stats["early_stops"] for r in ours[:n] + ours[3 * n:4 * n] + ours[5 * n:7 * n]) > 0
+
+    # Greedy output does not depend on K; coupled sampling's neither: auto == K = 0 == K, natively.
+    plain = validate.run_requests(tiny_bundle, [validate.request(p, k=k, max_new_tokens=2 * MAX_SEQ, sampling=s)
+                                                for k, s in [(0, GREEDY), (0, COUPLED), (K, COUPLED), (0, COUPLED_TOP_K)]
+                                                for p in prompts], runner=runner, timeout=300)
+    greedy0, coupled0, coupled_k, coupled_top_k0 = (plain[i * n:(i + 1) * n] for i in range(4))
+    for auto in (ours[:n], ours[n:2 * n], ours[2 * n:3 * n]):
+        assert [r.tokens for r in auto] == [r.tokens for r in greedy0]
+    for same in (ours[6 * n:7 * n], ours[7 * n:8 * n], coupled_k):
+        assert [r.tokens for r in same] == [r.tokens for r in coupled0]
+    assert [r.tokens for r in ours[8 * n:]] == [r.tokens for r in coupled_top_k0]
+    assert sum(r.stats["drafted"] for r in coupled_k) > 0
+
+
+@TINY
+def test_tiny_pair_auto_without_a_table(runner, tiny_bundle):
+    """No table given: greedy times its own calls (warm-up, then live; tokens still those of K = 0); seeded
+    rejection sampling decides from the fixed default table, as Python does, so it repeats exactly."""
+    prompts = [_rand(30 + n, n) for n in (2, 9)]
+    requests = [validate.request(p, k="auto", max_new_tokens=30, sampling=s) for s in (GREEDY, SAMPLING) for p in prompts]
+    requests += [validate.request(p, k=0, max_new_tokens=30) for p in prompts]
+    requests += [{"prompt": prompts[0], "max_new_tokens": 30}]  # k defaults to auto
+    ours = validate.run_requests(tiny_bundle, requests, runner=runner, timeout=300)
+    greedy, seeded, plain, default = ours[:2], ours[2:4], ours[4:6], ours[6]
+    assert [r.tokens for r in greedy] == [r.tokens for r in plain] and default.tokens == plain[0].tokens
+    for r in greedy + [default]:
+        policy = r.stats["policy"]
+        assert policy["cost_source"] == "measured" and not policy["frozen"]
+        assert sorted(policy["costs"]["verify"]) == ["2", "3", "4"] and policy["costs"]["decode"] > 0
+    backend = PteBackend(tiny_bundle)
+    theirs = [generate(backend, p, k="auto", max_new_tokens=30, sampling=SAMPLING, eos_ids=backend.eos_ids) for p in prompts]
+    _assert_same(seeded, theirs)
+    assert all(r.stats["policy"]["cost_source"] == "default" and r.stats["policy"]["frozen"] for r in seeded)
+
+
 @pytest.mark.xdist_group("shipped-demo")
 def test_shipped_pair_native_tokens_equal_python(runner, shipped_bundle):
     from mtp_edge.models.shipped import heldout_prompts
@@ -106,6 +191,14 @@ def test_shipped_pair_native_tokens_equal_python(runner, shipped_bundle):
     _assert_same(ours, theirs)
     assert [r.tokens for r in ours[:3]] == [r.tokens for r in ours[6:9]]
     assert sum(r.stats["accepted"] for r in ours[:3]) > 0  # the trained drafter is accepted
+    # K = auto from one frozen table measured here: the same decisions natively, greedy still K = 0's tokens.
+    backend = PteBackend(shipped_bundle)
+    costs = validate.frozen_costs(shipped_bundle, backend, backend.max_draft)[0]
+    auto, theirs = _both_auto(runner, shipped_bundle, prompts, [(GREEDY, None, None), (SAMPLING, None, None),
+                                                                (COUPLED, None, None)], 48, costs=costs)
+    _assert_same(auto, theirs)
+    assert [r.tokens for r in auto[:3]] == [r.tokens for r in ours[6:9]]
+    assert sum(r.stats["drafted"] for r in auto[:3]) > 0
 
 
 @TINY
@@ -116,9 +209,19 @@ def test_c_api_gives_the_cli_tokens(runner, tiny_bundle):
     done = subprocess.run([str(runner.with_name("c_api_example")), str(tiny_bundle), str(K), "20", *map(str, prompt)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    tokens, tail = done.stdout.splitlines()
+    tokens, tail, histogram = done.stdout.splitlines()
     assert [int(t) for t in tokens.split()] == cli.tokens
     assert tail == f"{cli.stats['stop_reason']} {len(cli.tokens)}"  # every token went through the callback
+    assert histogram == "k_histogram " + " ".join(f"{d}:{n}" for d, n in cli.stats["k_histogram"].items())
+    # K = auto through the C API, its cost table frozen: the CLI's draft lengths round by round.
+    cli = validate.run_requests(tiny_bundle, [validate.request(prompt, k="auto", max_new_tokens=20, costs=COSTS)],
+                                runner=runner)[0]
+    done = subprocess.run([str(runner.with_name("c_api_example")), str(tiny_bundle), "auto", "20", *map(str, prompt)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "MTP_EDGE_COSTS": json.dumps(COSTS.to_json())})
+    assert done.returncode == 0, done.stderr
+    tokens, _, histogram = done.stdout.splitlines()
+    assert [int(t) for t in tokens.split()] == cli.tokens
+    assert histogram == "k_histogram " + " ".join(f"{d}:{n}" for d, n in cli.stats["k_histogram"].items())
     done = subprocess.run([str(runner.with_name("c_api_example")), str(tiny_bundle / "nowhere"), "1", "4", "1"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "not a folder" in done.stderr.splitlines()[-1]
@@ -131,8 +234,11 @@ def test_validate_command(tiny_bundle):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] and report["native_speculative_equals_plain"]
-    assert [c["case"] for c in report["cases"]] == [f"greedy K={K}", f"sampling K={K}", "greedy K=0"]
-    assert all(c["token_identical"] and c["identical"] == 2 for c in report["cases"])
+    assert [c["case"] for c in report["cases"]] == [f"greedy K={K}", f"sampling K={K}", "greedy K=0", "greedy K=auto",
+                                                   "sampling K=auto", "coupled K=auto", "coupled K=0"]
+    assert all(c["token_identical"] and c["identical"] == 2 and c["k_histograms_identical"] for c in report["cases"])
+    assert report["native_auto_equals_plain"] and report["native_coupled_auto_equals_plain"]
+    assert report["cost_source"] == "measured" and sorted(report["cost_table"]["verify"]) == ["2", "3", "4"]
     assert all(c["native_tokens_per_s"] > 0 and c["python_tokens_per_s"] > 0 for c in report["cases"])
 
 

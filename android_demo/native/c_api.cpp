@@ -4,14 +4,18 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "errors.h"
+#include "json.h"
 #include "mtp_edge_runner.h"
 #include "runner.h"
 
 struct mtp_runner {
   std::unique_ptr<mtp_edge::Runner> runner;
+  std::optional<mtp_edge::GenerationStats> last;  // the last successful generation's
 };
 
 namespace {
@@ -20,6 +24,25 @@ void set_error(char* error, size_t size, const char* message) {
   if (error == nullptr || size == 0) return;
   std::strncpy(error, message, size - 1);
   error[size - 1] = '\0';
+}
+
+void set_text(char* into, size_t size, const std::string& text) {
+  std::memset(into, 0, size);
+  std::strncpy(into, text.c_str(), size - 1);
+}
+
+template <typename T, typename U>
+size_t copy_values(const std::vector<U>& values, T* into, size_t capacity) {
+  if (into != nullptr) {
+    const size_t n = std::min(capacity, values.size());
+    for (size_t i = 0; i < n; ++i) into[i] = static_cast<T>(values[i]);
+  }
+  return values.size();
+}
+
+const mtp_edge::PolicyStats* last_policy(const mtp_runner* runner) {
+  if (runner == nullptr || !runner->last || !runner->last->policy) return nullptr;
+  return &*runner->last->policy;
 }
 
 }  // namespace
@@ -51,8 +74,9 @@ int64_t mtp_runner_max_seq_len(const mtp_runner* runner) { return runner->runner
 int64_t mtp_runner_vocab_size(const mtp_runner* runner) { return runner->runner->manifest().vocab_size; }
 
 int mtp_runner_generate(mtp_runner* runner, const int64_t* prompt, size_t prompt_len, int64_t k, int64_t max_new_tokens,
-                        const mtp_sampling* sampling, int64_t* out_tokens, size_t out_capacity, size_t* out_len,
-                        mtp_stats* stats, mtp_token_callback on_token, void* user_data, char* error, size_t error_size) {
+                        const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens, size_t out_capacity,
+                        size_t* out_len, mtp_stats* stats, mtp_token_callback on_token, void* user_data, char* error,
+                        size_t error_size) {
   try {
     if (runner == nullptr || (prompt == nullptr && prompt_len > 0) || out_tokens == nullptr) {
       set_error(error, error_size, "mtp_runner_generate: runner, prompt and out_tokens must not be NULL");
@@ -62,24 +86,67 @@ int mtp_runner_generate(mtp_runner* runner, const int64_t* prompt, size_t prompt
       set_error(error, error_size, "mtp_runner_generate: out_capacity is smaller than max_new_tokens");
       return 1;
     }
-    mtp_edge::SamplingConfig cfg;
+    mtp_edge::GenerateOptions options;
+    options.k = k;
+    options.max_new_tokens = max_new_tokens;
     if (sampling != nullptr) {
-      cfg.temperature = sampling->temperature;
-      cfg.top_k = sampling->top_k;
-      cfg.top_p = sampling->top_p;
-      cfg.seed = sampling->seed;
+      options.sampling.temperature = sampling->temperature;
+      options.sampling.top_k = sampling->top_k;
+      options.sampling.top_p = sampling->top_p;
+      options.sampling.seed = sampling->seed;
+      if (sampling->rule != MTP_RULE_REJECTION && sampling->rule != MTP_RULE_COUPLED) {
+        throw mtp_edge::RunnerError("sampling rule " + std::to_string(sampling->rule) +
+                                    " is unknown; choose MTP_RULE_REJECTION (0) or MTP_RULE_COUPLED (1).");
+      }
+      options.sampling.rule = sampling->rule == MTP_RULE_COUPLED ? mtp_edge::SamplingRule::kCoupled
+                                                                 : mtp_edge::SamplingRule::kRejection;
+    }
+    if (draft != nullptr) {
+      if (draft->max_k < -1) throw mtp_edge::RunnerError("max_k must be >= 0 (or -1: the bundle's K), got " + std::to_string(draft->max_k) + ".");
+      options.max_k = draft->max_k;
+      if (draft->draft_p_min >= 0.0) {
+        options.draft_p_min = draft->draft_p_min;
+      } else if (draft->draft_p_min != draft->draft_p_min) {  // NaN
+        throw mtp_edge::RunnerError("draft_p_min must be a probability in [0, 1] (or < 0: none), got NaN.");
+      }
+      if (draft->costs_json != nullptr) {
+        mtp_edge::json::Value doc;
+        try {
+          doc = mtp_edge::json::Value::parse(draft->costs_json);
+        } catch (const mtp_edge::json::ParseError& e) {
+          throw mtp_edge::RunnerError(std::string("cost table: not valid JSON (") + e.what() + ").");
+        }
+        options.costs = mtp_edge::cost_table_from_json(doc);
+      }
     }
     std::function<void(int64_t)> callback;
     if (on_token != nullptr) callback = [&](int64_t token) { on_token(token, user_data); };
-    auto result = runner->runner->generate(std::vector<int64_t>(prompt, prompt + prompt_len), k, max_new_tokens, cfg, callback);
+    auto result = runner->runner->generate(std::vector<int64_t>(prompt, prompt + prompt_len), options, callback);
     std::copy(result.tokens.begin(), result.tokens.end(), out_tokens);
     if (out_len != nullptr) *out_len = result.tokens.size();
+    const auto& s = result.stats;
     if (stats != nullptr) {
-      const auto& s = result.stats;
-      *stats = mtp_stats{s.prompt_tokens, s.new_tokens, s.rounds, s.drafted, s.accepted,
-                         s.prefill_s, s.decode_s, s.decode_methods_s, {0}};
-      std::strncpy(stats->stop_reason, s.stop_reason.c_str(), sizeof(stats->stop_reason) - 1);
+      std::memset(stats, 0, sizeof *stats);
+      stats->prompt_tokens = s.prompt_tokens;
+      stats->new_tokens = s.new_tokens;
+      stats->rounds = s.rounds;
+      stats->drafted = s.drafted;
+      stats->accepted = s.accepted;
+      stats->prefill_s = s.prefill_s;
+      stats->decode_s = s.decode_s;
+      stats->decode_methods_s = s.decode_methods_s;
+      set_text(stats->stop_reason, sizeof stats->stop_reason, s.stop_reason);
+      stats->early_stops = s.early_stops;
+      stats->plain_rounds = s.plain_rounds();
+      stats->max_drafted = s.k_histogram.empty() ? 0 : static_cast<int64_t>(s.k_histogram.size()) - 1;
+      if (s.policy) {
+        stats->auto_k = 1;
+        stats->costs_frozen = s.policy->frozen ? 1 : 0;
+        stats->probe_rounds = s.policy->probe_rounds;
+        set_text(stats->cost_source, sizeof stats->cost_source, s.policy->cost_source);
+      }
     }
+    runner->last = s;
     return 0;
   } catch (const std::exception& e) {
     set_error(error, error_size, e.what());
@@ -87,6 +154,45 @@ int mtp_runner_generate(mtp_runner* runner, const int64_t* prompt, size_t prompt
     set_error(error, error_size, "unknown error during generation");
   }
   return 1;
+}
+
+size_t mtp_runner_last_k_histogram(const mtp_runner* runner, int64_t* counts, size_t capacity) {
+  if (runner == nullptr || !runner->last) return 0;
+  return copy_values(runner->last->k_histogram, counts, capacity);
+}
+
+size_t mtp_runner_last_planned_histogram(const mtp_runner* runner, int64_t* counts, size_t capacity) {
+  const auto* policy = last_policy(runner);
+  return policy == nullptr ? 0 : copy_values(policy->k_histogram, counts, capacity);
+}
+
+size_t mtp_runner_last_costs(const mtp_runner* runner, double* decode, double* draft_step, double* verify, size_t capacity) {
+  const auto* policy = last_policy(runner);
+  if (policy == nullptr) return 0;
+  if (decode != nullptr) *decode = policy->costs.decode;
+  if (draft_step != nullptr) *draft_step = policy->costs.draft_step;
+  std::vector<double> seconds;
+  for (const auto& entry : policy->costs.verify) seconds.push_back(entry.second);  // lengths 2..K+1, no gaps
+  return copy_values(seconds, verify, capacity);
+}
+
+size_t mtp_runner_last_acceptance(const mtp_runner* runner, double* rates, size_t capacity) {
+  const auto* policy = last_policy(runner);
+  return policy == nullptr ? 0 : copy_values(policy->acceptance, rates, capacity);
+}
+
+size_t mtp_runner_last_stats_json(const mtp_runner* runner, char* buffer, size_t size) {
+  if (runner == nullptr || !runner->last) {
+    if (buffer != nullptr && size > 0) buffer[0] = '\0';
+    return 0;
+  }
+  const std::string text = mtp_edge::stats_json(*runner->last);
+  if (buffer != nullptr && size > 0) {
+    const size_t n = std::min(size - 1, text.size());
+    std::memcpy(buffer, text.data(), n);
+    buffer[n] = '\0';
+  }
+  return text.size();
 }
 
 }  // extern "C"

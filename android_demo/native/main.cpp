@@ -4,10 +4,17 @@
 //   mtp_edge_runner BUNDLE --info          one JSON line: the bundle's K, context, sizes, load time
 //
 // One request per line, every field but "prompt" optional:
-//   {"prompt": [2, 17, 9], "k": 4, "max_new_tokens": 64, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "seed": 1}
-// (k defaults to the bundle's K; sampling defaults to greedy). One result line per request, flushed
-// as soon as it is done: {"tokens": [...], "stats": {...}} with the Python GenerationStats fields
-// plus decode_methods_s / runner_s / runner_per_round_s (the runner's own time, methods excluded).
+//   {"prompt": [2, 17, 9], "k": "auto", "max_new_tokens": 64, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "seed": 1,
+//    "rule": "rejection", "max_k": 4, "draft_p_min": 0.2, "costs": {"decode": 0.01, "draft_step": 0.002, "verify": {"2": 0.012}}}
+// k: draft tokens per round, or "auto" (the default): a draft policy picks each round's K, at most
+// max_k (default the bundle's K), from the cost table `costs` (frozen: the same decisions as a
+// Python run given that table) or, without one, from warm-up timings kept current by the calls
+// (seeded rejection-rule sampling: the fixed default table). draft_p_min: stop a draft before a
+// step whose top probability is below it (auto without it: the cost table decides). rule:
+// "rejection" or "coupled" (sampling only). Sampling defaults to greedy. One result line per
+// request, flushed as soon as it is done: {"tokens": [...], "stats": {...}} with the Python
+// GenerationStats.as_dict() fields (k_histogram, plain_rounds, early_stops, policy) plus
+// decode_methods_s / runner_s / runner_per_round_s (the runner's own time, methods excluded).
 // Any error: one line "error: ..." on stderr and exit code 2, after the results already written.
 #include <chrono>
 #include <cstdio>
@@ -28,45 +35,63 @@ namespace {
 using mtp_edge::RunnerError;
 using mtp_edge::json::Value;
 
+struct Request {
+  std::vector<int64_t> prompt;
+  mtp_edge::GenerateOptions options;  // k: auto by default
+};
+
+
 constexpr const char* kUsage =
     "usage: mtp_edge_runner BUNDLE [REQUESTS | --info]\n"
     "  BUNDLE    a bundle folder written by `mtp-edge export` (its model.pte)\n"
     "  REQUESTS  a file of JSON lines, one request each (default, or '-': stdin), e.g.\n"
-    "            {\"prompt\": [2, 17, 9], \"k\": 4, \"max_new_tokens\": 64, \"temperature\": 0.7, \"top_k\": 0, \"top_p\": 1.0, \"seed\": 1}\n"
+    "            {\"prompt\": [2, 17, 9], \"k\": \"auto\", \"max_new_tokens\": 64, \"temperature\": 0.7, \"top_k\": 0, \"top_p\": 1.0, \"seed\": 1}\n"
+    "            more fields: \"rule\" (rejection | coupled), \"max_k\", \"draft_p_min\", \"costs\" (a frozen cost table)\n"
     "  --info    print the bundle's K, context and sizes as one JSON line, and exit\n";
 
-struct Request {
-  std::vector<int64_t> prompt;
-  int64_t k = 0;
-  int64_t max_new_tokens = 64;
-  mtp_edge::SamplingConfig sampling;
-};
-
-Request parse_request(const std::string& line, const mtp_edge::Manifest& m) {
+Request parse_request(const std::string& line) {
   Value doc;
   try {
     doc = Value::parse(line);
   } catch (const mtp_edge::json::ParseError& e) {
     throw RunnerError(std::string("not valid JSON (") + e.what() + "); write one JSON object per line.");
   }
-  static const std::set<std::string> known = {"prompt", "k", "max_new_tokens", "temperature", "top_k", "top_p", "seed"};
-  Request r;
-  r.k = m.has_drafter ? m.k : 0;
+  static const std::set<std::string> known = {"prompt", "k", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+                                              "rule", "max_k", "draft_p_min", "costs"};
+  Request r;  // k: auto unless given
   try {
     for (const auto& member : doc.as_object("a request")) {
       if (known.count(member.first) == 0) {
-        throw RunnerError("unknown field \"" + member.first + "\"; a request takes prompt, k, max_new_tokens, temperature, top_k, top_p, seed.");
+        throw RunnerError("unknown field \"" + member.first + "\"; a request takes prompt, k, max_new_tokens, temperature, top_k, "
+                          "top_p, seed, rule, max_k, draft_p_min, costs.");
       }
     }
     const Value* prompt = doc.find("prompt");
     if (prompt == nullptr) throw RunnerError("no \"prompt\": give the prompt's token ids, e.g. {\"prompt\": [2, 17, 9]}.");
     for (const Value& id : prompt->as_array("prompt")) r.prompt.push_back(id.as_int("a prompt token id"));
-    if (const Value* v = doc.find("k")) r.k = v->as_int("k");
-    if (const Value* v = doc.find("max_new_tokens")) r.max_new_tokens = v->as_int("max_new_tokens");
-    if (const Value* v = doc.find("temperature")) r.sampling.temperature = v->as_double("temperature");
-    if (const Value* v = doc.find("top_k")) r.sampling.top_k = v->as_int("top_k");
-    if (const Value* v = doc.find("top_p")) r.sampling.top_p = v->as_double("top_p");
-    if (const Value* v = doc.find("seed")) r.sampling.seed = v->as_u64_wrapping("seed");
+    mtp_edge::GenerateOptions& o = r.options;
+    if (const Value* v = doc.find("k")) {
+      if (v->is_string() && v->as_string("k") == "auto") {
+        o.k = mtp_edge::kAutoK;
+      } else if (v->is_number()) {
+        o.k = v->as_int("k");
+        if (o.k < 0) throw RunnerError("K (draft tokens per round) must be >= 0, got " + std::to_string(o.k) + ".");
+      } else {
+        throw RunnerError("K (draft tokens per round) must be a whole number or 'auto'.");
+      }
+    }
+    if (const Value* v = doc.find("max_new_tokens")) o.max_new_tokens = v->as_int("max_new_tokens");
+    if (const Value* v = doc.find("temperature")) o.sampling.temperature = v->as_double("temperature");
+    if (const Value* v = doc.find("top_k")) o.sampling.top_k = v->as_int("top_k");
+    if (const Value* v = doc.find("top_p")) o.sampling.top_p = v->as_double("top_p");
+    if (const Value* v = doc.find("seed")) o.sampling.seed = v->as_u64_wrapping("seed");
+    if (const Value* v = doc.find("rule")) o.sampling.rule = mtp_edge::parse_sampling_rule(v->as_string("rule"));
+    if (const Value* v = doc.find("max_k"); v != nullptr && !v->is_null()) {
+      o.max_k = v->as_int("max_k");
+      if (o.max_k < 0) throw RunnerError("max_k must be >= 0, got " + std::to_string(o.max_k) + ".");
+    }
+    if (const Value* v = doc.find("draft_p_min"); v != nullptr && !v->is_null()) o.draft_p_min = v->as_double("draft_p_min");
+    if (const Value* v = doc.find("costs"); v != nullptr && !v->is_null()) o.costs = mtp_edge::cost_table_from_json(*v);
   } catch (const mtp_edge::json::TypeError& e) {
     throw RunnerError(std::string(e.what()) + ".");
   }
@@ -74,27 +99,9 @@ Request parse_request(const std::string& line, const mtp_edge::Manifest& m) {
 }
 
 std::string result_line(const mtp_edge::Generation& g) {
-  using mtp_edge::json::number;
-  const auto& s = g.stats;
   std::string out = "{\"tokens\": [";
   for (size_t i = 0; i < g.tokens.size(); ++i) out += (i ? ", " : "") + std::to_string(g.tokens[i]);
-  out += "], \"stats\": {";
-  out += "\"prompt_tokens\": " + std::to_string(s.prompt_tokens);
-  out += ", \"new_tokens\": " + std::to_string(s.new_tokens);
-  out += ", \"rounds\": " + std::to_string(s.rounds);
-  out += ", \"drafted\": " + std::to_string(s.drafted);
-  out += ", \"accepted\": " + std::to_string(s.accepted);
-  out += ", \"prefill_s\": " + number(s.prefill_s);
-  out += ", \"decode_s\": " + number(s.decode_s);
-  out += ", \"stop_reason\": " + mtp_edge::json::quote(s.stop_reason);
-  out += ", \"acceptance_rate\": " + number(s.acceptance_rate());
-  out += ", \"tokens_per_target_call\": " + number(s.tokens_per_target_call());
-  out += ", \"prefill_tokens_per_s\": " + number(s.prefill_tokens_per_s());
-  out += ", \"decode_tokens_per_s\": " + number(s.decode_tokens_per_s());
-  out += ", \"decode_methods_s\": " + number(s.decode_methods_s);
-  out += ", \"runner_s\": " + number(s.runner_s());
-  out += ", \"runner_per_round_s\": " + number(s.runner_per_round_s());
-  return out + "}}";
+  return out + "], \"stats\": " + mtp_edge::stats_json(g.stats) + "}";
 }
 
 // ExecuTorch logs at Info level to stderr (thread pool sizing, CPU probing); the contract here is
@@ -152,8 +159,8 @@ int run(int argc, char** argv) {
   for (int number = 1; std::getline(in, line); ++number) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines separate nothing
     try {
-      const Request r = parse_request(line, m);
-      const auto generation = runner.generate(r.prompt, r.k, r.max_new_tokens, r.sampling);
+      const Request r = parse_request(line);
+      const auto generation = runner.generate(r.prompt, r.options);
       std::printf("%s\n", result_line(generation).c_str());
       std::fflush(stdout);
     } catch (const RunnerError& e) {

@@ -16,18 +16,51 @@ extern "C" {
 
 typedef struct mtp_runner mtp_runner;
 
+/* k = MTP_K_AUTO: a draft policy picks each round's draft length (the default of the CLI and of
+ * the Java API): the one with the most expected tokens per second from a cost table of this
+ * device's call times and the acceptance so far, 0 (plain decoding) where drafting does not pay. */
+#define MTP_K_AUTO (-1)
+
+/* How speculative sampling stays exact (greedy ignores it). Rejection: accept a draft with
+ * probability min(1, p/q); a seeded run's tokens depend on the draft lengths. Coupled: Gumbel-max
+ * noise per (seed, position, token); a seeded run gives plain seeded sampling's tokens for any K. */
+#define MTP_RULE_REJECTION 0
+#define MTP_RULE_COUPLED 1
+
 typedef struct {
   double temperature; /* 0 = greedy */
   int64_t top_k;      /* 0 = off */
   double top_p;       /* 1 = off */
   uint64_t seed;
+  int32_t rule;       /* MTP_RULE_REJECTION (0) or MTP_RULE_COUPLED */
 } mtp_sampling;
+
+/* Drafting options; a NULL mtp_draft* means MTP_DRAFT_DEFAULTS. */
+typedef struct {
+  int64_t max_k;          /* k = MTP_K_AUTO: the longest draft of a round; -1: the bundle's K */
+  double draft_p_min;     /* stop a draft before a step whose top probability is below it; < 0: none
+                             (with k = MTP_K_AUTO the cost table then decides) */
+  const char* costs_json; /* k = MTP_K_AUTO: a cost table to decide from, frozen, as JSON
+                             {"decode": s, "draft_step": s, "verify": {"2": s, ...}} (Python's
+                             CostTable.to_json()); NULL: timed on this device (warm-up calls, then
+                             every call), or the fixed default table for seeded rejection sampling */
+} mtp_draft;
+
+#define MTP_DRAFT_DEFAULTS {-1, -1.0, NULL}
 
 typedef struct {
   int64_t prompt_tokens, new_tokens, rounds, drafted, accepted;
   double prefill_s, decode_s;
   double decode_methods_s; /* of decode_s, time inside ExecuTorch methods */
   char stop_reason[16];    /* "eos", "max_new_tokens" or "cache_full" */
+  int64_t early_stops;     /* drafts cut short by draft_p_min or the policy's cost rule */
+  int64_t plain_rounds;    /* rounds that drafted nothing */
+  int64_t max_drafted;     /* the longest draft of a round (the K histogram has max_drafted + 1 entries) */
+  /* k = MTP_K_AUTO on a bundle with a drafter (auto_k = 1); zeros otherwise: */
+  int32_t auto_k;
+  int32_t costs_frozen;    /* 1 when timings did not change the cost table */
+  int64_t probe_rounds;    /* rounds drafted although plain decoding looked faster */
+  char cost_source[16];    /* "given" (costs_json), "measured" or "default"; "" without a policy */
 } mtp_stats;
 
 /* Called with every new token as soon as it is accepted. */
@@ -45,10 +78,29 @@ int64_t mtp_runner_max_seq_len(const mtp_runner* runner);
 int64_t mtp_runner_vocab_size(const mtp_runner* runner);
 
 /* Generates up to max_new_tokens after the prompt into out_tokens (capacity >= max_new_tokens),
- * sets *out_len and *stats. on_token may be NULL. */
+ * sets *out_len and *stats. k: draft tokens per round (0 = the target alone) or MTP_K_AUTO.
+ * sampling NULL: greedy; draft NULL: MTP_DRAFT_DEFAULTS; on_token may be NULL. */
 int mtp_runner_generate(mtp_runner* runner, const int64_t* prompt, size_t prompt_len, int64_t k, int64_t max_new_tokens,
-                        const mtp_sampling* sampling, int64_t* out_tokens, size_t out_capacity, size_t* out_len,
-                        mtp_stats* stats, mtp_token_callback on_token, void* user_data, char* error, size_t error_size);
+                        const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens, size_t out_capacity,
+                        size_t* out_len, mtp_stats* stats, mtp_token_callback on_token, void* user_data, char* error,
+                        size_t error_size);
+
+/* The last successful generation's details. Each copies at most `capacity` values (the pointer may
+ * be NULL with capacity 0 to ask for the length) and returns how many there are; 0 before any
+ * generation, and for the policy's values when the last one had no policy (k fixed, no drafter). */
+
+/* counts[d] = rounds that drafted d tokens (d = 0: plain rounds); returns max_drafted + 1. */
+size_t mtp_runner_last_k_histogram(const mtp_runner* runner, int64_t* counts, size_t capacity);
+/* k = auto: counts[k] = rounds the policy planned k drafts for (probes included); returns its max_k + 1. */
+size_t mtp_runner_last_planned_histogram(const mtp_runner* runner, int64_t* counts, size_t capacity);
+/* k = auto: the cost table the policy ended with: *decode and *draft_step seconds (either may be
+ * NULL), verify[i] = seconds of one target call on i + 2 tokens; returns the table's K. */
+size_t mtp_runner_last_costs(const mtp_runner* runner, double* decode, double* draft_step, double* verify, size_t capacity);
+/* k = auto: the acceptance estimate a_1..a_max_k the policy ended with. */
+size_t mtp_runner_last_acceptance(const mtp_runner* runner, double* rates, size_t capacity);
+/* The last generation's statistics as the CLI writes them (one JSON object); returns its length,
+ * writes at most size - 1 characters and a NUL (buffer may be NULL with size 0). */
+size_t mtp_runner_last_stats_json(const mtp_runner* runner, char* buffer, size_t size);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
+#include <set>
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -28,7 +30,162 @@ double seconds_since(Clock::time_point start) {
 
 const char* kMethods[] = {"prefill", "verify", "decode", "draft"};
 
+// When a draft stops before its next step (speculative.EarlyStop), judged from the drafter's top
+// probability p at that step, before anything is drawn from it. Fixed: p < p_min. From the
+// policy's costs: the step's expected gain survival * p is worth less than the time it adds to the
+// round (a draft step and one more verify token) at the round's expected tokens per second.
+struct EarlyStop {
+  double p_min = 0.0;
+  std::vector<double> step_cost;  // seconds the (j+1)-th draft adds to a round
+  double rate = 0.0;              // expected tokens per second of the planned round
+
+  // EarlyStop.from_policy, in its order of operations: (draft_step + verify[j + 2]) - verify[j + 1].
+  static EarlyStop from_policy(const CostTable& costs, const Plan& plan) {
+    EarlyStop out;
+    for (int j = 0; j < plan.k; ++j) {
+      const double longer = costs.verify.at(j + 2);
+      const double shorter = j == 0 ? costs.decode : costs.verify.at(j + 1);
+      out.step_cost.push_back(costs.draft_step + longer - shorter);
+    }
+    out.rate = plan.tokens / plan.seconds;
+    return out;
+  }
+
+  bool stops(int64_t step, double survival, double p) const {
+    if (p < p_min) return true;
+    return !step_cost.empty() && survival * p < step_cost[static_cast<size_t>(step)] * rate;
+  }
+};
+
+// speculative._top_probability: the largest entry of the drafter's processed distribution over
+// its candidates. Greedy: torch.softmax(logits.double()), which is probabilities() at temperature
+// 1 (x / 1.0 is exact) without top-k / top-p. Sampling: probabilities(logits, cfg).max().
+double top_probability(const float* candidate_logits, int64_t n, const SamplingConfig& cfg) {
+  SamplingConfig softmax;
+  softmax.temperature = 1.0;
+  const std::vector<double> p = probabilities(candidate_logits, n, cfg.greedy() ? softmax : cfg);
+  return *std::max_element(p.begin(), p.end());
+}
+
+std::string histogram_json(const std::vector<int64_t>& counts) {
+  std::string out = "{";
+  for (size_t k = 0; k < counts.size(); ++k) {
+    if (counts[k] == 0) continue;
+    out += (out.size() > 1 ? ", \"" : "\"") + std::to_string(k) + "\": " + std::to_string(counts[k]);
+  }
+  return out + "}";
+}
+
 }  // namespace
+
+const CostTable& default_costs() {
+  static const CostTable table = [] {
+    CostTable t;
+    t.decode = 1.0;
+    t.draft_step = 0.1;
+    for (int n = 2; n < 34; ++n) t.verify[n] = 1.0 + 0.25 * static_cast<double>(n - 1);
+    return t;
+  }();
+  return table;
+}
+
+CostTable cost_table_from_json(const json::Value& data) {
+  if (!data.is_object()) throw RunnerError("cost table: expected a JSON object.");
+  static const std::set<std::string> known = {"decode", "draft_step", "verify", "draft_call"};
+  std::string unknown, missing;
+  for (const auto& member : data.as_object("cost table")) {
+    if (known.count(member.first) == 0) unknown += (unknown.empty() ? "'" : ", '") + member.first + "'";
+  }
+  if (!unknown.empty()) {
+    throw RunnerError("cost table: unknown field(s) " + unknown + "; expected ['decode', 'draft_call', 'draft_step', 'verify'].");
+  }
+  for (const char* name : {"decode", "draft_step", "verify"}) {
+    if (data.find(name) == nullptr) missing += (missing.empty() ? "" : ", ") + std::string(name);
+  }
+  if (!missing.empty()) throw RunnerError("cost table: missing field(s) " + missing + ".");
+  auto seconds = [](const json::Value& v, const std::string& name) {
+    if (!v.is_number()) throw RunnerError("cost table: " + name + " must be a number of seconds.");
+    return v.as_double(name);
+  };
+  auto lengths = [&](const char* name, std::map<int, double>& into) {
+    const json::Value* table = data.find(name);
+    if (table == nullptr) return;
+    if (!table->is_object()) throw RunnerError(std::string("cost table: ") + name + " must be an object of length -> seconds.");
+    for (const auto& [key, value] : table->as_object(name)) {
+      size_t used = 0;
+      long long n = 0;
+      try {
+        n = std::stoll(key, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != key.size() || n < std::numeric_limits<int>::min() || n > std::numeric_limits<int>::max()) {
+        throw RunnerError(std::string("cost table: ") + name + " has the key '" + key + "'; lengths are whole numbers.");
+      }
+      into[static_cast<int>(n)] = seconds(value, std::string(name) + "[" + key + "]");
+    }
+  };
+  CostTable costs;
+  costs.decode = seconds(*data.find("decode"), "decode");
+  costs.draft_step = seconds(*data.find("draft_step"), "draft_step");
+  lengths("verify", costs.verify);
+  lengths("draft_call", costs.draft_call);
+  costs.validate();
+  return costs;
+}
+
+std::string cost_table_json(const CostTable& costs) {
+  using json::number;
+  std::string out = "{\"decode\": " + number(costs.decode) + ", \"draft_step\": " + number(costs.draft_step) + ", \"verify\": {";
+  bool first = true;
+  for (const auto& [n, seconds] : costs.verify) {
+    out += (first ? "\"" : ", \"") + std::to_string(n) + "\": " + number(seconds);
+    first = false;
+  }
+  out += "}, \"draft_call\": {";
+  first = true;
+  for (const auto& [k, seconds] : costs.draft_call) {
+    out += (first ? "\"" : ", \"") + std::to_string(k) + "\": " + number(seconds);
+    first = false;
+  }
+  return out + "}}";
+}
+
+std::string stats_json(const GenerationStats& s) {
+  using json::number;
+  std::string out = "{";
+  out += "\"prompt_tokens\": " + std::to_string(s.prompt_tokens);
+  out += ", \"new_tokens\": " + std::to_string(s.new_tokens);
+  out += ", \"rounds\": " + std::to_string(s.rounds);
+  out += ", \"drafted\": " + std::to_string(s.drafted);
+  out += ", \"accepted\": " + std::to_string(s.accepted);
+  out += ", \"prefill_s\": " + number(s.prefill_s);
+  out += ", \"decode_s\": " + number(s.decode_s);
+  out += ", \"stop_reason\": " + json::quote(s.stop_reason);
+  out += ", \"early_stops\": " + std::to_string(s.early_stops);
+  out += ", \"acceptance_rate\": " + number(s.acceptance_rate());
+  out += ", \"tokens_per_target_call\": " + number(s.tokens_per_target_call());
+  out += ", \"prefill_tokens_per_s\": " + number(s.prefill_tokens_per_s());
+  out += ", \"decode_tokens_per_s\": " + number(s.decode_tokens_per_s());
+  out += ", \"k_histogram\": " + histogram_json(s.k_histogram);
+  out += ", \"plain_rounds\": " + std::to_string(s.plain_rounds());
+  out += ", \"policy\": ";
+  if (s.policy) {
+    const PolicyStats& p = *s.policy;
+    out += "{\"rounds\": " + std::to_string(p.rounds) + ", \"k_histogram\": " + histogram_json(p.k_histogram) +
+           ", \"plain_rounds\": " + std::to_string(p.plain_rounds) + ", \"probe_rounds\": " + std::to_string(p.probe_rounds) +
+           ", \"acceptance\": [";
+    for (size_t i = 0; i < p.acceptance.size(); ++i) out += (i ? ", " : "") + number(p.acceptance[i]);
+    out += "], \"costs\": " + cost_table_json(p.costs) + ", \"frozen\": " + (p.frozen ? "true" : "false") +
+           ", \"cost_source\": " + json::quote(p.cost_source) + "}";
+  } else {
+    out += "null";
+  }
+  out += ", \"decode_methods_s\": " + number(s.decode_methods_s);
+  out += ", \"runner_s\": " + number(s.runner_s());
+  out += ", \"runner_per_round_s\": " + number(s.runner_per_round_s());
+  return out + "}";
+}
 
 // Input buffers are allocated once at their static shapes and wrapped as tensors once; a call
 // only rewrites their values. Outputs are copied out right away: with shared memory arenas the
@@ -50,6 +207,9 @@ struct Runner::Impl {
   int64_t draft_argmax = 0;
 
   double methods_s = 0.0;  // running total of time inside Module::execute
+  // The cost table measured on this runner (warm-up once, then kept current by every generation
+  // whose policy follows live timings), as tuning.py keeps one per backend.
+  std::optional<CostTable> measured;
 
   std::vector<EValue> run(const char* name, std::vector<EValue> inputs) {
     const auto start = Clock::now();
@@ -203,20 +363,118 @@ void Runner::check_request(const std::vector<int64_t>& prompt, int64_t k, int64_
     throw RunnerError("the prompt has " + std::to_string(prompt.size()) + " tokens but the cache holds " + std::to_string(m.max_seq_len) +
                       " positions: re-export the bundle with a larger --max-seq-len or shorten the prompt.");
   }
-  if (k < 0) throw RunnerError("K (draft tokens per round) must be >= 0, got " + std::to_string(k) + ".");
-  if (k > (m.has_drafter ? m.k : 0)) {
-    const std::string reason = m.has_drafter ? "it was built for K <= " + std::to_string(m.k) : "it has no drafter";
-    throw RunnerError("K=" + std::to_string(k) + " is not available on this bundle: " + reason + ".");
+  if (k != kAutoK) {  // auto: K = the bundle's K (0 without a drafter), always available
+    if (k < 0) throw RunnerError("K (draft tokens per round) must be >= 0 or auto, got " + std::to_string(k) + ".");
+    if (k > (m.has_drafter ? m.k : 0)) {
+      const std::string reason = m.has_drafter ? "it was built for K <= " + std::to_string(m.k) : "it has no drafter";
+      throw RunnerError("K=" + std::to_string(k) + " is not available on this bundle: " + reason + ".");
+    }
   }
   if (max_new_tokens < 1) throw RunnerError("max_new_tokens must be >= 1, got " + std::to_string(max_new_tokens) + ".");
 }
 
-Generation Runner::generate(const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,
-                            const SamplingConfig& sampling, const std::function<void(int64_t)>& on_token) {
-  check_request(prompt, k, max_new_tokens, sampling);
+CostTable Runner::measure_costs(int64_t max_k, int repeats) {
   Impl& s = *impl_;
   const Manifest& m = s.m;
-  const int64_t V = m.vocab_size, H = m.hidden_size;
+  if (max_k < 0 || max_k > (m.has_drafter ? m.k : 0) || max_k + 1 > m.max_seq_len) {
+    throw RunnerError("measure_costs: max_k = " + std::to_string(max_k) + " is outside 0.." + std::to_string(m.has_drafter ? m.k : 0) +
+                      " on this bundle.");
+  }
+  auto timed = [&](const std::function<void()>& call) {
+    double best = std::numeric_limits<double>::infinity();
+    for (int r = 0; r < repeats; ++r) {
+      const auto start = Clock::now();
+      call();
+      best = std::min(best, seconds_since(start));
+    }
+    return best;
+  };
+  const std::vector<int64_t> zeros(static_cast<size_t>(max_k + 1), 0);
+  CostTable costs;
+  const std::vector<int64_t> one(zeros.begin(), zeros.begin() + 1);
+  s.verify(one, 0);
+  costs.decode = timed([&] { s.verify(one, 0); });
+  for (int64_t n = 2; n <= max_k + 1; ++n) {
+    const std::vector<int64_t> tokens(zeros.begin(), zeros.begin() + n);
+    s.verify(tokens, 0);
+    costs.verify[static_cast<int>(n)] = timed([&] { s.verify(tokens, 0); });
+  }
+  costs.draft_step = 0.0;
+  if (max_k > 0 && m.has_drafter) {
+    s.verify(std::vector<int64_t>(zeros.begin(), zeros.begin() + 2), 0);
+    const std::vector<float> hidden(s.hidden.begin() + m.hidden_size, s.hidden.begin() + 2 * m.hidden_size);  // hidden[-1]
+    auto draft = [&] { s.draft(0, hidden.data(), 2, 2); };
+    draft();
+    costs.draft_step = timed(draft);
+  }
+  // A time can round to 0 on a coarse clock; the table needs target calls > 0.
+  const double tick = 1e-9;
+  costs.decode = std::max(costs.decode, tick);
+  for (auto& entry : costs.verify) entry.second = std::max(entry.second, tick);
+  return costs;
+}
+
+Generation Runner::generate(const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,
+                            const SamplingConfig& sampling, const std::function<void(int64_t)>& on_token) {
+  GenerateOptions options;
+  options.k = k;
+  options.max_new_tokens = max_new_tokens;
+  options.sampling = sampling;
+  return generate(prompt, options, on_token);
+}
+
+Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOptions& options,
+                            const std::function<void(int64_t)>& on_token) {
+  const SamplingConfig& sampling = options.sampling;
+  const int64_t max_new_tokens = options.max_new_tokens;
+  check_request(prompt, options.k, max_new_tokens, sampling);
+  Impl& s = *impl_;
+  const Manifest& m = s.m;
+  const int64_t V = m.vocab_size, H = m.hidden_size, C = m.draft_candidates;
+  const int64_t max_draft = m.has_drafter ? m.k : 0;
+  if (options.draft_p_min && !(*options.draft_p_min >= 0.0 && *options.draft_p_min <= 1.0)) {
+    throw RunnerError("draft_p_min must be a probability in [0, 1], got " + json::number(*options.draft_p_min) + ".");
+  }
+
+  // k = auto: a policy picks each round's K (at most max_k); on a bundle without a drafter, K = 0.
+  int64_t k = options.k;
+  std::optional<DraftPolicy> policy;
+  std::string cost_source;
+  if (k == kAutoK && max_draft > 0) {
+    int64_t bound = options.max_k == -1 ? max_draft : options.max_k;
+    if (bound < 0 || bound > max_draft) {
+      throw RunnerError("max_k must be in 0.." + std::to_string(max_draft) + " on this bundle, got " + std::to_string(bound) + ".");
+    }
+    bound = std::min(bound, m.max_seq_len - 2);  // a verify of bound + 1 tokens must fit the cache
+    DraftPolicyOptions policy_options;
+    if (options.costs) {
+      policy_options.frozen = true;
+      policy_options.max_k = static_cast<int>(std::min<int64_t>(bound, options.costs->max_k()));
+      options.costs->validate();
+      policy.emplace(*options.costs, policy_options);
+      cost_source = "given";
+    } else if (sampling.depends_on_draft_lengths()) {
+      // A seeded run under the rejection rule draws different tokens for different draft lengths:
+      // its policy must not follow live timings, or the run would not repeat.
+      policy_options.frozen = true;
+      policy_options.max_k = static_cast<int>(std::min<int64_t>(bound, default_costs().max_k()));
+      policy.emplace(default_costs(), policy_options);
+      cost_source = "default";
+    } else {
+      // Warm-up calls before the prompt is prefilled (which overwrites the positions they wrote).
+      if (!s.measured || s.measured->max_k() < bound) s.measured = measure_costs(bound);
+      policy_options.max_k = static_cast<int>(std::min<int64_t>(bound, s.measured->max_k()));
+      policy.emplace(*s.measured, policy_options);
+      cost_source = "measured";
+    }
+  } else if (k == kAutoK) {
+    k = 0;
+  }
+  // Every call the loop times goes to the policy (a frozen one ignores it).
+  auto timer = [&](const char* method, int64_t n_tokens, Clock::time_point start) {
+    if (policy) policy->observe_call(method, static_cast<int>(n_tokens), seconds_since(start));
+  };
+
   SplitMix64 rng(sampling.seed);
   Generation result;
   GenerationStats& stats = result.stats;
@@ -238,7 +496,8 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, int64_t k, int64
 
   auto started = Clock::now();
   s.prefill(prompt);
-  const int64_t first = choose(s.logits.data(), V, sampling, rng);
+  const int64_t first = sampling.coupled() ? coupled_choose(s.logits.data(), V, sampling, sampling.seed, stats.prompt_tokens)
+                                           : choose(s.logits.data(), V, sampling, rng);
   stats.prefill_s = seconds_since(started);
   // Invariants, as in speculative.py: `position` is the position of out.back(), whose K/V are not
   // cached yet; `hidden` is the target's final hidden state that produced it.
@@ -261,37 +520,72 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, int64_t k, int64
       stats.stop_reason = "cache_full";
       break;
     }
+    std::optional<EarlyStop> early_stop;
+    if (options.draft_p_min) {
+      early_stop.emplace();
+      early_stop->p_min = *options.draft_p_min;
+    }
+    int64_t k_wanted = k;
+    if (policy) {
+      const Plan plan = policy->next_plan();
+      k_wanted = plan.k;
+      if (!options.draft_p_min && plan.k > 0) early_stop = EarlyStop::from_policy(policy->costs(), plan);
+    }
     // A round emits at most k_round + 1 tokens and writes positions position..position + k_round:
     // shrink K so that neither the token budget nor the cache can overflow.
-    const int64_t k_round = std::min({k, remaining - 1, m.max_seq_len - 1 - position});
+    const int64_t k_round = std::min({k_wanted, remaining - 1, m.max_seq_len - 1 - position});
 
-    // Draft k_round tokens at the constant position, each step fed the drafter's own projected hidden.
+    // Draft up to k_round tokens at the constant position, each step fed the drafter's own projected
+    // hidden; a step may stop the draft, judged from its distribution before anything is drawn.
     drafts.clear();
     draft_probs.clear();
     int64_t token = out.back();
     const float* step_hidden = hidden.data();
+    double survival = 1.0;
     for (int64_t j = 0; j < k_round; ++j) {
+      const auto call = Clock::now();
       s.draft(token, step_hidden, position, position);
-      auto picked = draft_token(s.candidate_ids.data(), s.candidate_logits.data(), m.draft_candidates, s.draft_argmax, sampling, rng);
-      token = picked.first;
+      timer("draft_step", 1, call);
+      if (early_stop) {
+        const double p = top_probability(s.candidate_logits.data(), C, sampling);
+        if (early_stop->stops(j, survival, p)) break;
+        survival *= p;
+      }
+      if (sampling.coupled()) {  // the noise of the position this draft would take
+        token = coupled_draft(s.candidate_ids.data(), s.candidate_logits.data(), C, s.draft_argmax, sampling, sampling.seed,
+                              position + 1 + j);
+        draft_probs.emplace_back();
+      } else {
+        auto picked = draft_token(s.candidate_ids.data(), s.candidate_logits.data(), C, s.draft_argmax, sampling, rng);
+        token = picked.first;
+        draft_probs.push_back(std::move(picked.second));
+      }
       drafts.push_back(token);
-      draft_probs.push_back(std::move(picked.second));
       draft_hidden = s.draft_hidden_out;
       step_hidden = draft_hidden.data();
     }
+    const int64_t drafted = static_cast<int64_t>(drafts.size());
 
-    // Verify [last, d1..dk] in one target pass, keep the accepted prefix plus the target's next token.
+    // Verify [last, d1..dn] in one target pass, keep the accepted prefix plus the target's next token.
     round_tokens.assign(1, out.back());
     round_tokens.insert(round_tokens.end(), drafts.begin(), drafts.end());
+    const auto call = Clock::now();
     s.verify(round_tokens, position);
-    const Acceptance verdict = accept_drafts(drafts, draft_probs, s.logits.data(), V, sampling, rng);
+    timer("verify", drafted + 1, call);
+    // Coupled: verify row j chooses the token at position + 1 + j.
+    const Acceptance verdict = sampling.coupled() ? coupled_accept(drafts, s.logits.data(), V, sampling, sampling.seed, position + 1)
+                                                  : accept_drafts(drafts, draft_probs, s.logits.data(), V, sampling, rng);
     fresh.assign(drafts.begin(), drafts.begin() + verdict.accepted);
     fresh.push_back(verdict.next_token);
     hidden.assign(s.hidden.begin() + verdict.accepted * H, s.hidden.begin() + (verdict.accepted + 1) * H);
+    if (policy) policy->observe(static_cast<int>(drafted), static_cast<int>(verdict.accepted));
 
     stats.rounds += 1;
-    stats.drafted += k_round;
+    stats.drafted += drafted;
     stats.accepted += verdict.accepted;
+    stats.early_stops += drafted < k_round ? 1 : 0;
+    if (static_cast<int64_t>(stats.k_histogram.size()) <= drafted) stats.k_histogram.resize(drafted + 1, 0);
+    stats.k_histogram[drafted] += 1;
     // Validated now: the old last token and the accepted drafts. Rollback is only this length
     // change: later passes mask positions >= their own, the drafter those >= validated_length.
     position += verdict.accepted + 1;
@@ -301,6 +595,21 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, int64_t k, int64
   stats.decode_methods_s = s.methods_s - methods_before;
   stats.new_tokens = static_cast<int64_t>(out.size());
   if (stats.stop_reason.empty()) stats.stop_reason = "max_new_tokens";
+  if (policy) {
+    PolicyStats p;
+    const auto& histogram = policy->histogram();
+    for (long long n : histogram) p.rounds += n;
+    p.k_histogram.assign(histogram.begin(), histogram.end());
+    p.plain_rounds = policy->plain_rounds();
+    p.probe_rounds = policy->probe_rounds();
+    p.acceptance = policy->acceptance().rates();
+    p.costs = policy->costs();
+    p.frozen = policy->frozen();
+    p.cost_source = cost_source;
+    stats.policy = std::move(p);
+    // Keep a live-updated table for the next generation, as tuning.remember_costs does.
+    if (!policy->frozen()) s.measured = policy->costs();
+  }
   return result;
 }
 

@@ -3,20 +3,58 @@
 // A port of mtp_edge/runtime/speculative.py over the pte backend (runtime/backends/pte.py): the
 // same loop (prefill, then rounds of draft -> verify -> accept -> rollback), the same stop rules
 // and statistics, so that a prompt, K and sampling seed give the very tokens the Python runtime
-// gives. ExecuTorch types stay out of this header (the state lives behind Impl), so a JNI bridge
+// gives. K is fixed, or "auto" (kAutoK): a DraftPolicy (draft_policy.h) picks each round's draft
+// length from a cost table and the acceptance so far, as speculative.generate(k="auto") does. ExecuTorch types stay out of this header (the state lives behind Impl), so a JNI bridge
 // or the C API in mtp_edge_runner.h can include it without the ExecuTorch include paths.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "draft_policy.h"
+#include "json.h"
 #include "manifest.h"
 #include "sampling.h"
 
 namespace mtp_edge {
+
+// k = kAutoK: the draft length is chosen before every round by a DraftPolicy (Python's k="auto").
+constexpr int64_t kAutoK = -1;
+
+struct GenerateOptions {
+  // Draft tokens per round (0 = the target alone), or kAutoK.
+  int64_t k = kAutoK;
+  int64_t max_new_tokens = 64;
+  SamplingConfig sampling;
+  // k = auto: the longest draft a round may make; -1: the bundle's K.
+  int64_t max_k = -1;
+  // Stop a draft before a step whose top probability (the drafter's processed distribution over its
+  // candidates) is below it. None: with k = auto the policy's costs decide (EarlyStop.from_policy),
+  // with a fixed k no draft stops early.
+  std::optional<double> draft_p_min;
+  // k = auto: the cost table to decide from, frozen (timings never change it), so the decisions
+  // depend on the tokens alone: a Python run given the same table makes the same ones. None: seeded
+  // rejection-rule sampling uses the fixed default table (its tokens must not depend on timing);
+  // otherwise the runner times warm-up calls once (kept across generations) and keeps the table
+  // current from every call the loop makes. (tuning.json is not read: pass its table here.)
+  std::optional<CostTable> costs;
+};
+
+// What the draft policy of a k = auto generation did (Python's DraftPolicy.stats() + cost_source).
+struct PolicyStats {
+  int64_t rounds = 0;
+  std::vector<int64_t> k_histogram;  // rounds per planned k (index k = 0..max_k), probes included
+  int64_t plain_rounds = 0;          // rounds it planned k = 0
+  int64_t probe_rounds = 0;          // rounds it drafted although plain decoding looked faster
+  std::vector<double> acceptance;    // the final estimate a_1..a_max_k
+  CostTable costs;                   // the table it ended with (the given one when frozen)
+  bool frozen = false;
+  std::string cost_source;           // "given" (GenerateOptions::costs), "measured" or "default"
+};
 
 struct GenerationStats {
   int64_t prompt_tokens = 0;
@@ -30,6 +68,11 @@ struct GenerationStats {
   // Of decode_s, the time spent inside ExecuTorch method calls; the rest is the runner's own
   // work (sampling, the accept rule, copies, bookkeeping).
   double decode_methods_s = 0.0;
+  int64_t early_stops = 0;            // drafts cut short by draft_p_min or the policy's cost rule
+  std::vector<int64_t> k_histogram;   // rounds per draft length actually drafted (index = drafted)
+  std::optional<PolicyStats> policy;  // k = auto only
+
+  int64_t plain_rounds() const { return k_histogram.empty() ? 0 : k_histogram[0]; }
 
   double runner_s() const { return decode_s - decode_methods_s; }
   double runner_per_round_s() const { return rounds ? runner_s() / double(rounds) : 0.0; }
@@ -57,18 +100,40 @@ class Runner {
 
   const Manifest& manifest() const;
 
-  // The checks the Python runtime's check_request makes, with its wording.
+  // The checks the Python runtime's check_request makes, with its wording (k may be kAutoK).
   void check_request(const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,
                      const SamplingConfig& sampling) const;
 
   // Generates up to max_new_tokens after the prompt; k = 0 decodes with the target alone.
   // on_token (optional) sees every new token as soon as it is accepted.
+  Generation generate(const std::vector<int64_t>& prompt, const GenerateOptions& options,
+                      const std::function<void(int64_t)>& on_token = nullptr);
   Generation generate(const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,
                       const SamplingConfig& sampling, const std::function<void(int64_t)>& on_token = nullptr);
+
+  // runtime/tuning.py's measure_costs: times decode, verify of 2..max_k + 1 tokens and one draft
+  // step from position 0 (fastest of `repeats` after one untimed call each); a prefill overwrites
+  // those positions afterwards.
+  CostTable measure_costs(int64_t max_k, int repeats = 2);
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// runtime/tuning.py's DEFAULT_COSTS: a decode costs 1, each extra verify token a quarter of one, a
+// draft step a tenth (K <= 32). Seeded rejection-rule runs without a given table use it.
+const CostTable& default_costs();
+
+// CostTable.from_json / to_json: {"decode": s, "draft_step": s, "verify": {"2": s, ...},
+// "draft_call": {"1": s, ...}} (draft_call optional). Throws RunnerError naming the field.
+CostTable cost_table_from_json(const json::Value& value);
+std::string cost_table_json(const CostTable& costs);
+
+// The stats object of a result line, as GenerationStats.as_dict() (plus decode_methods_s,
+// runner_s and runner_per_round_s): k_histogram {"drafted": rounds}, plain_rounds, early_stops,
+// and policy (null unless k = auto) {rounds, k_histogram, plain_rounds, probe_rounds, acceptance,
+// costs, frozen, cost_source}.
+std::string stats_json(const GenerationStats& stats);
 
 }  // namespace mtp_edge

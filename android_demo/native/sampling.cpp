@@ -47,6 +47,16 @@ double lane_sum(const std::vector<double>& v) {
 
 }  // namespace
 
+const char* sampling_rule_name(SamplingRule rule) {
+  return rule == SamplingRule::kCoupled ? "coupled" : "rejection";
+}
+
+SamplingRule parse_sampling_rule(const std::string& name) {
+  if (name == "rejection") return SamplingRule::kRejection;
+  if (name == "coupled") return SamplingRule::kCoupled;
+  throw RunnerError("sampling rule '" + name + "' is unknown; choose from rejection, coupled.");
+}
+
 void SamplingConfig::validate() const {
   if (!(temperature >= 0.0)) {
     throw RunnerError("temperature must be >= 0 (0 = greedy), got " + json::number(temperature) + ".");

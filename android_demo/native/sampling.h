@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -32,13 +33,27 @@ class SplitMix64 {
   uint64_t state_;
 };
 
+// How speculative sampling stays exact (greedy ignores it), as SamplingConfig.rule in Python.
+// kRejection: accept a draft with probability min(1, p/q), else resample the residual; a seeded
+// run's tokens depend on the draft lengths. kCoupled: Gumbel-max noise keyed by (seed, position,
+// token); a seeded run gives plain seeded sampling's tokens whatever the draft lengths.
+enum class SamplingRule { kRejection, kCoupled };
+
+const char* sampling_rule_name(SamplingRule rule);  // "rejection", "coupled"
+// "rejection" / "coupled"; throws RunnerError with the Python wording for anything else.
+SamplingRule parse_sampling_rule(const std::string& name);
+
 struct SamplingConfig {
   double temperature = 0.0;  // 0 = greedy
   int64_t top_k = 0;         // 0 = off
   double top_p = 1.0;
   uint64_t seed = 0;
+  SamplingRule rule = SamplingRule::kRejection;
 
   bool greedy() const { return temperature == 0.0; }
+  bool coupled() const { return rule == SamplingRule::kCoupled && !greedy(); }
+  // Seeded output that changes with the draft lengths: a draft policy must then ignore live timings.
+  bool depends_on_draft_lengths() const { return !greedy() && rule == SamplingRule::kRejection; }
   void validate() const;  // throws RunnerError with the Python wording
 };
 

@@ -81,6 +81,29 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def draft_length(text: str) -> int | str:
+    """--k: a whole number >= 0, or auto."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 or 'auto', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 or 'auto', got {value}")
+    return value
+
+
+def add_draft_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=draft_length, default="auto",
+                   help="draft tokens per round: auto (default: chosen each round from measured costs and acceptance), "
+                        "or a fixed N (0 = plain decoding)")
+    p.add_argument("--max-k", type=int, default=None, help="with --k auto: the longest draft (default: the bundle's K)")
+    p.add_argument("--draft-p-min", type=float, default=None,
+                   help="stop a draft before a step whose top drafter probability is below this "
+                        "(default: with --k auto, from the measured costs; else never)")
+
+
 def add_generate(subparsers) -> None:
     p = subparsers.add_parser("generate", help="speculative (or plain) decoding on the eager backend",
                               description="Generate from a target checkpoint, drafting with its MTP drafter.")
@@ -94,13 +117,16 @@ def add_generate(subparsers) -> None:
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model folder)")
     prompt.add_argument("--prompt-ids", help="prompt token ids, comma-separated")
-    p.add_argument("--k", type=int, default=4, help="draft tokens per round (default 4; 0 = plain decoding)")
+    add_draft_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-seq-len", type=int, default=1024, help="KV-cache positions (default 1024)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampling-rule", choices=["rejection", "coupled"], default="rejection",
+                   help="how sampling stays exact: rejection (default) or coupled (a seeded run gives the tokens of "
+                        "plain seeded sampling whatever the draft lengths)")
     p.add_argument("--no-draft", action="store_true", help="decode with the target alone (same as --k 0)")
     p.add_argument("--json", action="store_true", help="print one JSON document: tokens, text, stats")
     p.set_defaults(func=cmd_generate)
@@ -114,7 +140,8 @@ def cmd_generate(args) -> int:
     from mtp_edge.runtime.speculative import generate
     from mtp_edge.runtime.tokenizer import TextCodec, TextStream, parse_prompt_ids
 
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                              rule=args.sampling_rule)
     if args.max_seq_len < 2:
         raise GenerationError(f"--max-seq-len must be >= 2, got {args.max_seq_len}.")
     folder = args.model or args.bundle
@@ -137,16 +164,16 @@ def cmd_generate(args) -> int:
         if args.backend not in (None, "eager"):
             raise GenerationError(f"--backend {args.backend} needs an exported --bundle DIR (see mtp-edge export).")
         target = load_target(args.model, args.max_seq_len)
-        drafter = load_drafter(args.drafter, target=target.cfg) if args.drafter and k > 0 else None
-        if k > 0 and drafter is None:
+        drafter = load_drafter(args.drafter, target=target.cfg) if args.drafter and k != 0 else None
+        if k not in (0, "auto") and drafter is None:
             raise GenerationError("speculative decoding needs --drafter DIR (or pass --no-draft / --k 0).")
-        backend = EagerBackend(target, drafter)
+        backend = EagerBackend(target, drafter, max_draft=args.max_k or (k if isinstance(k, int) and k > 8 else 8))
         eos_ids = target.cfg.eos_token_ids
 
     stream = TextStream(codec) if codec is not None and not args.json else None
     on_token = (lambda t: sys.stdout.write(stream.push(t)) and sys.stdout.flush()) if stream else None
-    result = generate(backend, prompt, k=k, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                      eos_ids=eos_ids, on_token=on_token)
+    result = generate(backend, prompt, k=k, max_k=args.max_k, draft_p_min=args.draft_p_min,
+                      max_new_tokens=args.max_new_tokens, sampling=sampling, eos_ids=eos_ids, on_token=on_token)
     stats = result.stats.as_dict()
     if args.json:
         doc = {"prompt_ids": prompt, "tokens": result.tokens, "k": k, "stats": stats}
@@ -160,7 +187,8 @@ def cmd_generate(args) -> int:
     else:
         print()
     print(
-        f"[{stats['new_tokens']} tokens, stop: {stats['stop_reason']}; K={k}, acceptance {stats['acceptance_rate']:.1%}, "
+        f"[{stats['new_tokens']} tokens, stop: {stats['stop_reason']}; K={k} (rounds per draft length: "
+        f"{', '.join(f'{n}: {c}' for n, c in stats['k_histogram'].items()) or 'none'}), acceptance {stats['acceptance_rate']:.1%}, "
         f"{stats['tokens_per_target_call']:.2f} tokens/target call; prefill {stats['prefill_tokens_per_s']:.1f} tok/s, "
         f"decode {stats['decode_tokens_per_s']:.1f} tok/s]",
         file=sys.stderr,
@@ -226,7 +254,8 @@ def cmd_train_drafter(args) -> int:
 
 def add_demo(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the main job: the shipped pair, plain vs speculative, on every backend")
-    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--k", type=draft_length, default="auto",
+                   help="draft tokens per round: auto (default) or a fixed N <= 4 (the demo bundle's K)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -317,6 +346,57 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def add_tune(subparsers) -> None:
+    p = subparsers.add_parser("tune", help="measure what each draft length is worth here; write tuning.json for --k auto",
+                              description="Times decode, verify at every length and a draft step on this machine, "
+                              "measures the acceptance per draft position on held-out prompts, and prints for each fixed K "
+                              "and for --k auto the predicted and measured tokens per second. Writes tuning.json beside "
+                              "the bundle (machine-local), which --k auto then starts from.")
+    p.add_argument("bundle", metavar="BUNDLE_DIR")
+    p.add_argument("--backend", choices=["pte", "onnx"], action="append",
+                   help="backend(s) to tune (repeat the flag; default: every format of the bundle)")
+    p.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (default: the shipped held-out prompts)")
+    p.add_argument("--acceptance", metavar="A1,A2,...",
+                   help="predict with this acceptance per draft position instead of measuring it (e.g. published figures)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per method and length (median)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw tok/s against K per backend, with the plain-decoding line")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args) -> int:
+    from mtp_edge.runtime.commands.tune import format_tune, tune_bundle
+    from mtp_edge.runtime.errors import GenerationError
+    from mtp_edge.runtime.tokenizer import TextCodec
+
+    acceptance = None
+    if args.acceptance:
+        try:
+            acceptance = [float(a) for a in args.acceptance.split(",")]
+        except ValueError:
+            raise GenerationError(f"--acceptance takes comma-separated probabilities, got {args.acceptance!r}.") from None
+        if not acceptance or any(not 0.0 <= a <= 1.0 for a in acceptance):
+            raise GenerationError(f"--acceptance values must be probabilities in [0, 1], got {args.acceptance!r}.")
+    if args.repeats < 1 or args.max_new_tokens < 1:
+        raise GenerationError("--repeats and --max-new-tokens must be >= 1.")
+    prompts = None
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise GenerationError(f"{path}: no such file; --prompts takes a text file with one prompt per line.")
+        codec = TextCodec.from_folder(args.bundle)
+        if codec is None:
+            raise GenerationError(f"{args.bundle} has no tokenizer.json to encode --prompts with.")
+        prompts = [codec.encode(line) for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise GenerationError(f"{path}: no prompts in it (one per line).")
+    report = tune_bundle(args.bundle, backends=args.backend, prompts=prompts, max_new_tokens=args.max_new_tokens,
+                         repeats=args.repeats, acceptance=acceptance, plot=args.plot)
+    sys.stdout.write(json.dumps(report) + "\n" if args.json else format_tune(report) + "\n")
+    return 0
+
+
 def add_validate(subparsers) -> None:
     p = subparsers.add_parser("validate", help="build the native (C++) runner and check it gives the Python runtime's tokens",
                               description="Runs a bundle's demo prompts through the native runner (android_demo/native, "
@@ -343,7 +423,7 @@ def cmd_validate(args) -> int:
     return 0 if report["ok"] else 1
 
 
-SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_export, add_eval, add_demo, add_validate)
+SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_export, add_eval, add_demo, add_tune, add_validate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,8 +44,8 @@ def onnx_backend(pair_dir: Path | None = None):
 BACKENDS = {"eager": eager_backend, "pte": pte_backend, "onnx": onnx_backend}
 
 
-def compare(backend, prompts: list[list[int]], *, k: int, max_new_tokens: int, sampling=SamplingConfig(),
-            eos_ids=(), desc: str = "", reference: list[list[int]] | None = None) -> dict:
+def compare(backend, prompts: list[list[int]], *, k: int | str, max_new_tokens: int, sampling=SamplingConfig(),
+            eos_ids=(), desc: str = "", reference: list[list[int]] | None = None, max_k: int | None = None) -> dict:
     """Plain and speculative decoding of the same prompts on one backend, with the figures the demo prints.
 
     `outputs` holds the plain generations; with `reference` (another backend's outputs),
@@ -53,12 +53,16 @@ def compare(backend, prompts: list[list[int]], *, k: int, max_new_tokens: int, s
     """
     plain_tokens = plain_s = spec_tokens = spec_s = rounds = drafted = accepted = 0
     identical = True
-    outputs = []
+    outputs, histogram = [], {}
+    longest = (max_k if max_k is not None else backend.max_draft) if k == "auto" else k
     for prompt in tqdm(prompts, desc=desc or "prompts", leave=False):
         # Warm-up long enough for full rounds: ONNX Runtime plans memory per new input shape.
-        generate(backend, prompt, k=k, max_new_tokens=3 * (k + 1), sampling=sampling, eos_ids=eos_ids)
+        generate(backend, prompt, k=longest, max_new_tokens=3 * (longest + 1), sampling=sampling, eos_ids=eos_ids)
         plain = generate(backend, prompt, k=0, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids)
-        spec = generate(backend, prompt, k=k, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids)
+        spec = generate(backend, prompt, k=k, max_k=max_k, max_new_tokens=max_new_tokens, sampling=sampling,
+                        eos_ids=eos_ids)
+        for n, count in spec.stats.k_histogram.items():
+            histogram[n] = histogram.get(n, 0) + count
         identical &= spec.tokens == plain.tokens
         outputs.append(plain.tokens)
         plain_tokens += plain.stats.new_tokens - 1
@@ -77,12 +81,13 @@ def compare(backend, prompts: list[list[int]], *, k: int, max_new_tokens: int, s
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         "tokens_per_target_call": spec_tokens / rounds if rounds else 0.0,
         "token_identical": identical,
+        "k_histogram": {str(n): histogram[n] for n in sorted(histogram)},  # rounds per draft length (0: plain)
         "matches_reference": None if reference is None else outputs == reference,
         "outputs": outputs,
     }
 
 
-def run_demo(k: int = 4, max_new_tokens: int = 64, backends=None) -> dict:
+def run_demo(k: int | str = "auto", max_new_tokens: int = 64, backends=None) -> dict:
     pair_dir = default_pair_dir()
     prompts = [p["ids"] for p in heldout_prompts(pair_dir)]
     from mtp_edge.models.config import target_config_from_folder
@@ -94,7 +99,7 @@ def run_demo(k: int = 4, max_new_tokens: int = 64, backends=None) -> dict:
         manifest = getattr(backend, "manifest", None)
         recipe = manifest.quantization.recipe_for(name) if manifest else "none"
         row = compare(backend, prompts, k=k, max_new_tokens=max_new_tokens, eos_ids=eos, desc=f"demo {name}",
-                      reference=reference if recipe == "none" else None)
+                      reference=reference if recipe == "none" else None, max_k=min(backend.max_draft, DEMO_EXPORT.k))
         reference = reference or row["outputs"]
         rows[name] = {"recipe": recipe, **{key: value for key, value in row.items() if key != "outputs"}}
     return {"pair": str(pair_dir), "prompts": len(prompts), "max_new_tokens": max_new_tokens, "greedy": True,

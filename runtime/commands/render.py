@@ -131,13 +131,19 @@ def format_report(report: dict, source: str) -> str:
 def format_demo(report: dict) -> str:
     head = (f"{'backend':<10}{'plain tok/s':>13}{'spec tok/s':>12}{'speedup':>9}{'accept':>8}{'tok/call':>10}"
             f"{'spec=plain':>12}{'=first':>8}")
-    lines = [f"default pair, {report['prompts']} held-out prompts, {report['max_new_tokens']} new tokens each, greedy", head]
+    k = next(iter(report["backends"].values()), {}).get("k", "?")
+    lines = [f"default pair, {report['prompts']} held-out prompts, {report['max_new_tokens']} new tokens each, greedy, "
+             f"K={k}", head]
     for name, r in report["backends"].items():
         lines.append(
             f"{name:<10}{r['plain_tokens_per_s']:>13.1f}{r['speculative_tokens_per_s']:>12.1f}{r['speedup']:>8.2f}x"
             f"{r['acceptance_rate']:>8.1%}{r['tokens_per_target_call']:>10.2f}{'yes' if r['token_identical'] else 'NO':>12}"
             f"{'-' if r['matches_reference'] is None else 'yes' if r['matches_reference'] else 'NO':>8}"
         )
+    for name, r in report["backends"].items():
+        if r.get("k_histogram") and r["k"] == "auto":
+            chosen = ", ".join(f"K={n}: {c}" for n, c in r["k_histogram"].items())
+            lines.append(f"{name}: rounds per draft length chosen by --k auto: {chosen}")
     for name, r in report["backends"].items():
         if r["recipe"] != "none":
             lines.append(f"{name} runs the quantized recipe {r['recipe']}")

@@ -157,6 +157,7 @@ def plot_report(report: dict, path: str | Path) -> dict:
                 label=f"{name} auto (K={auto['chosen_k']})")
         ax.axhline(result["rows"]["0"].get("measured_tok_s", result["rows"]["0"]["predicted_tok_s"]), ls="--",
                    color=color, lw=1, label=f"{name} plain decoding")
+    ax.set_xticks(range(max((int(k) for r in report["backends"].values() for k in r["rows"] if k != "auto"), default=0) + 1))
     ax.set_xlabel("draft length K")
     ax.set_ylabel("tokens / s")
     ax.set_title(f"mtp-edge tune: {Path(report['bundle']).name}")

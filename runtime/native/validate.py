@@ -3,7 +3,9 @@
 `run_requests()` feeds the runner (built by native/build.py) JSON-line requests and parses its
 JSON-line results; `validate_bundle()` runs a bundle's demo prompts through both the native
 runner and the Python pte backend and reports whether the tokens are identical (printed by
-commands/render.format_validate).
+commands/render.format_validate): at the bundle's K, at K = 0, and with K = auto, where both
+sides decide each round's draft length from the same frozen cost table (the bundle's tuning.json,
+else one measured here on the pte backend), so that they must make the same decisions too.
 
 The runner is a desktop build of the code the Android app will use (android_demo/native), so
 validating it here is validating the on-device loop: same methods, same sampling, same tokens.
@@ -26,11 +28,25 @@ class NativeResult:
     stats: dict  # GenerationStats.as_dict() fields + decode_methods_s, runner_s, runner_per_round_s
 
 
-def request(prompt, *, k: int, max_new_tokens: int, sampling=None) -> dict:
-    """One request line for the runner; `sampling` is a runtime.sampling.SamplingConfig (None: greedy)."""
-    line = {"prompt": [int(t) for t in prompt], "k": int(k), "max_new_tokens": int(max_new_tokens)}
+def request(prompt, *, k: int | str = "auto", max_new_tokens: int, sampling=None, max_k: int | None = None,
+            draft_p_min: float | None = None, costs=None) -> dict:
+    """One request line for the runner.
+
+    k: draft tokens per round or "auto" (the runner's default); `sampling` a runtime.sampling.SamplingConfig
+    (None: greedy; its rule is sent too); with "auto", max_k bounds the draft length (None: the bundle's K)
+    and `costs` (a runtime.draft_policy.CostTable or its to_json() dict) freezes the policy's cost table;
+    draft_p_min: stop a draft before a step whose top probability is below it.
+    """
+    line = {"prompt": [int(t) for t in prompt], "k": "auto" if k == "auto" else int(k), "max_new_tokens": int(max_new_tokens)}
     if sampling is not None:
-        line.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed)
+        line.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed,
+                    rule=sampling.rule)
+    if max_k is not None:
+        line["max_k"] = int(max_k)
+    if draft_p_min is not None:
+        line["draft_p_min"] = float(draft_p_min)
+    if costs is not None:
+        line["costs"] = costs.to_json() if hasattr(costs, "to_json") else dict(costs)
     return line
 
 
@@ -68,64 +84,111 @@ def runner_error(returncode: int, stderr: str) -> str:
 # --------------------------------------------------------------------------- validate
 
 
-def demo_prompts(manifest: dict, max_new_tokens: int) -> tuple[list[list[int]], str]:
+def demo_prompts(manifest, max_new_tokens: int) -> tuple[list[list[int]], str]:
     """The held-out prompts of the pair the bundle came from (those of the shipped pair if it has none).
 
-    Ids are folded into the bundle's vocabulary (a random test pair may have a smaller one) and
-    prompts are cut so that prompt + new tokens fit the cache where the cache allows it.
+    `manifest`: the bundle's export.manifest.BundleManifest. Ids are folded into the bundle's vocabulary
+    (a random test pair may have a smaller one) and prompts are cut so that prompt + new tokens fit the
+    cache where the cache allows it.
     """
     from mtp_edge.models.shipped import default_pair_dir, heldout_prompts
 
-    source = Path(manifest.get("source", {}).get("target") or "").parent
+    source = Path(manifest.source.target if manifest.source is not None else "").parent
     pair_dir = source if (source / "heldout.json").is_file() else default_pair_dir()
-    vocab = int(manifest["target_config"]["vocab_size"])
-    max_seq_len = int(manifest["cache"]["max_seq_len"])
+    vocab = int(manifest.vocab_size)
+    max_seq_len = int(manifest.cache.max_seq_len)
     keep = max(1, min(max_seq_len - 1 - max_new_tokens, max_seq_len // 2))
     prompts = [[int(t) % vocab for t in p["ids"][:keep]] for p in heldout_prompts(pair_dir)]
     return prompts, str(pair_dir / "heldout.json")
 
 
+def frozen_costs(bundle_dir: Path, backend, max_k: int, *, progress: bool = False):
+    """The cost table both sides decide K = auto from: the bundle's tuning.json (its pte entry) if it
+    has one covering max_k, else measured once here on the Python pte backend. Returns (table, source)."""
+    from mtp_edge.runtime.tuning import TUNING_FILE, TuningError, measure_costs, read_tuning
+
+    try:
+        table = read_tuning(bundle_dir, "pte")
+    except TuningError as e:
+        log_progress(f"ignoring {TUNING_FILE}: {e}", progress)
+        table = None
+    if table is not None and table.max_k >= max_k:
+        return table, TUNING_FILE
+    return measure_costs(backend, max_k), "measured"
+
+
+def _histogram(counts) -> dict[str, int]:
+    """{draft length: rounds} with string keys, as the runner's JSON writes it."""
+    return {str(k): int(n) for k, n in sorted(((int(k), n) for k, n in counts.items())) if n}
+
+
+def _sum_histograms(histograms) -> dict[str, int]:
+    total: dict[int, int] = {}
+    for h in histograms:
+        for k, n in h.items():
+            total[int(k)] = total.get(int(k), 0) + int(n)
+    return _histogram(total)
+
+
 def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_prompts: int | None = None,
                     progress: bool = True) -> dict:
-    """Native runner vs the Python pte backend on the bundle's demo prompts: greedy and seeded sampling
-    at the bundle's K, and greedy K = 0. Tokens must be identical; tok/s and per-round overheads are reported."""
+    """Native runner vs the Python pte backend on the bundle's demo prompts. Cases: greedy and seeded
+    sampling at the bundle's K; greedy K = 0; K = auto greedy, seeded sampling under the rejection rule
+    and under the coupled rule (both sides given one frozen cost table); coupled sampling at K = 0.
+    Tokens and per-round draft lengths (k histograms) must be identical; greedy output must not depend
+    on K, nor coupled sampling's. tok/s and per-round overheads are reported."""
     from mtp_edge.export.bundle import read_manifest
 
     from mtp_edge.runtime.backends.pte import PteBackend
+    from mtp_edge.runtime.draft_policy import DraftPolicy
     from mtp_edge.runtime.sampling import SamplingConfig
     from mtp_edge.runtime.speculative import generate
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir, needs="pte")
-    k = int(manifest["k"])
+    k = int(manifest.k)
     prompts, prompts_from = demo_prompts(manifest, max_new_tokens)
     prompts = prompts[:num_prompts] if num_prompts else prompts
-    cases = [
+    sampling = SamplingConfig(temperature=0.8, top_p=0.95, seed=11)
+    coupled = SamplingConfig(temperature=0.8, top_p=0.95, seed=11, rule="coupled")
+    cases = [  # (name, k, sampling)
         ("greedy", k, SamplingConfig()),
-        ("sampling", k, SamplingConfig(temperature=0.8, top_p=0.95, seed=11)),
+        ("sampling", k, sampling),
         ("greedy", 0, SamplingConfig()),
+        ("greedy", "auto", SamplingConfig()),
+        ("sampling", "auto", sampling),
+        ("coupled", "auto", coupled),
+        ("coupled", 0, coupled),
     ]
     exe = build_runner(progress=progress)
+    backend = PteBackend(bundle_dir)
+    eos = backend.eos_ids
+    # K = auto: the policy's bound as generate() computes it, and one frozen table for both sides.
+    has_drafter = backend.has_drafter and backend.max_draft > 0
+    bound = min(backend.max_draft, backend.max_seq_len - 2) if has_drafter else 0
+    costs, cost_source = frozen_costs(bundle_dir, backend, bound, progress=progress) if has_drafter else (None, "none")
+    policy_k = min(bound, costs.max_k) if costs is not None else 0
 
     # Native: one process, the bundle loaded once; a short warm-up request first (page-in, XNNPACK setup).
     warm = request(prompts[0], k=k, max_new_tokens=min(max_new_tokens, 2 * (k + 1)))
-    lines = [warm] + [request(p, k=ck, max_new_tokens=max_new_tokens, sampling=cs) for _, ck, cs in cases for p in prompts]
+    lines = [warm] + [request(p, k=ck, max_new_tokens=max_new_tokens, sampling=cs, costs=costs if ck == "auto" else None)
+                      for _, ck, cs in cases for p in prompts]
     log_progress(f"native runner: {len(lines) - 1} generations", progress)
     started = time.perf_counter()
     native = run_requests(bundle_dir, lines, runner=exe)[1:]
     native_wall = time.perf_counter() - started
 
     log_progress(f"python pte backend: {len(lines) - 1} generations", progress)
-    backend = PteBackend(bundle_dir)
-    eos = backend.eos_ids
     generate(backend, prompts[0], k=k, max_new_tokens=warm["max_new_tokens"], eos_ids=eos)
     python = []
     for _, ck, cs in cases:
         for p in prompts:
+            # A fresh frozen policy per generation, as the native runner makes one per request.
+            policy = DraftPolicy(costs, policy_k, frozen=True) if ck == "auto" and costs is not None else None
             # The first token is emitted after prefill, before the decode clock starts: the method
             # time from there on is the decode's, as the native runner's decode_methods_s.
             at_first = []
-            g = generate(backend, p, k=ck, max_new_tokens=max_new_tokens, sampling=cs, eos_ids=eos,
+            g = generate(backend, p, k=ck, max_new_tokens=max_new_tokens, sampling=cs, eos_ids=eos, policy=policy,
                          on_token=lambda t: at_first or at_first.append(backend.method_seconds))
             python.append((g, backend.method_seconds - at_first[0]))
 
@@ -135,30 +198,41 @@ def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_pro
         n_py = python[index:index + len(prompts)]
         index += len(prompts)
         identical = [a.tokens == b.tokens for a, (b, _) in zip(n_nat, n_py)]
+        # Per prompt: the draft lengths each round made, and (auto) the lengths the policy planned.
+        same_k = [a.stats["k_histogram"] == _histogram(b.stats.k_histogram)
+                  and ((a.stats.get("policy") or {}).get("k_histogram") == _histogram((b.stats.policy or {}).get("k_histogram") or {})
+                       if b.stats.policy else a.stats.get("policy") is None)
+                  for a, (b, _) in zip(n_nat, n_py)]
         tokens = sum(r.stats["new_tokens"] - 1 for r in n_nat)
         native_decode = sum(r.stats["decode_s"] for r in n_nat)
         native_rounds = sum(r.stats["rounds"] for r in n_nat)
+        native_drafted = sum(r.stats["drafted"] for r in n_nat)
         python_decode = sum(g.stats.decode_s for g, _ in n_py)
         python_methods = sum(m for _, m in n_py)
         python_rounds = sum(g.stats.rounds for g, _ in n_py)
         rows.append({
             "case": f"{name} K={ck}",
             "k": ck,
-            "sampling": {"temperature": cs.temperature, "top_k": cs.top_k, "top_p": cs.top_p, "seed": cs.seed},
+            "sampling": {"temperature": cs.temperature, "top_k": cs.top_k, "top_p": cs.top_p, "seed": cs.seed, "rule": cs.rule},
             "prompts": len(prompts),
             "identical": sum(identical),
             "token_identical": all(identical),
             "mismatched_prompts": [i for i, same in enumerate(identical) if not same],
+            "k_histograms_identical": all(same_k),
+            "k_histogram_mismatched_prompts": [i for i, same in enumerate(same_k) if not same],
+            "native_k_histogram": _sum_histograms(r.stats["k_histogram"] for r in n_nat),
+            "python_k_histogram": _sum_histograms(_histogram(g.stats.k_histogram) for g, _ in n_py),
+            "early_stops": sum(r.stats.get("early_stops", 0) for r in n_nat),
             "new_tokens": tokens,
             "native_tokens_per_s": tokens / native_decode if native_decode else 0.0,
             "python_tokens_per_s": sum(g.stats.new_tokens - 1 for g, _ in n_py) / python_decode if python_decode else 0.0,
-            "acceptance_rate": (sum(r.stats["accepted"] for r in n_nat) / sum(r.stats["drafted"] for r in n_nat)
-                                if ck else None),
+            "acceptance_rate": (sum(r.stats["accepted"] for r in n_nat) / native_drafted if native_drafted else 0.0) if ck else None,
             "native_runner_s_per_round": sum(r.stats["runner_s"] for r in n_nat) / native_rounds if native_rounds else 0.0,
             "python_runner_s_per_round": (python_decode - python_methods) / python_rounds if python_rounds else 0.0,
             "native_tokens": [r.tokens for r in n_nat],
         })
-    greedy_spec, greedy_plain = rows[0]["native_tokens"], rows[2]["native_tokens"]
+    by_case = {row["case"]: row["native_tokens"] for row in rows}
+    greedy_plain = by_case["greedy K=0"]
     report = {
         "bundle": str(bundle_dir),
         "runner": str(exe),
@@ -166,10 +240,17 @@ def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_pro
         "prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
         "k": k,
-        "quantization": manifest.get("quantization", {}).get("recipes", {}).get("pte", manifest.get("quantization", {}).get("recipe")),
+        "quantization": manifest.quantization.recipe_for("pte"),
+        "cost_table": costs.to_json() if costs is not None else None,
+        "cost_source": cost_source,
         "native_wall_s": native_wall,
         "cases": [{key: v for key, v in row.items() if key != "native_tokens"} for row in rows],
-        "native_speculative_equals_plain": greedy_spec == greedy_plain,
+        # Greedy output does not depend on K, nor coupled sampling's: checked on the native runner.
+        "native_speculative_equals_plain": by_case[f"greedy K={k}"] == greedy_plain,
+        "native_auto_equals_plain": by_case["greedy K=auto"] == greedy_plain,
+        "native_coupled_auto_equals_plain": by_case["coupled K=auto"] == by_case["coupled K=0"],
     }
-    report["ok"] = all(row["token_identical"] for row in rows) and report["native_speculative_equals_plain"]
+    report["ok"] = (all(row["token_identical"] and row["k_histograms_identical"] for row in rows)
+                    and report["native_speculative_equals_plain"] and report["native_auto_equals_plain"]
+                    and report["native_coupled_auto_equals_plain"])
     return report

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "mtp_edge_runner.h"
@@ -40,6 +41,16 @@ struct Listener {
   jmethodID on_token;
   bool failed;
 };
+
+// texts[index] = the NUL-padded C string `text` (at most size bytes); false with an exception pending.
+bool set_text(JNIEnv* env, jobjectArray texts, jsize index, const char* text, size_t size) {
+  std::string value(text, strnlen(text, size));
+  jstring s = env->NewStringUTF(value.c_str());
+  if (s == nullptr) return false;
+  env->SetObjectArrayElement(texts, index, s);
+  env->DeleteLocalRef(s);
+  return !env->ExceptionCheck();
+}
 
 void on_token(int64_t token, void* user_data) {
   auto* l = static_cast<Listener*>(user_data);
@@ -85,11 +96,14 @@ JNIEXPORT jlong JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeInfo(JNIEnv* env, j
   }
 }
 
-// Fills counts[5] = {prompt_tokens, new_tokens, rounds, drafted, accepted},
-// times[3] = {prefill_s, decode_s, decode_methods_s} and stopReason[0]; returns the new tokens.
+// Fills counts[10] = {prompt_tokens, new_tokens, rounds, drafted, accepted, early_stops, plain_rounds,
+// probe_rounds, auto_k, costs_frozen}, times[3] = {prefill_s, decode_s, decode_methods_s} and
+// texts[2] = {stop_reason, cost_source}; returns the new tokens. k < 0: auto (MTP_K_AUTO);
+// max_k < 0: the bundle's K; draft_p_min < 0: none; costs_json null: timed on the device.
 JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerate(
     JNIEnv* env, jclass, jlong handle, jintArray prompt, jint k, jint max_new_tokens, jdouble temperature, jint top_k,
-    jdouble top_p, jlong seed, jobject listener, jlongArray counts, jdoubleArray times, jobjectArray stop_reason) {
+    jdouble top_p, jlong seed, jint rule, jint max_k, jdouble draft_p_min, jstring costs_json, jobject listener,
+    jlongArray counts, jdoubleArray times, jobjectArray texts) {
   mtp_runner* runner = handle_of(env, handle);
   if (runner == nullptr) return nullptr;
   if (prompt == nullptr) {
@@ -120,36 +134,44 @@ JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerate(
     if (l.on_token == nullptr) return nullptr;  // NoSuchMethodError pending
   }
 
+  // The cost table's text, copied out of the Java string (released before any callback runs).
+  std::string costs;
+  if (costs_json != nullptr) {
+    const char* text = env->GetStringUTFChars(costs_json, nullptr);
+    if (text == nullptr) return nullptr;  // OutOfMemoryError pending
+    costs = text;
+    env->ReleaseStringUTFChars(costs_json, text);
+  }
+
   mtp_sampling sampling{static_cast<double>(temperature), static_cast<int64_t>(top_k), static_cast<double>(top_p),
-                        static_cast<uint64_t>(seed)};
+                        static_cast<uint64_t>(seed), static_cast<int32_t>(rule)};
+  mtp_draft draft{max_k < 0 ? -1 : static_cast<int64_t>(max_k), static_cast<double>(draft_p_min),
+                  costs_json != nullptr ? costs.c_str() : nullptr};
   mtp_stats stats;
   std::memset(&stats, 0, sizeof stats);
   size_t n = 0;
   char error[kErrorSize] = {0};
-  const int rc = mtp_runner_generate(runner, prompt64.data(), prompt64.size(), k, max_new_tokens, &sampling, out.data(),
-                                     out.size(), &n, &stats, listener != nullptr ? on_token : nullptr, &l, error,
-                                     sizeof error);
+  const int rc = mtp_runner_generate(runner, prompt64.data(), prompt64.size(), k < 0 ? MTP_K_AUTO : k, max_new_tokens,
+                                     &sampling, &draft, out.data(), out.size(), &n, &stats,
+                                     listener != nullptr ? on_token : nullptr, &l, error, sizeof error);
   if (l.failed) return nullptr;  // the listener's exception is pending: it reaches the caller
   if (rc != 0) {
     throw_java(env, error[0] ? error : "generation failed");
     return nullptr;
   }
 
-  if (counts != nullptr && env->GetArrayLength(counts) >= 5) {
-    const jlong c[5] = {stats.prompt_tokens, stats.new_tokens, stats.rounds, stats.drafted, stats.accepted};
-    env->SetLongArrayRegion(counts, 0, 5, c);
+  if (counts != nullptr && env->GetArrayLength(counts) >= 10) {
+    const jlong c[10] = {stats.prompt_tokens, stats.new_tokens, stats.rounds, stats.drafted, stats.accepted,
+                         stats.early_stops, stats.plain_rounds, stats.probe_rounds, stats.auto_k, stats.costs_frozen};
+    env->SetLongArrayRegion(counts, 0, 10, c);
   }
   if (times != nullptr && env->GetArrayLength(times) >= 3) {
     const jdouble t[3] = {stats.prefill_s, stats.decode_s, stats.decode_methods_s};
     env->SetDoubleArrayRegion(times, 0, 3, t);
   }
-  if (stop_reason != nullptr && env->GetArrayLength(stop_reason) >= 1) {
-    char reason[sizeof stats.stop_reason + 1] = {0};
-    std::memcpy(reason, stats.stop_reason, sizeof stats.stop_reason);
-    jstring s = env->NewStringUTF(reason);
-    if (s == nullptr) return nullptr;
-    env->SetObjectArrayElement(stop_reason, 0, s);
-    env->DeleteLocalRef(s);
+  if (texts != nullptr && env->GetArrayLength(texts) >= 2) {
+    if (!set_text(env, texts, 0, stats.stop_reason, sizeof stats.stop_reason)) return nullptr;
+    if (!set_text(env, texts, 1, stats.cost_source, sizeof stats.cost_source)) return nullptr;
   }
   std::vector<jint> tokens(n);
   for (size_t i = 0; i < n; ++i) tokens[i] = static_cast<jint>(out[i]);
@@ -157,6 +179,52 @@ JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerate(
   if (result == nullptr) return nullptr;
   if (n > 0) env->SetIntArrayRegion(result, 0, static_cast<jsize>(n), tokens.data());
   return result;
+}
+
+// The last successful generation's details. which: 0 = rounds per draft length (index = tokens
+// drafted), 1 = k = auto: rounds per planned K; an empty array when there are none.
+JNIEXPORT jlongArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeLastHistogram(JNIEnv* env, jclass, jlong handle, jint which) {
+  mtp_runner* runner = handle_of(env, handle);
+  if (runner == nullptr) return nullptr;
+  auto get = which == 0 ? mtp_runner_last_k_histogram : mtp_runner_last_planned_histogram;
+  std::vector<int64_t> counts(get(runner, nullptr, 0));
+  get(runner, counts.data(), counts.size());
+  jlongArray result = env->NewLongArray(static_cast<jsize>(counts.size()));
+  if (result == nullptr) return nullptr;
+  std::vector<jlong> values(counts.begin(), counts.end());
+  if (!values.empty()) env->SetLongArrayRegion(result, 0, static_cast<jsize>(values.size()), values.data());
+  return result;
+}
+
+// which: 0 = the cost table {decode, draft_step, verify[2], ..., verify[K + 1]} (seconds), 1 = the
+// acceptance estimate a_1..a_max_k; an empty array when the last generation had no policy.
+JNIEXPORT jdoubleArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeLastPolicy(JNIEnv* env, jclass, jlong handle, jint which) {
+  mtp_runner* runner = handle_of(env, handle);
+  if (runner == nullptr) return nullptr;
+  std::vector<double> values;
+  if (which == 0) {
+    const size_t k = mtp_runner_last_costs(runner, nullptr, nullptr, nullptr, 0);
+    if (mtp_runner_last_planned_histogram(runner, nullptr, 0) > 0) {  // the last generation had a policy
+      values.resize(2 + k);
+      mtp_runner_last_costs(runner, &values[0], &values[1], values.data() + 2, k);
+    }
+  } else {
+    values.resize(mtp_runner_last_acceptance(runner, nullptr, 0));
+    mtp_runner_last_acceptance(runner, values.data(), values.size());
+  }
+  jdoubleArray result = env->NewDoubleArray(static_cast<jsize>(values.size()));
+  if (result == nullptr) return nullptr;
+  if (!values.empty()) env->SetDoubleArrayRegion(result, 0, static_cast<jsize>(values.size()), values.data());
+  return result;
+}
+
+// The last generation's statistics as the desktop CLI writes them (one JSON object), "" before any.
+JNIEXPORT jstring JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeLastStatsJson(JNIEnv* env, jclass, jlong handle) {
+  mtp_runner* runner = handle_of(env, handle);
+  if (runner == nullptr) return nullptr;
+  std::vector<char> text(mtp_runner_last_stats_json(runner, nullptr, 0) + 1);
+  mtp_runner_last_stats_json(runner, text.data(), text.size());
+  return env->NewStringUTF(text.data());  // ASCII only: numbers, keys and fixed words
 }
 
 }  // extern "C"

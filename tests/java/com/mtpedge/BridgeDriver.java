@@ -15,10 +15,13 @@ import java.util.Locale;
  * One command a line, one JSON line out for each:
  * <pre>
  *   open BUNDLE_DIR                                    -&gt; {"op":"open","max_draft":..,"max_seq_len":..,"vocab_size":..}
+ *   set [rule=R] [max_k=N] [p_min=P] [costs=JSON]      -&gt; {"op":"set"}: options of the later gen commands
  *   gen K MAX_NEW TEMPERATURE TOP_K TOP_P SEED TOKEN...  -&gt; {"op":"gen","tokens":[..],"streamed":[..],"stats":{..}}
  *   throw_after N K MAX_NEW TOKEN...                   (greedy; the listener throws at its Nth token)
  *   close                                              -&gt; {"op":"close"}
  * </pre>
+ * K is a number or "auto". set: rule rejection | coupled, max_k -1 = the bundle's, p_min &lt; 0 = none,
+ * costs a cost table as compact JSON (no spaces) or "null"; "set" alone restores the defaults.
  * A failing command answers {"op":..,"exception":"CLASS","message":".."} and the driver goes on.
  */
 public final class BridgeDriver {
@@ -28,6 +31,10 @@ public final class BridgeDriver {
     MtpEdgeRunner.load(args.length > 0 ? args[0] : null);
     BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
     MtpEdgeRunner runner = null;
+    MtpEdgeRunner.SamplingRule rule = MtpEdgeRunner.SamplingRule.REJECTION;
+    int maxK = -1;
+    double pMin = -1.0;
+    String costs = null;
     String line;
     while ((line = in.readLine()) != null) {
       line = line.trim();
@@ -48,11 +55,41 @@ public final class BridgeDriver {
                 runner.maxDraft(), runner.maxSeqLen(), runner.vocabSize()));
             break;
           }
+          case "set": {
+            rule = MtpEdgeRunner.SamplingRule.REJECTION;
+            maxK = -1;
+            pMin = -1.0;
+            costs = null;
+            for (int i = 1; i < f.length; i++) {
+              String key = f[i].substring(0, f[i].indexOf('='));
+              String value = f[i].substring(f[i].indexOf('=') + 1);
+              switch (key) {
+                case "rule":
+                  rule = MtpEdgeRunner.SamplingRule.valueOf(value.toUpperCase(Locale.ROOT));
+                  break;
+                case "max_k":
+                  maxK = Integer.parseInt(value);
+                  break;
+                case "p_min":
+                  pMin = Double.parseDouble(value);
+                  break;
+                case "costs":
+                  costs = value.equals("null") ? null : value;
+                  break;
+                default:
+                  throw new IllegalArgumentException("unknown option " + key);
+              }
+            }
+            emit("{\"op\":\"set\"}");
+            break;
+          }
           case "gen": {
             final List<Integer> streamed = new ArrayList<>();
-            int[] tokens = runner.generate(ints(f, 7), Integer.parseInt(f[1]), Integer.parseInt(f[2]),
-                Float.parseFloat(f[3]), Integer.parseInt(f[4]), Float.parseFloat(f[5]), Long.parseLong(f[6]),
-                streamed::add);
+            int k = f[1].equals("auto") ? MtpEdgeRunner.K_AUTO : Integer.parseInt(f[1]);
+            MtpEdgeRunner.Options options = new MtpEdgeRunner.Options().k(k).maxNewTokens(Integer.parseInt(f[2]))
+                .sampling(Float.parseFloat(f[3]), Integer.parseInt(f[4]), Float.parseFloat(f[5]), Long.parseLong(f[6]))
+                .rule(rule).maxK(maxK).draftPMin(pMin).costsJson(costs);
+            int[] tokens = runner.generate(ints(f, 7), options, streamed::add);
             emit("{\"op\":\"gen\",\"tokens\":" + json(tokens) + ",\"streamed\":" + json(streamed) + ",\"stats\":"
                 + json(runner.lastStats()) + "}");
             break;
@@ -60,7 +97,8 @@ public final class BridgeDriver {
           case "throw_after": {
             final int n = Integer.parseInt(f[1]);
             final int[] seen = {0};
-            runner.generate(ints(f, 4), Integer.parseInt(f[2]), Integer.parseInt(f[3]), token -> {
+            int k = f[2].equals("auto") ? MtpEdgeRunner.K_AUTO : Integer.parseInt(f[2]);
+            runner.generate(ints(f, 4), k, Integer.parseInt(f[3]), token -> {
               if (++seen[0] == n) {
                 throw new IllegalStateException("listener stopped at token " + n);
               }
@@ -116,12 +154,44 @@ public final class BridgeDriver {
   }
 
   private static String json(MtpEdgeRunner.Stats s) {
+    MtpEdgeRunner.CostTable c = s.costs;
+    String costs = "null";
+    if (c != null) {
+      double[] verify = new double[c.maxK()];
+      for (int i = 0; i < verify.length; i++) {
+        verify[i] = c.verifySeconds(i + 2);
+      }
+      costs = "{\"decode\":" + Double.toString(c.decodeSeconds) + ",\"draft_step\":" + Double.toString(c.draftStepSeconds)
+          + ",\"verify\":" + json(verify) + "}";
+    }
     return String.format(Locale.ROOT,
         "{\"prompt_tokens\":%d,\"new_tokens\":%d,\"rounds\":%d,\"drafted\":%d,\"accepted\":%d,\"prefill_s\":%s,"
-            + "\"decode_s\":%s,\"decode_methods_s\":%s,\"stop_reason\":%s,\"acceptance_rate\":%s,\"tokens_per_s\":%s}",
+            + "\"decode_s\":%s,\"decode_methods_s\":%s,\"stop_reason\":%s,\"acceptance_rate\":%s,\"tokens_per_s\":%s,"
+            + "\"early_stops\":%d,\"plain_rounds\":%d,\"k_histogram\":%s,\"k_histogram_text\":%s,\"auto_k\":%s,"
+            + "\"planned_k_histogram\":%s,\"probe_rounds\":%d,\"costs_frozen\":%s,\"cost_source\":%s,\"costs\":%s,"
+            + "\"acceptance\":%s,\"native\":%s}",
         s.promptTokens, s.newTokens, s.rounds, s.drafted, s.accepted, Double.toString(s.prefillSeconds),
         Double.toString(s.decodeSeconds), Double.toString(s.decodeMethodsSeconds), str(s.stopReason),
-        Double.toString(s.acceptanceRate()), Double.toString(s.tokensPerSecond()));
+        Double.toString(s.acceptanceRate()), Double.toString(s.tokensPerSecond()), s.earlyStops, s.plainRounds,
+        json(s.kHistogram()), str(s.kHistogramText()), Boolean.toString(s.autoK), json(s.plannedKHistogram()),
+        s.probeRounds, Boolean.toString(s.costsFrozen), s.costSource == null ? "null" : str(s.costSource), costs,
+        json(s.acceptance()), s.toJson());
+  }
+
+  private static String json(long[] values) {
+    StringBuilder b = new StringBuilder("[");
+    for (int i = 0; i < values.length; i++) {
+      b.append(i > 0 ? "," : "").append(values[i]);
+    }
+    return b.append(']').toString();
+  }
+
+  private static String json(double[] values) {
+    StringBuilder b = new StringBuilder("[");
+    for (int i = 0; i < values.length; i++) {
+      b.append(i > 0 ? "," : "").append(Double.toString(values[i]));
+    }
+    return b.append(']').toString();
   }
 
   private static String str(String s) {

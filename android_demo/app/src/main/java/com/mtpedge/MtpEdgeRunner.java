@@ -6,14 +6,136 @@ package com.mtpedge;
  *
  * <p>Uses no {@code android.*} API: the same class runs in the app and on a desktop JVM (the
  * bridge test, tests/test_android_bridge.py). A bundle, prompt, K and sampling seed give the
- * tokens the Python runtime gives. Every native failure (a missing bundle, a modified program,
- * an unknown manifest version, a prompt the cache cannot hold, ...) is thrown as an
- * {@link MtpEdgeException} carrying the runner's one-line message.
+ * tokens the Python runtime gives. K is {@link #K_AUTO} unless set: a draft policy picks each
+ * round's draft length from this device's call times and the acceptance so far (0 where drafting
+ * does not pay); {@link #lastStats()} tells which lengths it drafted and the cost table it used.
+ * Every native failure (a missing bundle, a modified program, an unknown manifest version, a
+ * prompt the cache cannot hold, ...) is thrown as an {@link MtpEdgeException} carrying the
+ * runner's one-line message.
  *
  * <p>One instance serves one thread at a time (its methods are synchronized); generate on a
  * background thread in an app, and post streamed tokens to the UI thread yourself.
  */
 public final class MtpEdgeRunner implements AutoCloseable {
+
+  /** K = auto: a draft policy chooses each round's draft length (the default). */
+  public static final int K_AUTO = -1;
+
+  /** How speculative sampling stays exact (greedy ignores it). */
+  public enum SamplingRule {
+    /** Accept a draft with probability min(1, p/q): a seeded run's tokens depend on the draft lengths. */
+    REJECTION,
+    /** Gumbel-max coupling: a seeded run gives plain seeded sampling's tokens whatever the draft lengths. */
+    COUPLED
+  }
+
+  /**
+   * What one generate call does; every setting has a default: K auto (at most the bundle's K),
+   * 64 new tokens, greedy, the rejection rule, no fixed drafting p-min, costs timed on the device.
+   */
+  public static final class Options {
+    private int k = K_AUTO;
+    private int maxK = -1;
+    private int maxNewTokens = 64;
+    private float temperature = 0f;
+    private int topK = 0;
+    private float topP = 1f;
+    private long seed = 0L;
+    private SamplingRule rule = SamplingRule.REJECTION;
+    private double draftPMin = -1.0;
+    private String costsJson = null;
+
+    /** Draft tokens per round (0 = the target alone), or {@link #K_AUTO}. */
+    public Options k(int k) {
+      this.k = k;
+      return this;
+    }
+
+    /** With K auto, the longest draft of a round (-1: the bundle's K). */
+    public Options maxK(int maxK) {
+      this.maxK = maxK;
+      return this;
+    }
+
+    public Options maxNewTokens(int maxNewTokens) {
+      this.maxNewTokens = maxNewTokens;
+      return this;
+    }
+
+    /**
+     * Sampling: temperature 0 is greedy; topK 0 and topP 1 are off. The floats reach the runner as
+     * the doubles their decimal text reads as (0.8f as 0.8), as the Python runtime reads them.
+     */
+    public Options sampling(float temperature, int topK, float topP, long seed) {
+      this.temperature = temperature;
+      this.topK = topK;
+      this.topP = topP;
+      this.seed = seed;
+      return this;
+    }
+
+    public Options rule(SamplingRule rule) {
+      if (rule == null) {
+        throw new IllegalArgumentException("rule must not be null");
+      }
+      this.rule = rule;
+      return this;
+    }
+
+    /**
+     * Stop a draft before a step whose top probability (the drafter's, over its candidates) is
+     * below pMin; negative: none (with K auto the cost table then decides where a draft stops).
+     */
+    public Options draftPMin(double pMin) {
+      this.draftPMin = pMin;
+      return this;
+    }
+
+    /**
+     * With K auto, decide from this cost table, frozen (timings never change it):
+     * {@code {"decode": s, "draft_step": s, "verify": {"2": s, ...}}}, as Python's
+     * CostTable.to_json() and {@code mtp-edge tune} write it. Null: time the calls on the device.
+     */
+    public Options costsJson(String costsJson) {
+      this.costsJson = costsJson;
+      return this;
+    }
+  }
+
+  /** Seconds per call that the draft policy decided from (runtime/draft_policy.py's CostTable). */
+  public static final class CostTable {
+    /** One target call on 1 token (a plain round). */
+    public final double decodeSeconds;
+    /** One drafter step. */
+    public final double draftStepSeconds;
+    private final double[] verify; // verify[i]: one target call on i + 2 tokens
+
+    CostTable(double[] values) {
+      this.decodeSeconds = values[0];
+      this.draftStepSeconds = values[1];
+      this.verify = java.util.Arrays.copyOfRange(values, 2, values.length);
+    }
+
+    /** The largest draft length the table covers. */
+    public int maxK() {
+      return verify.length;
+    }
+
+    /** Seconds of one target call on {@code tokens} tokens (1 = decode, 2..maxK() + 1 = verify). */
+    public double verifySeconds(int tokens) {
+      return tokens == 1 ? decodeSeconds : verify[tokens - 2];
+    }
+
+    @Override
+    public String toString() {
+      StringBuilder b = new StringBuilder(String.format(java.util.Locale.ROOT, "decode %.2f ms, draft step %.2f ms, verify",
+          1e3 * decodeSeconds, 1e3 * draftStepSeconds));
+      for (int i = 0; i < verify.length; i++) {
+        b.append(String.format(java.util.Locale.ROOT, "%s %d: %.2f ms", i == 0 ? "" : ",", i + 2, 1e3 * verify[i]));
+      }
+      return b.toString();
+    }
+  }
 
   /** A failure reported by the native runner; the message names the problem and the fix. */
   public static class MtpEdgeException extends RuntimeException {
@@ -43,17 +165,78 @@ public final class MtpEdgeRunner implements AutoCloseable {
     public final double decodeMethodsSeconds;
     /** "eos", "max_new_tokens" or "cache_full". */
     public final String stopReason;
+    /** Drafts cut short by the drafting p-min or the policy's cost rule. */
+    public final long earlyStops;
+    /** Rounds that drafted nothing (plain decoding). */
+    public final long plainRounds;
+    /** True when a draft policy chose K (K auto on a bundle with a drafter); the fields below are then set. */
+    public final boolean autoK;
+    /** Rounds the policy drafted although plain decoding looked faster, to keep measuring acceptance. */
+    public final long probeRounds;
+    /** True when timings did not change the cost table (a given table, or seeded rejection sampling). */
+    public final boolean costsFrozen;
+    /** Where the cost table came from: "given", "measured" or "default"; null without a policy. */
+    public final String costSource;
+    /** The cost table the policy ended with (null without a policy). */
+    public final CostTable costs;
+    private final long[] kHistogram;
+    private final long[] plannedKHistogram;
+    private final double[] acceptance;
+    private final String json;
 
-    Stats(long[] counts, double[] times, String stopReason) {
+    Stats(long[] counts, double[] times, String[] texts, long[] kHistogram, long[] plannedKHistogram, double[] costs,
+        double[] acceptance, String json) {
       this.promptTokens = counts[0];
       this.newTokens = counts[1];
       this.rounds = counts[2];
       this.drafted = counts[3];
       this.accepted = counts[4];
+      this.earlyStops = counts[5];
+      this.plainRounds = counts[6];
+      this.probeRounds = counts[7];
+      this.autoK = counts[8] != 0;
+      this.costsFrozen = counts[9] != 0;
       this.prefillSeconds = times[0];
       this.decodeSeconds = times[1];
       this.decodeMethodsSeconds = times[2];
-      this.stopReason = stopReason;
+      this.stopReason = texts[0];
+      this.costSource = autoK ? texts[1] : null;
+      this.kHistogram = kHistogram;
+      this.plannedKHistogram = plannedKHistogram;
+      this.costs = autoK && costs.length >= 2 ? new CostTable(costs) : null;
+      this.acceptance = acceptance;
+      this.json = json;
+    }
+
+    /** Rounds per draft length: element d counts the rounds that drafted d tokens (0: plain rounds). */
+    public long[] kHistogram() {
+      return kHistogram.clone();
+    }
+
+    /** K auto: rounds per draft length the policy planned (probes included; a round can draft fewer). */
+    public long[] plannedKHistogram() {
+      return plannedKHistogram.clone();
+    }
+
+    /** K auto: the policy's final acceptance estimate, element i for draft position i + 1. */
+    public double[] acceptance() {
+      return acceptance.clone();
+    }
+
+    /** The histogram as text, e.g. "0:3 2:5 4:10" (draft length:rounds, lengths never drafted left out). */
+    public String kHistogramText() {
+      StringBuilder b = new StringBuilder();
+      for (int d = 0; d < kHistogram.length; d++) {
+        if (kHistogram[d] != 0) {
+          b.append(b.length() > 0 ? " " : "").append(d).append(':').append(kHistogram[d]);
+        }
+      }
+      return b.toString();
+    }
+
+    /** Every statistic as one JSON object, as the desktop runner (mtp_edge_runner) writes it. */
+    public String toJson() {
+      return json;
     }
 
     /** Accepted / drafted draft tokens (0 when nothing was drafted, e.g. K = 0). */
@@ -74,8 +257,8 @@ public final class MtpEdgeRunner implements AutoCloseable {
     @Override
     public String toString() {
       return String.format(java.util.Locale.ROOT,
-          "%d new tokens (%s), %d rounds, accepted %d/%d (%.1f%%), %.1f tok/s",
-          newTokens, stopReason, rounds, accepted, drafted, 100.0 * acceptanceRate(), tokensPerSecond());
+          "%d new tokens (%s), %d rounds, accepted %d/%d (%.1f%%), %.1f tok/s, K histogram %s",
+          newTokens, stopReason, rounds, accepted, drafted, 100.0 * acceptanceRate(), tokensPerSecond(), kHistogramText());
     }
   }
 
@@ -138,7 +321,28 @@ public final class MtpEdgeRunner implements AutoCloseable {
   }
 
   /**
-   * Generates up to maxNewTokens after the prompt; k = 0 decodes with the target alone.
+   * Generates after the prompt as {@code options} says (null: every default: greedy, K auto).
+   *
+   * @param listener receives each token as soon as it is accepted; may be null
+   * @return the new tokens (the EOS token included when generation stopped on it)
+   * @throws MtpEdgeException with the native message for a request the bundle cannot serve
+   */
+  public synchronized int[] generate(int[] prompt, Options options, TokenListener listener) throws MtpEdgeException {
+    Options o = options != null ? options : new Options();
+    long handle = checkedHandle();
+    long[] counts = new long[10];
+    double[] times = new double[3];
+    String[] texts = new String[2];
+    int[] tokens = nativeGenerate(handle, prompt, o.k, o.maxNewTokens, decimal(o.temperature), o.topK, decimal(o.topP),
+        o.seed, o.rule.ordinal(), o.maxK, o.draftPMin, o.costsJson, listener, counts, times, texts);
+    lastStats = new Stats(counts, times, texts, nativeLastHistogram(handle, 0), nativeLastHistogram(handle, 1),
+        nativeLastPolicy(handle, 0), nativeLastPolicy(handle, 1), nativeLastStatsJson(handle));
+    return tokens;
+  }
+
+  /**
+   * Generates up to maxNewTokens after the prompt; k = 0 decodes with the target alone, {@link #K_AUTO}
+   * lets the draft policy choose. The rejection rule, no drafting p-min, costs timed on the device.
    *
    * <p>temperature 0 is greedy; topK 0 and topP 1 are off. The float arguments are passed to the
    * runner as the doubles their decimal text reads as (0.8f as 0.8), so that a seeded request
@@ -148,20 +352,19 @@ public final class MtpEdgeRunner implements AutoCloseable {
    * @return the new tokens (the EOS token included when generation stopped on it)
    * @throws MtpEdgeException with the native message for a request the bundle cannot serve
    */
-  public synchronized int[] generate(int[] prompt, int k, int maxNewTokens, float temperature, int topK, float topP,
+  public int[] generate(int[] prompt, int k, int maxNewTokens, float temperature, int topK, float topP,
       long seed, TokenListener listener) throws MtpEdgeException {
-    long[] counts = new long[5];
-    double[] times = new double[3];
-    String[] stopReason = new String[1];
-    int[] tokens = nativeGenerate(checkedHandle(), prompt, k, maxNewTokens, decimal(temperature), topK, decimal(topP),
-        seed, listener, counts, times, stopReason);
-    lastStats = new Stats(counts, times, stopReason[0]);
-    return tokens;
+    return generate(prompt, new Options().k(k).maxNewTokens(maxNewTokens).sampling(temperature, topK, topP, seed), listener);
   }
 
-  /** Greedy generation. */
+  /** Greedy generation with a given K (0 = the target alone, {@link #K_AUTO}). */
   public int[] generate(int[] prompt, int k, int maxNewTokens, TokenListener listener) throws MtpEdgeException {
-    return generate(prompt, k, maxNewTokens, 0f, 0, 1f, 0L, listener);
+    return generate(prompt, new Options().k(k).maxNewTokens(maxNewTokens), listener);
+  }
+
+  /** Greedy generation, K auto. */
+  public int[] generate(int[] prompt, int maxNewTokens, TokenListener listener) throws MtpEdgeException {
+    return generate(prompt, new Options().maxNewTokens(maxNewTokens), listener);
   }
 
   /** The statistics of the last successful generate call (null before the first). */
@@ -196,5 +399,12 @@ public final class MtpEdgeRunner implements AutoCloseable {
   private static native long nativeInfo(long handle, int which);
 
   private static native int[] nativeGenerate(long handle, int[] prompt, int k, int maxNewTokens, double temperature,
-      int topK, double topP, long seed, TokenListener listener, long[] counts, double[] times, String[] stopReason);
+      int topK, double topP, long seed, int rule, int maxK, double draftPMin, String costsJson, TokenListener listener,
+      long[] counts, double[] times, String[] texts);
+
+  private static native long[] nativeLastHistogram(long handle, int which);
+
+  private static native double[] nativeLastPolicy(long handle, int which);
+
+  private static native String nativeLastStatsJson(long handle);
 }
