@@ -1,14 +1,27 @@
+import os
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
+# One torch thread per pytest-xdist worker (and per subprocess a test starts: they inherit it). Two
+# workers on two cores with torch's default of one OpenMP thread per core run many times slower
+# than with one thread each (measured on the 2-core dev machine, busy: test_heldout_quality_floors
+# 307 s vs 24 s, test_greedy_speculative_equals_target_only 87 s vs 4 s). Set OMP_NUM_THREADS to override.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 sys.path.insert(0, str(Path(__file__).parent))
 warnings.filterwarnings("ignore", message=".*register_constant.*")
 
+import torch  # noqa: E402
+
 from hf_pairs import make_hf_pair, save_pair  # noqa: E402
 from shared_exports import locked, run_dir, shared_bundle  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,9 @@ The JNI library is the `mtp_edge_jni` target of android_demo/native, built with 
 runtime/native/build.py (same cache folder); the Java class and the test driver
 (tests/java/com/mtpedge/BridgeDriver.java) are compiled with javac and run with
 `java -Djava.library.path=...`. The driver answers one JSON line per command. The JVM must give
-the Python pte backend's tokens (greedy and seeded sampling), stream exactly the tokens it
-returns, and turn every native failure into a Java exception carrying the runner's message.
+the Python pte backend's tokens (greedy and seeded sampling, fixed K and K auto), stream exactly
+the tokens it returns, report the draft policy's decisions in lastStats() (K histogram, plain
+rounds, cost table), and turn every native failure into a Java exception carrying the runner's message.
 Skipped without a JDK (javac, java). Reuses the tiny-pair bundle of tests/test_native_runner.py.
 """
 
@@ -21,8 +22,10 @@ import pytest
 from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE
 from mtp_edge.runtime.native import build
 from mtp_edge.runtime.backends.pte import PteBackend
+from mtp_edge.runtime.draft_policy import DraftPolicy
 from mtp_edge.runtime.speculative import generate
-from test_native_runner import GREEDY, K, MAX_SEQ, SAMPLING, TOP_K, _rand, tiny_bundle  # noqa: F401 - fixture
+from test_native_runner import (COSTS, COUPLED, GREEDY, K, MAX_SEQ, SAMPLING, TOP_K, _rand,  # noqa: F401 - fixture
+                                tiny_bundle)
 
 ROOT = Path(__file__).resolve().parents[1]
 JAVA_SOURCES = [ROOT / "android_demo/app/src/main/java/com/mtpedge/MtpEdgeRunner.java",
@@ -92,6 +95,49 @@ def test_jvm_tokens_equal_python(jni_library, java_classes, tiny_bundle):  # noq
     assert sum(r["stats"]["drafted"] - r["stats"]["accepted"] for r in spec) > 0
 
 
+def test_jvm_auto_k_and_last_stats(jni_library, java_classes, tiny_bundle):  # noqa: F811
+    """K auto through Java: with a frozen cost table the Python runtime's tokens and decisions, read back
+    from lastStats() (K histogram, planned K, plain rounds, acceptance, cost table); coupled sampling's
+    tokens are K = 0's; without a table the device's own timings (cost source "measured")."""
+    prompts = [_rand(40 + n, n) for n in (3, 11)]
+    costs = json.dumps(COSTS.to_json(), separators=(",", ":"))
+    max_new = 2 * MAX_SEQ
+    commands = ([f"open {tiny_bundle}", f"set costs={costs} p_min=0.0"]
+                + [_gen(p, "auto", max_new, s) for s in (GREEDY, SAMPLING) for p in prompts]
+                + [f"set rule=coupled max_k=2 costs={costs}"] + [_gen(p, "auto", max_new, COUPLED) for p in prompts]
+                + ["set rule=coupled"] + [_gen(p, 0, max_new, COUPLED) for p in prompts]
+                + ["set"] + [_gen(prompts[0], "auto", 30, GREEDY), _gen(prompts[0], 0, 30, GREEDY), "close"])
+    answers = _jvm(jni_library, java_classes, commands)
+    assert all("exception" not in a for a in answers), answers
+    n = len(prompts)
+    frozen, coupled_auto, coupled_plain = answers[2:2 + 2 * n], answers[3 + 2 * n:3 + 3 * n], answers[4 + 3 * n:4 + 4 * n]
+    measured, plain = answers[-3], answers[-2]
+
+    backend = PteBackend(tiny_bundle)
+    cases = [(GREEDY, 0.0, None)] * n + [(SAMPLING, 0.0, None)] * n + [(COUPLED, None, 2)] * n
+    theirs = [generate(backend, p, k="auto", max_k=max_k, draft_p_min=p_min, max_new_tokens=max_new, sampling=s,
+                       eos_ids=backend.eos_ids, policy=DraftPolicy(COSTS, max_k or K, frozen=True))
+              for (s, p_min, max_k), p in zip(cases, prompts * 3)]
+    for i, (a, b) in enumerate(zip(frozen + coupled_auto, theirs, strict=True)):
+        assert a["tokens"] == b.tokens and a["streamed"] == a["tokens"], f"generation {i}"
+        st, s, policy = a["stats"], b.stats, b.stats.policy
+        histogram = [s.k_histogram.get(d, 0) for d in range(max(s.k_histogram) + 1)]
+        assert (st["k_histogram"], st["plain_rounds"], st["early_stops"]) == (histogram, histogram[0], s.early_stops), i
+        assert st["k_histogram_text"] == " ".join(f"{d}:{c}" for d, c in s.k_histogram.items()), i
+        assert st["auto_k"] and st["costs_frozen"] and st["cost_source"] == "given", i
+        assert st["planned_k_histogram"] == [policy["k_histogram"].get(k, 0) for k in range(len(st["planned_k_histogram"]))], i
+        assert (st["probe_rounds"], st["acceptance"]) == (policy["probe_rounds"], policy["acceptance"]), i
+        assert st["costs"] == {"decode": COSTS.decode, "draft_step": COSTS.draft_step, "verify": list(COSTS.verify.values())}, i
+        assert st["native"]["k_histogram"] == {str(d): c for d, c in s.k_histogram.items()}, i
+    assert sum(a["stats"]["drafted"] for a in frozen) > 0 and sum(a["stats"]["plain_rounds"] for a in frozen) > 0
+    assert all(len(a["stats"]["planned_k_histogram"]) == 3 for a in coupled_auto)  # max_k = 2: K 0..2
+    assert [a["tokens"] for a in coupled_auto] == [a["tokens"] for a in coupled_plain]  # coupled: K does not matter
+    assert measured["tokens"] == plain["tokens"]
+    st = measured["stats"]
+    assert st["auto_k"] and not st["costs_frozen"] and st["cost_source"] == "measured" and len(st["costs"]["verify"]) == K
+    assert not plain["stats"]["auto_k"] and plain["stats"]["costs"] is None and plain["stats"]["cost_source"] is None
+
+
 def test_jvm_errors_are_java_exceptions(jni_library, java_classes, tiny_bundle, tmp_path):  # noqa: F811
     modified = tmp_path / "modified"
     shutil.copytree(tiny_bundle, modified)
@@ -115,8 +161,18 @@ def test_jvm_errors_are_java_exceptions(jni_library, java_classes, tiny_bundle, 
         _gen([1, 2, 3], K, 8, GREEDY),  # the runner still works after those
         "close",
         _gen([1, 2, 3], K, 8, GREEDY),
+        f"open {tiny_bundle}",  # bad drafting options: the runner's messages, the runner still usable
+        f"set max_k={K + 1}",
+        _gen([1, 2, 3], "auto", 8, GREEDY),
+        "set costs={\"decode\":1.0}",
+        _gen([1, 2, 3], "auto", 8, GREEDY),
+        "set p_min=1.5",
+        _gen([1, 2, 3], "auto", 8, GREEDY),
+        "set",
+        _gen([1, 2, 3], -2, 8, GREEDY),
+        _gen([1, 2, 3], "auto", 8, GREEDY),
     ])
-    for a in answers[:3] + answers[4:6] + answers[9:]:
+    for a in answers[:3] + answers[4:6] + answers[9:10]:
         assert a.get("exception") == EXCEPTION, a
     assert "nowhere: not a folder. Pass a bundle folder written by `mtp-edge export`." in answers[0]["message"]
     assert ("artifact model.pte was modified after export (sha256 does not match manifest.json); export the bundle again."
@@ -131,3 +187,10 @@ def test_jvm_errors_are_java_exceptions(jni_library, java_classes, tiny_bundle, 
     assert "exception" not in answers[7] and answers[7]["streamed"] == answers[7]["tokens"] and answers[7]["tokens"]
     assert answers[8] == {"op": "close"}
     assert answers[9]["message"] == "this MtpEdgeRunner is closed"
+    bad = [answers[i] for i in (12, 14, 16, 18)]
+    assert all(a.get("exception") == EXCEPTION for a in bad), bad
+    assert f"max_k must be in 0..{K} on this bundle, got {K + 1}." in bad[0]["message"]
+    assert "cost table: missing field(s) draft_step, verify." in bad[1]["message"]
+    assert "draft_p_min must be a probability in [0, 1], got 1.5." in bad[2]["message"]
+    assert "K (draft tokens per round) must be >= 0 or auto, got -2." in bad[3]["message"]
+    assert "exception" not in answers[19] and answers[19]["stats"]["auto_k"] and answers[19]["tokens"]

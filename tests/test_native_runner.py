@@ -36,6 +36,9 @@ COUPLED_TOP_K = SamplingConfig(temperature=1.3, top_k=20, seed=5, rule="coupled"
 # K = auto from one frozen table on both sides: at the prior acceptance (1/2) one draft pays, more do
 # not; the random drafter's rejections then make plain rounds win, with a probe every 16 of them.
 COSTS = CostTable(decode=1.0, draft_step=0.05, verify={2: 1.3, 3: 1.6, 4: 1.9})
+# Drafting almost free: K = 3 every round, and the cost rule stops the random drafter's drafts after
+# one or two steps (survival * p against a threshold near the top probabilities it gives).
+CHEAP = CostTable(decode=1.0, draft_step=0.0005, verify={2: 1.002, 3: 1.004, 4: 1.006})
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +149,11 @@ def test_tiny_pair_auto_native_equals_python(runner, tiny_bundle):
     assert sum(r.stats["policy"]["probe_rounds"] for r in never_stopped) > 0
     assert all(int(d) <= 2 for r in ours[2 * n:3 * n] + ours[8 * n:] for d in r.stats["k_histogram"])  # max_k = 2
     assert sum(r.stats["early_stops"] for r in ours[:n] + ours[3 * n:4 * n] + ours[5 * n:7 * n]) > 0
+    cheap, theirs = _both_auto(runner, tiny_bundle, prompts, [(GREEDY, None, None), (SAMPLING, None, None),
+                                                              (TOP_K, None, None)], 2 * MAX_SEQ, costs=CHEAP)
+    _assert_same(cheap, theirs)
+    drafted = {d for r in cheap for d, rounds in r.stats["k_histogram"].items() if rounds}
+    assert {"1", "2"} <= drafted and all(r.stats["policy"]["k_histogram"] == {"3": r.stats["rounds"]} for r in cheap)
 
     # Greedy output does not depend on K; coupled sampling's neither: auto == K = 0 == K, natively.
     plain = validate.run_requests(tiny_bundle, [validate.request(p, k=k, max_new_tokens=2 * MAX_SEQ, sampling=s)
@@ -302,6 +310,18 @@ def test_requests_the_bundle_cannot_serve(runner, tiny_bundle):
     assert "prompt token id 512 is outside the vocabulary [0, 512)." in msg
     msg = _error(_run(runner, tiny_bundle, requests=[{"prompt": [1], "top_p": 0}]))
     assert "top_p must be in (0, 1], got 0.0." in msg
+    # The K = auto fields and the sampling rule, with the Python runtime's wording where it checks the same.
+    bad = {"k": "K (draft tokens per round) must be a whole number or 'auto'.",
+           "rule": "sampling rule 'gumbel' is unknown; choose from rejection, coupled.",
+           "max_k": f"max_k must be in 0..{K} on this bundle, got {K + 1}.",
+           "draft_p_min": "draft_p_min must be a probability in [0, 1], got 1.5.",
+           "costs": "cost table: missing field(s) draft_step, verify.",
+           "verify": "cost table: verify is missing length(s) 3: give seconds for every length 2..4."}
+    fields = {"k": "fast", "rule": "gumbel", "max_k": K + 1, "draft_p_min": 1.5, "costs": {"decode": 1.0},
+              "verify": {"decode": 1.0, "draft_step": 0.0, "verify": {"2": 1.0, "4": 1.0}}}
+    for name, message in bad.items():
+        request = {"prompt": [1], "k": "auto", **{("costs" if name == "verify" else name): fields[name]}}
+        assert message in _error(_run(runner, tiny_bundle, requests=[request])), name
 
 
 @TINY

@@ -98,8 +98,8 @@ JNIEXPORT jlong JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeInfo(JNIEnv* env, j
 
 // Fills counts[10] = {prompt_tokens, new_tokens, rounds, drafted, accepted, early_stops, plain_rounds,
 // probe_rounds, auto_k, costs_frozen}, times[3] = {prefill_s, decode_s, decode_methods_s} and
-// texts[2] = {stop_reason, cost_source}; returns the new tokens. k < 0: auto (MTP_K_AUTO);
-// max_k < 0: the bundle's K; draft_p_min < 0: none; costs_json null: timed on the device.
+// texts[2] = {stop_reason, cost_source}; returns the new tokens. k = -1: auto (MTP_K_AUTO);
+// max_k = -1: the bundle's K; draft_p_min < 0: none; costs_json null: timed on the device.
 JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerate(
     JNIEnv* env, jclass, jlong handle, jintArray prompt, jint k, jint max_new_tokens, jdouble temperature, jint top_k,
     jdouble top_p, jlong seed, jint rule, jint max_k, jdouble draft_p_min, jstring costs_json, jobject listener,
@@ -145,13 +145,13 @@ JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerate(
 
   mtp_sampling sampling{static_cast<double>(temperature), static_cast<int64_t>(top_k), static_cast<double>(top_p),
                         static_cast<uint64_t>(seed), static_cast<int32_t>(rule)};
-  mtp_draft draft{max_k < 0 ? -1 : static_cast<int64_t>(max_k), static_cast<double>(draft_p_min),
+  mtp_draft draft{static_cast<int64_t>(max_k), static_cast<double>(draft_p_min),
                   costs_json != nullptr ? costs.c_str() : nullptr};
   mtp_stats stats;
   std::memset(&stats, 0, sizeof stats);
   size_t n = 0;
   char error[kErrorSize] = {0};
-  const int rc = mtp_runner_generate(runner, prompt64.data(), prompt64.size(), k < 0 ? MTP_K_AUTO : k, max_new_tokens,
+  const int rc = mtp_runner_generate(runner, prompt64.data(), prompt64.size(), k, max_new_tokens,
                                      &sampling, &draft, out.data(), out.size(), &n, &stats,
                                      listener != nullptr ? on_token : nullptr, &l, error, sizeof error);
   if (l.failed) return nullptr;  // the listener's exception is pending: it reaches the caller

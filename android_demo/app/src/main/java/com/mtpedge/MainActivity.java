@@ -12,7 +12,10 @@ import java.util.concurrent.Executors;
 
 /**
  * The demo: a bundle folder, a prompt, streamed output, tokens/s and acceptance rate, and a switch
- * between speculative decoding (the bundle's K) and the target alone (K = 0).
+ * between speculative decoding with K auto (a draft policy picks each round's draft length, at most
+ * the max K typed, from this device's own call times) and the target alone (K = 0). After a run it
+ * shows which draft lengths the rounds used (the K histogram), the plain rounds, and the cost table
+ * the policy decided from.
  *
  * <p>Prompts are token ids typed as text and the output is shown as ids: the app has no tokenizer
  * yet (the bundle's tokenizer.json needs a BPE implementation; see android_demo/README.md).
@@ -28,6 +31,7 @@ public class MainActivity extends Activity {
   private EditText bundleDir;
   private EditText prompt;
   private EditText maxNewTokens;
+  private EditText maxK;
   private Switch speculative;
   private Button generate;
   private TextView stats;
@@ -40,6 +44,7 @@ public class MainActivity extends Activity {
     bundleDir = findViewById(R.id.bundle_dir);
     prompt = findViewById(R.id.prompt);
     maxNewTokens = findViewById(R.id.max_new_tokens);
+    maxK = findViewById(R.id.max_k);
     speculative = findViewById(R.id.speculative);
     generate = findViewById(R.id.generate);
     stats = findViewById(R.id.stats);
@@ -54,11 +59,14 @@ public class MainActivity extends Activity {
     final boolean useDrafter = speculative.isChecked();
     final int[] ids;
     final int maxNew;
+    final int kBound;
     try {
       ids = parseIds(prompt.getText().toString());
       maxNew = Integer.parseInt(maxNewTokens.getText().toString().trim());
+      String bound = maxK.getText().toString().trim();
+      kBound = bound.isEmpty() ? -1 : Integer.parseInt(bound); // -1: the bundle's K
     } catch (NumberFormatException e) {
-      stats.setText("the prompt must be token ids separated by spaces, and new tokens a number");
+      stats.setText("the prompt must be token ids separated by spaces, new tokens a number, max K a number or empty");
       return;
     }
     generate.setEnabled(false);
@@ -75,12 +83,10 @@ public class MainActivity extends Activity {
           runnerDir = dir;
           runOnUiThread(() -> stats.setText("generating..."));
         }
-        int k = useDrafter ? runner.maxDraft() : 0;
-        runner.generate(ids, k, maxNew, token -> runOnUiThread(() -> output.append(token + " ")));
-        MtpEdgeRunner.Stats s = runner.lastStats();
-        String line = String.format(Locale.ROOT, "K=%d: %.1f tok/s, acceptance %s, %.2f tokens per target call, %d tokens (%s)",
-            k, s.tokensPerSecond(), k > 0 ? String.format(Locale.ROOT, "%.1f%%", 100 * s.acceptanceRate()) : "-",
-            s.tokensPerTargetCall(), s.newTokens, s.stopReason);
+        MtpEdgeRunner.Options options = new MtpEdgeRunner.Options()
+            .k(useDrafter ? MtpEdgeRunner.K_AUTO : 0).maxK(kBound).maxNewTokens(maxNew);
+        runner.generate(ids, options, token -> runOnUiThread(() -> output.append(token + " ")));
+        final String line = describe(runner.lastStats(), useDrafter);
         runOnUiThread(() -> stats.setText(line));
       } catch (RuntimeException e) { // MtpEdgeException: the runner's own message (bad bundle, prompt too long, ...)
         runOnUiThread(() -> stats.setText("error: " + e.getMessage()));
@@ -90,6 +96,22 @@ public class MainActivity extends Activity {
         runOnUiThread(() -> generate.setEnabled(true));
       }
     });
+  }
+
+  /** Speed and acceptance; with K auto the draft lengths the rounds used and the cost table behind them. */
+  private static String describe(MtpEdgeRunner.Stats s, boolean auto) {
+    StringBuilder b = new StringBuilder(String.format(Locale.ROOT,
+        "K=%s: %.1f tok/s, acceptance %s, %.2f tokens per target call, %d tokens (%s)", auto ? "auto" : "0",
+        s.tokensPerSecond(), s.drafted > 0 ? String.format(Locale.ROOT, "%.1f%%", 100 * s.acceptanceRate()) : "-",
+        s.tokensPerTargetCall(), s.newTokens, s.stopReason));
+    if (s.autoK) {
+      b.append(String.format(Locale.ROOT, "%nK histogram (draft length:rounds) %s; plain rounds %d, probes %d, early stops %d",
+          s.kHistogramText(), s.plainRounds, s.probeRounds, s.earlyStops));
+      if (s.costs != null) {
+        b.append(String.format(Locale.ROOT, "%ncosts (%s%s): %s", s.costSource, s.costsFrozen ? ", frozen" : "", s.costs));
+      }
+    }
+    return b.toString();
   }
 
   private static int[] parseIds(String text) {
