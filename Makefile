@@ -29,4 +29,4 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests $(PYTEST_XDIST) --durations=15
 
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest tests -m "not slow and not native" --durations=10
+	$(VENV)/bin/python -m pytest tests -m "not slow and not native" $(PYTEST_XDIST) --durations=10

@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from .manifest import MANIFEST
 from .settings import ExportSettings
 
 
@@ -60,8 +61,8 @@ def cached_bundle(pair_dir: Path, root: Path | None = None, *, name: str = "defa
         "code": code_hash(), "settings": settings.to_json(), "versions": library_versions(),
     }, sort_keys=True)
     bundle = (root or cache_root()) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    if not (bundle / "manifest.json").is_file():
+    if not (bundle / MANIFEST).is_file():
         with exclusive(bundle.with_name(bundle.name + ".lock")):
-            if not (bundle / "manifest.json").is_file():  # another process may have written it meanwhile
+            if not (bundle / MANIFEST).is_file():  # another process may have written it meanwhile
                 write_bundle(pair_dir / "target", pair_dir / "drafter", bundle, settings)
     return bundle

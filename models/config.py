@@ -120,7 +120,7 @@ def _hf_text_to_decoder(text, eos_override=None) -> DecoderConfig:
     n = text.num_hidden_layers
     per_layer = [text.per_layer_config[i] for i in range(n)]
     rope = {}
-    for layer_type in set(text.layer_types):
+    for layer_type in dict.fromkeys(text.layer_types):  # first-seen order: a set would order by hash seed
         params = text.rope_parameters[layer_type]
         rope_type = params.get("rope_type", "default")
         if rope_type not in ("default", "proportional"):

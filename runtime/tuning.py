@@ -59,10 +59,9 @@ def machine_id() -> dict:
 
 def bundle_key(bundle_dir: Path) -> str:
     """The sha256s of the bundle's artifacts (from its manifest): a tuning.json belongs to one export."""
-    from mtp_edge.export.bundle import MANIFEST
+    from mtp_edge.export.manifest import read_manifest
 
-    manifest = json.loads((Path(bundle_dir) / MANIFEST).read_text())
-    return ",".join(sorted(a["sha256"] for a in manifest.get("artifacts", {}).values()))
+    return ",".join(sorted(a.sha256 for a in read_manifest(bundle_dir, verify_hashes=False).artifacts.values()))
 
 
 def write_tuning(bundle_dir: str | Path, backend_name: str, costs: CostTable, extra: dict | None = None) -> Path:

@@ -30,9 +30,9 @@ def aten_shapes(exported_program) -> list[tuple[str, tuple[int, ...]]]:
 def pte_shapes(pte_path: Path, method: str) -> list[tuple[str, tuple[int, ...]]]:
     """(value index, shape) of every non-constant tensor of a .pte method: inputs, outputs, planned
     activations, the delegates' inputs and outputs, and the mutable buffers."""
-    from mtp_edge.export.executorch_compat import read_program as deserialize_pte_binary
+    from mtp_edge.export.executorch_compat import read_program
 
-    program = deserialize_pte_binary(Path(pte_path).read_bytes()).program
+    program = read_program(Path(pte_path).read_bytes())
     plan = next(p for p in program.execution_plan if p.name == method)
     return [(f"value {i}", tuple(v.val.sizes)) for i, v in enumerate(plan.values)
             if hasattr(v.val, "sizes") and not v.val.data_buffer_idx]

@@ -19,6 +19,7 @@ def _run(*args) -> subprocess.CompletedProcess:
     return subprocess.run([MTP_EDGE, "generate", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_json_output_matches_transformers(hf_tiny, tiny_dirs):
     prompt = [2, 40, 41, 300, 7]
     eos = hf_tiny.target.generation_config.eos_token_id

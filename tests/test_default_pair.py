@@ -62,6 +62,7 @@ def test_transformers_loads_the_same_pair(pair):
     assert torch.equal(out.logits.argmax(-1), drafter.scattered_logits(h).argmax(-1))
 
 
+@pytest.mark.slow
 def test_heldout_quality_floors(pair):
     target, drafter = pair
     eval_ids = torch.tensor(json.loads((PAIR / "heldout.json").read_text())["eval_ids"][:4097])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
 import torch
 
 from mtp_edge.models import Gemma4Target, preset
@@ -57,6 +58,7 @@ def _e2b_width_checkpoint(tmp_path):
     return tmp_path / "target", fp32_bytes
 
 
+@pytest.mark.slow
 def test_peak_rss_is_about_the_model(tmp_path):
     folder, _ = _e2b_width_checkpoint(tmp_path)
     done = subprocess.run([sys.executable, "-c", CHILD, str(folder)], capture_output=True, text=True, timeout=300)
@@ -66,6 +68,7 @@ def test_peak_rss_is_about_the_model(tmp_path):
     assert (r["peak_kib"] - r["base_kib"]) * 1024 <= 1.2 * r["model_bytes"]
 
 
+@pytest.mark.slow
 def test_quantizing_while_loading_never_holds_the_fp32_model(tmp_path):
     folder, fp32_bytes = _e2b_width_checkpoint(tmp_path)
     done = subprocess.run([sys.executable, "-c", QUANTIZED_CHILD, str(folder)], capture_output=True, text=True, timeout=600)

@@ -82,12 +82,14 @@ def _run(cfg: SamplingConfig, **generate_kwargs) -> Counter:
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["t1", "t0.8-topk4-topp0.9"])
 def test_speculative_sampling_matches_target_distribution(cfg):
     counts = _run(cfg)
     assert _p_value(counts, _exact(_tables()[0], 2, cfg)) > ALPHA
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule, generate_kwargs", [
     ("rejection", dict(k="auto", draft_p_min=0.7)),  # early stops in about half the rounds
     ("coupled", dict(k="auto")),
@@ -110,6 +112,7 @@ def test_early_stops_trigger_often():
     assert stops > 0.2 * rounds
 
 
+@pytest.mark.slow
 def test_control_early_stop_on_the_drawn_token_is_rejected(monkeypatch):
     """Dropping a draft because the token drawn had a low drafter probability biases the output:
     the chi-square test catches it, so the tests above would catch such a stop rule."""
@@ -127,6 +130,7 @@ def test_control_early_stop_on_the_drawn_token_is_rejected(monkeypatch):
     assert _p_value(_run(cfg), _exact(_tables()[0], 2, cfg)) < ALPHA
 
 
+@pytest.mark.slow
 def test_control_biased_rule_is_rejected(monkeypatch):
     def resample_from_p(drafts, draft_probs, target_logits, cfg, rng):
         for i, token in enumerate(drafts):

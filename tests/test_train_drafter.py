@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import Gemma4AssistantForCausalLM
@@ -27,6 +28,7 @@ def _train(out: Path, steps: int, *extra) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow
 def test_smoke_resume_and_determinism(tmp_path):
     stopped = _train(tmp_path / "a", 4, "--stop-after", "2")
     assert "stopped at step 2 of 4" in stopped.stdout and not (tmp_path / "a").exists()
