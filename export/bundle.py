@@ -1,12 +1,12 @@
 """A bundle: one folder a runtime needs to serve a pair, nothing else.
 
-    model.pte        the ExecuTorch program (prefill / verify / decode / draft, one shared KV cache)
+    model.pte        the ExecuTorch program (prefill / decode / verify_n / draft, one shared KV cache)
     target.onnx      ONNX graphs (prefill and verify; the draft step) that read one KV cache the
     drafter.onnx     runtime owns and binds to both sessions (+ .data files above 2 GB)
     tokenizer.json   the target's tokenizer, when its checkpoint folder has one
     config.json      the target's transformers config and generation config, when its folder has
     generation_config.json   them (for transformers / optimum users: MtpEdgeModelForCausalLM.config)
-    manifest.json    schema_version 1: configs, method signatures, cache layout, K, prefill chunk,
+    manifest.json    schema_version 2: configs, method signatures, cache layout, K, prefill chunk,
                      EOS ids, quantization recipe, versions, and the sha256 of every artifact;
                      `formats` lists which of pte / onnx the bundle holds
 

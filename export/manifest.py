@@ -1,13 +1,13 @@
 """The bundle contract: manifest.json as frozen dataclasses, read and checked in one place.
 
-    BundleManifest                  the whole manifest (schema_version 1)
+    BundleManifest                  the whole manifest (schema_version 2)
       .target_config                models.config.DecoderConfig of the target
       .drafter_config               models.config.DrafterConfig of the drafter
       .formats                      ("pte",), ("onnx",) or ("pte", "onnx"): what the bundle holds
       .onnx[role]                   OnnxGraph of "target" / "drafter" (ONNX bundles): file, inputs,
                                     outputs, opset, cache_inputs (graph input -> cache buffer),
                                     new_rows_outputs (target: output -> cache buffer)
-      .methods[name]                MethodSignature of the .pte's prefill / verify / decode / draft
+      .methods[name]                MethodSignature of the .pte's prefill / decode / verify_2..verify_{K+1} / draft
       .backend                      the .pte's ExecuTorch kernels (xnnpack / portable)
       .cache                        CacheLayout: buffers (TensorInfo), max_seq_len, buffer_length,
                                     bytes, store_layers
@@ -40,7 +40,9 @@ from typing import Any
 
 from mtp_edge.models.errors import MtpEdgeError
 
-SCHEMA_VERSION = 1
+# 2: the .pte verifies at every length (decode, verify_2..verify_{K+1}: export.pte.verify_method) where
+# schema 1 had one `verify` of K + 1 tokens; older bundles are refused (re-export them).
+SCHEMA_VERSION = 2
 BUNDLE_FORMAT = "mtp-edge-bundle"
 MANIFEST = "manifest.json"
 FORMATS = ("pte", "onnx")
@@ -317,7 +319,7 @@ def drafter_config_from_json(d: Mapping):
 
 @dataclass(frozen=True)
 class BundleManifest:
-    """manifest.json of a bundle (schema_version 1), as write_bundle writes it.
+    """manifest.json of a bundle (schema_version 2), as write_bundle writes it.
 
     methods / backend are empty / None in a bundle without a .pte, onnx empty without ONNX graphs;
     source is None when the manifest does not record it.
@@ -398,8 +400,9 @@ class BundleManifest:
             raise BundleError(f"{origin}: not a bundle manifest (expected a JSON object).")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
+            why = " (schema 1 bundles verify at one padded length)" if version == 1 else ""
             raise BundleError(
-                f"{origin}: bundle schema_version {version!r} is not supported; this mtp-edge reads schema_version "
+                f"{origin}: bundle schema_version {version!r} is not supported{why}; this mtp-edge reads schema_version "
                 f"{SCHEMA_VERSION}. Re-export the bundle with this version of mtp-edge."
             )
         if data.get("format", BUNDLE_FORMAT) != BUNDLE_FORMAT:

@@ -5,14 +5,25 @@ Methods (all shapes static):
       One chunk of C = prefill_chunk prompt tokens at positions start_pos..start_pos+C-1; logits
       and final hidden state only at chunk index logits_at. A prompt goes in chunk by chunk, the
       last chunk padded.
-  verify(tokens [1, K+1] i64, start_pos [1] i64) -> (logits [K+1, V], hidden [K+1, H])
-      The speculative round's target pass. A shrunken round (fewer tokens) is padded to K+1.
   decode(tokens [1, 1] i64, start_pos [1] i64) -> (logits [V], hidden [H])
       One token: the K = 0 path and one-token rounds.
+  verify_{n}(tokens [1, n] i64, start_pos [1] i64) -> (logits [n, V], hidden [n, H]), n = 2..K+1
+      The speculative round's target pass over n tokens (the last token and n - 1 drafts): one
+      method per length, so a shortened round (the adaptive draft length, an early stop, the end of
+      the budget or the cache) pays for its own tokens only. `verify_method(n)` names the method of
+      an n-token pass (decode for n = 1); the manifest lists every one with its static shapes.
   draft(token [1] i64, hidden [H], position [1] i64, validated_length [1] i64)
       -> (candidate_ids [C] i64, candidate_logits [C], hidden [H], argmax_id [1] i64)
       One drafter step: the target's scaled embedding of `token`, its store-layer K/V masked to
       positions < validated_length, the drafter's clustered head.
+
+Why one static method per length rather than one method with a dynamic token count (measured on
+executorch 1.5.1, the tiny pair and the shipped pair, XNNPACK): torch.export takes the dynamic
+length (Dim.DYNAMIC; a named Dim fails a guard torch cannot prove in attend_grouped's reshape),
+but XNNPACK's partitioner keeps every reshape with a symbolic size and every slice of a
+dynamic-shaped tensor out of the delegate, so the dynamic graph runs in more, smaller delegates
+with portable view/slice copies between them and XNNPACK re-plans its runtime whenever the length
+changes. See VERIFY_LENGTHS_MEASURED below for the figures.
 
 Every method's module holds the cache under the same FQN (`target.cache.k_{layer}` /
 `target.cache.v_{layer}`) and mutates every cache buffer, and memory planning runs with
@@ -26,7 +37,8 @@ cache here -- but the write-back keeps that from depending on planner details; i
 The cache writes are made in place (ExecutorchBackendConfig.run_reinplace_pass) and tanh-GELU is
 kept out of XNNPACK, which would silently compute exact GELU (see xnnpack_partitioner).
 
-Padded writes (the last prefill chunk, a shrunken verify) land past the usable length, so the
+Padded writes (the last prefill chunk; a verify padded to K + 1 tokens by a runtime that does not
+call verify_{n}, such as android_demo/native's runner today) land past the usable length, so the
 cache buffers carry `cache_slack(k, prefill_chunk)` extra positions: the usable max_seq_len (what a
 runtime may fill) is the buffer length minus that slack, and no write ever leaves the buffer.
 
@@ -58,6 +70,8 @@ from .executorch_compat import (
 BACKENDS = ("xnnpack", "portable")
 CACHE_FQN_PREFIX = "target.cache."
 PAD_TOKEN = 0  # what padded prefill/verify slots hold; their outputs are discarded
+DECODE = "decode"
+VERIFY_PREFIX = "verify_"
 
 
 class ExportError(MtpEdgeError, ValueError):
@@ -145,7 +159,7 @@ class DraftMethod(nn.Module):
         return self.drafter.draft_step(embedding, hidden.view(1, 1, -1), position, validated_length, kv)
 
 
-# Input/output names per method, in call order (the manifest and the runtime read these).
+# Input/output names per kind of method, in call order (the manifest and the runtime read these).
 METHOD_IO = {
     "prefill": (("tokens", "start_pos", "logits_at"), ("logits", "hidden")),
     "verify": (("tokens", "start_pos"), ("logits", "hidden")),
@@ -154,14 +168,26 @@ METHOD_IO = {
 }
 
 
+def verify_method(n: int) -> str:
+    """The method of an n-token target pass: decode for one token, verify_{n} for 2..K+1."""
+    return DECODE if n == 1 else f"{VERIFY_PREFIX}{n}"
+
+
+def method_kind(name: str) -> str:
+    """prefill / verify / decode / draft: what a method of the program does (verify_3 -> verify)."""
+    if name.startswith(VERIFY_PREFIX) and name[len(VERIFY_PREFIX):].isdigit():
+        return "verify"
+    return name
+
+
 def method_modules(target: Gemma4Target, drafter: Gemma4Drafter, k: int, prefill_chunk: int) -> dict[str, tuple[nn.Module, tuple]]:
-    """Method name -> (module, example inputs)."""
+    """Method name -> (module, example inputs): prefill, decode, verify_2..verify_{k+1}, draft."""
     i64 = dict(dtype=torch.long)
     hidden = torch.zeros(target.cfg.hidden_size, dtype=target.embed_tokens.weight.dtype)
     return {
         "prefill": (PrefillMethod(target), (torch.zeros(1, prefill_chunk, **i64), torch.zeros(1, **i64), torch.zeros(1, **i64))),
-        "verify": (VerifyMethod(target), (torch.zeros(1, k + 1, **i64), torch.zeros(1, **i64))),
-        "decode": (DecodeMethod(target), (torch.zeros(1, 1, **i64), torch.zeros(1, **i64))),
+        DECODE: (DecodeMethod(target), (torch.zeros(1, 1, **i64), torch.zeros(1, **i64))),
+        **{verify_method(n): (VerifyMethod(target), (torch.zeros(1, n, **i64), torch.zeros(1, **i64))) for n in range(2, k + 2)},
         "draft": (DraftMethod(target, drafter), (torch.zeros(1, **i64), hidden, torch.zeros(1, **i64), torch.ones(1, **i64))),
     }
 
@@ -179,7 +205,7 @@ def _tensor_info(name: str, value) -> dict:
 
 def _signature(name: str, program) -> dict:
     """Input/output names, shapes and dtypes of an ExportedProgram's user inputs and outputs."""
-    in_names, out_names = METHOD_IO[name]
+    in_names, out_names = METHOD_IO[method_kind(name)]
     sig = program.graph_signature
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     user_inputs = [placeholders[n].meta["val"] for n in sig.user_inputs]
@@ -298,8 +324,9 @@ def export_pte(
 ) -> dict:
     """Export the pair to out_path (written to a temporary name, renamed at the end).
 
-    `methods` keeps a subset of prefill / verify / decode / draft (default all four): a
-    draft-only program is what `bench head` times.
+    `methods` keeps a subset of prefill / decode / verify / draft (default all; "verify" stands for
+    every verify_{n}, a single verify_{n} may also be named): a draft-only program is what
+    `bench head` times.
 
     consume=True releases the modules' weights once the methods are traced (the modules are left
     without them), so that lowering and constant propagation can free each weight as they replace
@@ -332,10 +359,12 @@ def export_pte(
     started = time.perf_counter()
     modules = method_modules(target, drafter, k, prefill_chunk)
     if methods is not None:
-        unknown = sorted(set(methods) - set(modules))
+        kinds = {method_kind(name) for name in modules}
+        unknown = sorted(set(methods) - set(modules) - kinds)
         if unknown or not methods:
-            raise ExportError(f"unknown method(s) {unknown or methods}; expected a subset of {', '.join(modules)}.")
-        modules = {name: modules[name] for name in methods}
+            raise ExportError(f"unknown method(s) {unknown or methods}; expected a subset of "
+                              f"{', '.join(sorted(kinds | set(modules)))}.")
+        modules = {name: m for name, m in modules.items() if name in methods or method_kind(name) in methods}
     step = _Progress(progress, total=len(modules) + 3)
 
     layout = cache_layout(target, max_seq_len)

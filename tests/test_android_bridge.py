@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE
+from mtp_edge.export.manifest import SCHEMA_VERSION
 from mtp_edge.runtime.native import build
 from mtp_edge.runtime.backends.pte import PteBackend
 from mtp_edge.runtime.draft_policy import DraftPolicy
@@ -177,7 +178,7 @@ def test_jvm_errors_are_java_exceptions(jni_library, java_classes, tiny_bundle, 
     assert "nowhere: not a folder. Pass a bundle folder written by `mtp-edge export`." in answers[0]["message"]
     assert ("artifact model.pte was modified after export (sha256 does not match manifest.json); export the bundle again."
             in answers[1]["message"])
-    assert "bundle schema_version 99 is not supported; this runner reads schema_version 1" in answers[2]["message"]
+    assert f"bundle schema_version 99 is not supported; this runner reads schema_version {SCHEMA_VERSION}" in answers[2]["message"]
     assert answers[3]["op"] == "open" and "exception" not in answers[3]
     assert f"the prompt has {MAX_SEQ} tokens but the cache holds {MAX_SEQ} positions" in answers[4]["message"]
     assert f"K={K + 1} is not available on this bundle: it was built for K <= {K}." in answers[5]["message"]

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, ExportSettings
+from mtp_edge.export.manifest import SCHEMA_VERSION
 from mtp_edge.runtime.native import build, validate
 from mtp_edge.runtime.backends.pte import PteBackend
 from mtp_edge.runtime.draft_policy import CostTable, DraftPolicy
@@ -297,7 +298,7 @@ def test_unknown_schema_version_is_refused(runner, bundle_copy):
     manifest["schema_version"] = 99
     path.write_text(json.dumps(manifest))
     msg = _error(_run(runner, bundle_copy))
-    assert "bundle schema_version 99 is not supported; this runner reads schema_version 1" in msg
+    assert f"bundle schema_version 99 is not supported; this runner reads schema_version {SCHEMA_VERSION}" in msg
 
 
 @TINY

@@ -40,7 +40,6 @@ struct Request {
   mtp_edge::GenerateOptions options;  // k: auto by default
 };
 
-
 constexpr const char* kUsage =
     "usage: mtp_edge_runner BUNDLE [REQUESTS | --info]\n"
     "  BUNDLE    a bundle folder written by `mtp-edge export` (its model.pte)\n"

@@ -72,6 +72,8 @@ void check_signature(const Value& methods, const std::string& name, const std::s
 
 }  // namespace
 
+std::string verify_method(int64_t n) { return n == 1 ? "decode" : "verify_" + std::to_string(n); }
+
 Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
   Manifest m;
   m.bundle_dir = bundle_dir;
@@ -102,7 +104,8 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
   const Value* version = doc.find("schema_version");
   std::string version_text = version == nullptr ? "None" : version->is_number() ? std::to_string(static_cast<long long>(version->as_double("schema_version"))) : "(not a number)";
   if (version == nullptr || !version->is_number() || version->as_double("schema_version") != double(kSchemaVersion)) {
-    throw RunnerError(path + ": bundle schema_version " + version_text + " is not supported; this runner reads schema_version " +
+    const std::string why = version_text == "1" ? " (schema 1 bundles verify at one padded length)" : "";
+    throw RunnerError(path + ": bundle schema_version " + version_text + " is not supported" + why + "; this runner reads schema_version " +
                       std::to_string(kSchemaVersion) + ". Re-export the bundle with this version of mtp-edge (or rebuild the runner from the matching sources).");
   }
 
@@ -161,8 +164,10 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
     const int64_t V = m.vocab_size, H = m.hidden_size, K = m.k, C = m.prefill_chunk;
     const std::string i64 = "int64", f32 = "float32";
     check_signature(methods, "prefill", path, {{{1, C}, i64}, {{1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
-    check_signature(methods, "verify", path, {{{1, K + 1}, i64}, {{1}, i64}}, {{{K + 1, V}, f32}, {{K + 1, H}, f32}});
     check_signature(methods, "decode", path, {{{1, 1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
+    for (int64_t n = 2; n <= K + 1; ++n) {  // one static method per verify length
+      check_signature(methods, verify_method(n), path, {{{1, n}, i64}, {{1}, i64}}, {{{n, V}, f32}, {{n, H}, f32}});
+    }
     m.has_drafter = methods.find("draft") != nullptr;
     if (m.has_drafter) {
       const Value& outs = methods.at("draft", "methods").at("outputs", "methods.draft");

@@ -28,7 +28,7 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-const char* kMethods[] = {"prefill", "verify", "decode", "draft"};
+const char* kMethods[] = {"prefill", "decode", "draft"};  // and verify_2..verify_{K+1}
 
 // When a draft stops before its next step (speculative.EarlyStop), judged from the drafter's top
 // probability p at that step, before anything is drawn from it. Fixed: p < p_min. From the
@@ -196,8 +196,11 @@ struct Runner::Impl {
 
   std::vector<int64_t> prefill_tokens, verify_tokens, one_token, start_pos, logits_at, position, validated_length;
   std::vector<float> draft_hidden_in;
-  TensorPtr prefill_tokens_t, verify_tokens_t, decode_token_t, draft_token_t, start_pos_t, logits_at_t, position_t,
-      validated_length_t, draft_hidden_t;
+  TensorPtr prefill_tokens_t, decode_token_t, draft_token_t, start_pos_t, logits_at_t, position_t, validated_length_t,
+      draft_hidden_t;
+  // verify_{n}, n = 2..K + 1: its name and its tokens [1, n] (views of verify_tokens), at index n.
+  std::vector<std::string> verify_names;
+  std::vector<TensorPtr> verify_tokens_t;
 
   // Outputs of the last target call: logits [n x vocab] and hidden [n x hidden], row-major.
   std::vector<float> logits, hidden;
@@ -249,10 +252,14 @@ struct Runner::Impl {
     copy_out(outputs[1], hidden, m.hidden_size, "prefill hidden");
   }
 
-  // Tokens [n <= K + 1] at positions start..start+n-1: one token goes through decode, more are
-  // padded to K + 1 for verify; the padded slots' K/V land where later passes mask them.
+  // Tokens [n <= K + 1] at positions start..start+n-1: one token goes through decode, n >= 2
+  // through verify_{n}, the method exported for exactly n tokens (nothing padded).
   void verify(const std::vector<int64_t>& tokens, int64_t start) {
     const int64_t n = static_cast<int64_t>(tokens.size());
+    if (n < 1 || n > m.k + 1) {
+      throw RunnerError("verify takes 1.." + std::to_string(m.k + 1) + " tokens on this bundle (exported with K=" +
+                        std::to_string(m.k) + "), got " + std::to_string(n) + ".");
+    }
     start_pos[0] = start;
     std::vector<EValue> outputs;
     if (n == 1) {
@@ -260,8 +267,7 @@ struct Runner::Impl {
       outputs = run("decode", {*decode_token_t, *start_pos_t});
     } else {
       std::copy(tokens.begin(), tokens.end(), verify_tokens.begin());
-      std::fill(verify_tokens.begin() + n, verify_tokens.end(), m.pad_token);
-      outputs = run("verify", {*verify_tokens_t, *start_pos_t});
+      outputs = run(verify_names[n].c_str(), {*verify_tokens_t[n], *start_pos_t});
     }
     copy_out(outputs[0], logits, n * m.vocab_size, "verify logits");
     copy_out(outputs[1], hidden, n * m.hidden_size, "verify hidden");
@@ -296,8 +302,14 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
                       "); re-export the bundle.");
   }
   auto names = s.module->method_names();
-  for (const char* name : kMethods) {
-    if (std::string(name) == "draft" && !m.has_drafter) continue;
+  std::vector<std::string> wanted(std::begin(kMethods), std::end(kMethods));
+  s.verify_names.assign(2, "");
+  for (int64_t n = 2; n <= m.k + 1; ++n) {
+    s.verify_names.push_back(verify_method(n));
+    wanted.push_back(s.verify_names.back());
+  }
+  for (const std::string& name : wanted) {
+    if (name == "draft" && !m.has_drafter) continue;
     if (!names.ok() || names->count(name) == 0) {
       throw RunnerError(m.program_path + ": the program lacks method " + name + " listed in manifest.json; re-export the bundle.");
     }
@@ -320,7 +332,7 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
     }
   };
   check_tokens("prefill", m.prefill_chunk);
-  check_tokens("verify", m.k + 1);
+  for (int64_t n = 2; n <= m.k + 1; ++n) check_tokens(s.verify_names[n].c_str(), n);
 
   s.prefill_tokens.assign(m.prefill_chunk, m.pad_token);
   s.verify_tokens.assign(m.k + 1, m.pad_token);
@@ -332,10 +344,12 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
   s.draft_hidden_in.assign(m.hidden_size, 0.0f);
   using Sizes = std::vector<executorch::aten::SizesType>;
   const auto C = static_cast<executorch::aten::SizesType>(m.prefill_chunk);
-  const auto K1 = static_cast<executorch::aten::SizesType>(m.k + 1);
   const auto H = static_cast<executorch::aten::SizesType>(m.hidden_size);
   s.prefill_tokens_t = from_blob(s.prefill_tokens.data(), Sizes{1, C}, ScalarType::Long);
-  s.verify_tokens_t = from_blob(s.verify_tokens.data(), Sizes{1, K1}, ScalarType::Long);
+  s.verify_tokens_t.resize(2);
+  for (int64_t n = 2; n <= m.k + 1; ++n) {
+    s.verify_tokens_t.push_back(from_blob(s.verify_tokens.data(), Sizes{1, static_cast<executorch::aten::SizesType>(n)}, ScalarType::Long));
+  }
   s.decode_token_t = from_blob(s.one_token.data(), Sizes{1, 1}, ScalarType::Long);
   s.draft_token_t = from_blob(s.one_token.data(), Sizes{1}, ScalarType::Long);
   s.start_pos_t = from_blob(s.start_pos.data(), Sizes{1}, ScalarType::Long);

@@ -1,11 +1,11 @@
 """The ExecuTorch backend: a bundle's .pte through the executorch.runtime Python API.
 
-The program's methods (prefill, verify, decode, draft: see mtp_edge.export.pte) share one KV
-cache allocation, so this backend only feeds tensors and keeps the validated length. Static
-shapes: a prompt goes in prefill_chunk tokens at a time (the last chunk padded), a verify of
-fewer than K + 1 tokens is padded to K + 1 (one token goes through decode); the padded slots'
-K/V land in positions that are masked until a later pass overwrites them, and the cache
-buffers were built with enough spare positions that no padded write leaves them.
+The program's methods (prefill, decode, verify_2..verify_{K+1}, draft: see mtp_edge.export.pte)
+share one KV cache allocation, so this backend only feeds tensors and keeps the validated length.
+Static shapes: a prompt goes in prefill_chunk tokens at a time (the last chunk padded: the padded
+slots' K/V land in positions that are masked until a later pass overwrites them, and the cache
+buffers were built with enough spare positions that no padded write leaves them); a verify of n
+tokens runs the method exported for n tokens (decode for one), never padded.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mtp_edge.export.bundle import BundleError, read_manifest
-from mtp_edge.export.pte import PAD_TOKEN
+from mtp_edge.export.pte import DECODE, PAD_TOKEN, method_kind, verify_method
 
 from ..backend import DraftOutput
 from ..errors import GenerationError
@@ -60,7 +60,21 @@ class PteBackend:
                 self.methods[name] = self.program.load_method(name)
             except Exception as e:
                 raise BundleError(f"{path}: ExecuTorch could not load method {name!r} ({e}).") from None
-        self.dtype = getattr(torch, m.methods["decode"].output("hidden").dtype)
+        self.verify_methods = self._verify_methods(path)  # token count -> method
+        self.dtype = getattr(torch, m.methods[DECODE].output("hidden").dtype)
+
+    def _verify_methods(self, path: Path) -> dict[int, str]:
+        """Token count n -> the target method of an n-token pass, for every n in 1..K+1, read from the
+        methods' signatures in the manifest (their names follow export.pte.verify_method)."""
+        lengths = {}
+        for name, sig in self.manifest.methods.items():
+            if method_kind(name) in ("decode", "verify"):
+                lengths[int(sig.input("tokens").shape[1])] = name
+        missing = [n for n in range(1, self.k + 2) if lengths.get(n) != verify_method(n)]
+        if missing:
+            raise BundleError(f"{path}: the program has no target method for {', '.join(map(str, missing))} token(s) "
+                              f"(expected {', '.join(verify_method(n) for n in missing)}); re-export the bundle.")
+        return {n: lengths[n] for n in range(1, self.k + 2)}
 
     def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
         started = time.perf_counter()
@@ -103,13 +117,8 @@ class PteBackend:
         if not 1 <= n <= self.k + 1:
             raise GenerationError(f"verify takes 1..{self.k + 1} tokens on this bundle (exported with K={self.k}), got {n}.")
         self._check_span(start, n)
-        if n == 1:
-            logits, hidden = self._run("decode", tokens.view(1, 1), self._pos(start))
-            return logits.view(1, -1), hidden.view(1, -1)
-        if n < self.k + 1:
-            tokens = torch.cat([tokens, torch.full((self.k + 1 - n,), PAD_TOKEN, dtype=torch.long)])
-        logits, hidden = self._run("verify", tokens.view(1, -1), self._pos(start))
-        return logits[:n], hidden[:n]
+        logits, hidden = self._run(self.verify_methods[n], tokens.view(1, n), self._pos(start))
+        return logits.view(n, -1), hidden.view(n, -1)
 
     def draft(self, token: int, hidden: torch.Tensor, position: int, validated_length: int) -> DraftOutput:
         if not self.has_drafter:

@@ -82,20 +82,22 @@ def cmd_inspect(args) -> int:
 
 
 def draft_length(text: str) -> int | str:
-    """--k: a whole number >= 0, or auto."""
+    """--k: a whole number >= 0, or auto (checked after parsing, so a bad value is one error line)."""
+    from mtp_edge.runtime.errors import GenerationError
+
     if text == "auto":
         return "auto"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 or 'auto', got {text!r}") from None
+        raise GenerationError(f"--k takes a whole number >= 0 or 'auto', got {text!r}.") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 or 'auto', got {value}")
+        raise GenerationError(f"--k (draft tokens per round) must be >= 0 or 'auto', got {value}.")
     return value
 
 
 def add_draft_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=draft_length, default="auto",
+    p.add_argument("--k", default="auto",
                    help="draft tokens per round: auto (default: chosen each round from measured costs and acceptance), "
                         "or a fixed N (0 = plain decoding)")
     p.add_argument("--max-k", type=int, default=None, help="with --k auto: the longest draft (default: the bundle's K)")
@@ -152,7 +154,7 @@ def cmd_generate(args) -> int:
         prompt = codec.encode(args.prompt)
     else:
         prompt = parse_prompt_ids(args.prompt_ids)
-    k = 0 if args.no_draft else args.k
+    k = 0 if args.no_draft else draft_length(args.k)
     if args.bundle:
         from mtp_edge.runtime.backends import open_bundle
 
@@ -254,7 +256,7 @@ def cmd_train_drafter(args) -> int:
 
 def add_demo(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the main job: the shipped pair, plain vs speculative, on every backend")
-    p.add_argument("--k", type=draft_length, default="auto",
+    p.add_argument("--k", default="auto",
                    help="draft tokens per round: auto (default) or a fixed N <= 4 (the demo bundle's K)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--json", action="store_true")
@@ -265,7 +267,7 @@ def cmd_demo(args) -> int:
     from mtp_edge.runtime.commands.demo import run_demo
     from mtp_edge.runtime.commands.render import format_demo
 
-    report = run_demo(k=args.k, max_new_tokens=args.max_new_tokens)
+    report = run_demo(k=draft_length(args.k), max_new_tokens=args.max_new_tokens)
     sys.stdout.write(json.dumps(report) + "\n" if args.json else format_demo(report))
     return 0
 

@@ -160,7 +160,8 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
 
         Follows GenerationConfig's max_new_tokens / max_length, do_sample, temperature, top_k, top_p,
         eos_token_id, pad_token_id, and num_assistant_tokens (draft tokens per round, at most the
-        bundle's K; 0 = the target alone); the bundle's generation_config.json gives the defaults.
+        bundle's K; 0 = the target alone; unset = chosen each round by the draft-length policy, as
+        `--k auto`); the bundle's generation_config.json gives the defaults.
         Sampling draws from mtp-edge's own seeded generator: `seed` fixes it, otherwise it is drawn
         from torch's generator (torch.manual_seed makes calls repeatable). Statistics: self.last_stats.
         """
@@ -177,8 +178,9 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
                 f"nothing to generate: max_length={gen.max_length} leaves no room after a {prompts.shape[1]}-token prompt; "
                 "pass max_new_tokens."
             )
-        k = self.model.max_draft if gen.num_assistant_tokens is None else int(gen.num_assistant_tokens)
-        if not 0 <= k <= self.model.max_draft:
+        # Unset: the draft length is chosen each round by mtp-edge's policy (k="auto").
+        k = "auto" if gen.num_assistant_tokens is None else int(gen.num_assistant_tokens)
+        if k != "auto" and not 0 <= k <= self.model.max_draft:
             raise MtpEdgeModelError(
                 f"num_assistant_tokens={k}: this bundle verifies 0..{self.model.max_draft} draft tokens per round "
                 "(its K); pass a value in that range or export again with a larger k."
