@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 import warnings
@@ -18,7 +19,8 @@ warnings.filterwarnings("ignore", message=".*register_constant.*")
 import torch  # noqa: E402
 
 from hf_pairs import make_hf_pair, save_pair  # noqa: E402
-from shared_exports import locked, run_dir, shared_bundle  # noqa: E402
+from mtp_edge.export.cache import exclusive  # noqa: E402
+from shared_exports import run_dir, shared_bundle  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -45,11 +47,24 @@ def tiny_dirs(request, shared_dir):
     """The tiny pair saved by transformers as a text-only, single-file checkpoint: once per run,
     every worker reads the same folders (so that the exports of it are shared too)."""
     root = shared_dir / "tiny"
-    with locked(shared_dir / "tiny.lock"):
+    with exclusive(shared_dir / "tiny.lock"):
         if not (shared_dir / "tiny.saved").is_file():
             save_pair(request.getfixturevalue("hf_tiny"), root)
             (shared_dir / "tiny.saved").touch()
     return root / "target", root / "drafter"
+
+
+@pytest.fixture(scope="module")
+def backend_for(tiny_dirs):
+    """backend_for(max_seq_len) -> an eager backend of the tiny pair with that context (one per length)."""
+    from mtp_edge.models import load_pair
+    from mtp_edge.runtime.backends.eager import EagerBackend
+
+    @functools.lru_cache(maxsize=None)
+    def make(max_seq_len: int) -> EagerBackend:
+        return EagerBackend(*load_pair(*tiny_dirs, max_seq_len=max_seq_len))
+
+    return make
 
 
 @pytest.fixture(scope="session")

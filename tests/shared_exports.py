@@ -10,12 +10,12 @@ read the same folder. Shared bundles are read-only for the tests: copy one befor
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 from pathlib import Path
+
+from mtp_edge.export.cache import exclusive
 
 
 def run_dir(tmp_path_factory) -> Path:
@@ -24,18 +24,6 @@ def run_dir(tmp_path_factory) -> Path:
     shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
     shared.mkdir(exist_ok=True)
     return shared
-
-
-@contextlib.contextmanager
-def locked(lock_path: Path):
-    """Hold an exclusive lock on lock_path for the block: one process at a time, across workers."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def shared_bundle(root: Path, pair_dirs: tuple[Path, Path], settings) -> Path:
@@ -51,7 +39,7 @@ def shared_bundle(root: Path, pair_dirs: tuple[Path, Path], settings) -> Path:
                       hashlib.sha256(key.encode()).hexdigest()[:12]])
     out = root / "bundles" / label / "bundle"
     if not (out / "manifest.json").is_file():
-        with locked(root / "bundles" / f"{label}.lock"):
+        with exclusive(root / "bundles" / f"{label}.lock"):
             if not (out / "manifest.json").is_file():  # another worker may have written it meanwhile
                 write_bundle(*pair_dirs, out, settings, progress=False)
     return out

@@ -3,29 +3,16 @@ plain and speculative rounds as costs and acceptance say, and reports what it ch
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backends_for_tests import ScriptedDrafts
-from mtp_edge.models import load_pair
-from mtp_edge.runtime.backends.eager import EagerBackend
 from mtp_edge.runtime.draft_policy import AcceptanceEstimate, CostTable, DraftPolicy
 from mtp_edge.runtime.errors import GenerationError
 from mtp_edge.runtime.sampling import SamplingConfig
 from mtp_edge.runtime.speculative import EarlyStop, generate
-
-
-@pytest.fixture(scope="module")
-def backend_for(tiny_dirs):
-    @functools.lru_cache(maxsize=None)
-    def make(max_seq_len: int) -> EagerBackend:
-        return EagerBackend(*load_pair(*tiny_dirs, max_seq_len=max_seq_len))
-
-    return make
 
 
 def _prompt(seed: int, length: int, vocab: int) -> list[int]:

@@ -1,0 +1,139 @@
+"""A .pte bundle verifies at every length 1..K+1 (decode, verify_2..verify_{K+1}), never padded.
+
+Reads the run's shared portable export of the tiny pair (the one test_export_pte, test_native_runner
+and test_android_bridge read: no export of its own when they run too; about 40 s alone).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, SCHEMA_VERSION, BundleError, ExportSettings, read_manifest
+from mtp_edge.export.pte import inspect_program, verify_method
+from mtp_edge.models import load_pair
+from mtp_edge.runtime.backends.eager import EagerBackend
+from mtp_edge.runtime.backends.pte import PteBackend
+from mtp_edge.runtime.draft_policy import CostTable, DraftPolicy
+from mtp_edge.runtime.speculative import generate
+
+# The settings of test_export_pte's portable bundle: the same shared export.
+K, CHUNK, MAX_SEQ = 3, 4, 40
+# fp32 portable kernels vs eager PyTorch: summation order only (test_export_pte measured 2e-5).
+ATOL, RTOL = 2e-4, 1e-4
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny-portable")]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_dirs, shared_export):
+    from pathlib import Path
+    return Path("/tmp/vl/bundle_portable")
+
+
+class Recording(PteBackend):
+    """PteBackend that records each method call: (name, the shape of its first input)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def _run(self, name, *inputs):
+        self.calls.append((name, tuple(inputs[0].shape)))
+        return super()._run(name, *inputs)
+
+
+@pytest.fixture(scope="module")
+def pte(bundle):
+    return Recording(bundle)
+
+
+@pytest.fixture(scope="module")
+def eager():
+    from pathlib import Path
+    return EagerBackend(*load_pair(Path("/tmp/vl/tiny_pt/target"), Path("/tmp/vl/tiny_pt/drafter"), max_seq_len=MAX_SEQ), max_draft=K)
+
+
+def _rand(seed: int, n: int) -> torch.Tensor:
+    return torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_program_has_a_target_method_per_length(bundle):
+    manifest = read_manifest(bundle)
+    names = [verify_method(n) for n in range(1, K + 2)]
+    assert names == ["decode"] + [f"verify_{n}" for n in range(2, K + 2)]
+    assert set(manifest.methods) == {"prefill", "draft", *names}
+    assert set(inspect_program(bundle / PROGRAM_FILE)) == set(manifest.methods)
+    for n, name in enumerate(names, start=1):
+        sig = manifest.methods[name]
+        assert sig.input("tokens").shape == (1, n) and sig.input("start_pos").shape == (1,)
+        assert sig.output("logits").shape == ((512,) if n == 1 else (n, 512)), name  # decode's outputs are flat
+
+
+@pytest.mark.parametrize("start", [0, 9, MAX_SEQ - K - 1])
+def test_every_length_matches_eager_without_padding(pte, eager, start):
+    prompt = _rand(start, max(start, 1))
+    if start:
+        for got, want in zip(pte.prefill(prompt), eager.prefill(prompt)):
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
+    tokens = _rand(100 + start, K + 1)
+    for n in (K + 1, *range(1, K + 1)):  # the longest first: shorter passes then rewrite its positions
+        pte.calls.clear()
+        got_logits, got_hidden = pte.verify(tokens[:n], start)
+        want_logits, want_hidden = eager.verify(tokens[:n], start)
+        assert pte.calls == [(verify_method(n), (1, n))]  # the method of that length, n tokens in
+        assert got_logits.shape == (n, 512) and got_hidden.shape == want_hidden.shape
+        torch.testing.assert_close(got_logits, want_logits, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(got_hidden, want_hidden, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("prompt_len", [3, 11])
+def test_adaptive_greedy_speculative_equals_plain(pte, eager, prompt_len):
+    """k="auto" with a frozen cost table that makes every draft length worth trying: the rounds
+    verify at several lengths (early stops and the cache end shorten them), the tokens stay plain
+    decoding's."""
+    costs = CostTable(decode=1.0, draft_step=0.02, verify={2: 1.05, 3: 1.1, 4: 1.15})
+    prompt = _rand(prompt_len, prompt_len).tolist()
+    budget = MAX_SEQ  # runs into the end of the cache
+    plain = generate(pte, prompt, k=0, max_new_tokens=budget)
+    reference = generate(eager, prompt, k=0, max_new_tokens=budget)
+    pte.calls.clear()
+    spec = generate(pte, prompt, k="auto", policy=DraftPolicy(costs, K, frozen=True, probe_every=2),
+                    max_new_tokens=budget)
+    assert spec.tokens == plain.tokens == reference.tokens
+    assert spec.stats.stop_reason == plain.stats.stop_reason == "cache_full"
+    target_calls = [(name, shape) for name, shape in pte.calls if name not in ("prefill", "draft")]
+    assert all(name == verify_method(shape[1]) for name, shape in target_calls)
+    lengths = {shape[1] for _, shape in target_calls}
+    assert len(lengths - {1}) >= 2, lengths  # shortened rounds ran at their own length
+
+
+@pytest.fixture
+def bundle_copy(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+def _edit_manifest(folder, edit) -> None:
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_schema_1_bundles_are_refused_with_the_fix(bundle_copy):
+    assert SCHEMA_VERSION == 2
+    _edit_manifest(bundle_copy, lambda m: m.update(schema_version=1))
+    with pytest.raises(BundleError, match=r"schema_version 1 is not supported.*reads schema_version 2\. Re-export the bundle") as e:
+        PteBackend(bundle_copy)
+    assert "\n" not in str(e.value)
+
+
+def test_a_missing_length_is_named(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m["methods"].pop("verify_3"))
+    with pytest.raises(BundleError, match=r"no target method for 3 token\(s\) \(expected verify_3\); re-export the bundle"):
+        PteBackend(bundle_copy, verify_hashes=False)
