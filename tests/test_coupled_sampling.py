@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import subprocess
 import zlib
 from pathlib import Path
@@ -24,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare, kstest
 
+from native_drivers import compile_driver
 from mtp_edge.runtime.backend import DraftOutput
 from mtp_edge.runtime.errors import GenerationError
 from mtp_edge.runtime.sampling import (
@@ -45,7 +45,6 @@ from mtp_edge.runtime.sampling import (
     probabilities,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 ALPHA = 0.001
 
 
@@ -307,18 +306,7 @@ def test_the_loop_accepts_and_rejects():
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is not installed: the C++ coupled sampling is not checked")
-    native = ROOT / "android_demo" / "native"
-    exe = tmp_path_factory.mktemp("coupled") / "coupled_driver"
-    subprocess.run(
-        [compiler, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", f"-I{native}",
-         str(ROOT / "tests" / "native" / "coupled_driver.cpp"), str(native / "sampling.cpp"), str(native / "json.cpp"),
-         "-o", str(exe)],
-        check=True,
-    )
-    return exe
+    return compile_driver(tmp_path_factory.mktemp("coupled"), "coupled_driver", "sampling.cpp", "json.cpp")
 
 
 def run_driver(exe: Path, lines: list[str]) -> list[str]:

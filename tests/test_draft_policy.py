@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from native_drivers import compile_driver
 from mtp_edge.runtime.draft_policy import (
     AcceptanceEstimate,
     CostTable,
@@ -29,7 +29,6 @@ from mtp_edge.runtime.draft_policy import (
     expected_tokens,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- choose_k against a brute force ------------------------------------------------------------
@@ -312,17 +311,7 @@ def test_missing_fields_are_named():
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is not installed: the C++ draft policy is not checked")
-    native = ROOT / "android_demo" / "native"
-    exe = tmp_path_factory.mktemp("draft_policy") / "draft_policy_driver"
-    subprocess.run(
-        [compiler, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", f"-I{native}",
-         str(ROOT / "tests" / "native" / "draft_policy_driver.cpp"), str(native / "draft_policy.cpp"), "-o", str(exe)],
-        check=True,
-    )
-    return exe
+    return compile_driver(tmp_path_factory.mktemp("draft_policy"), "draft_policy_driver", "draft_policy.cpp")
 
 
 def run_driver(exe: Path, lines: list[str]) -> list[str]:
