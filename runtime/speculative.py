@@ -245,8 +245,10 @@ def generate(
             policy, source = make_policy(backend, bound, frozen=sampling.depends_on_draft_lengths)
         else:
             source = "given"
-    elif k == "auto":
-        k = 0
+    elif k == "auto":  # no drafter: nothing to choose
+        k, policy = 0, None
+    elif policy is not None:
+        raise GenerationError(f"a draft policy chooses K itself: pass k='auto' with it, not k={k}.")
     rng = SplitMix64(sampling.seed)
     stats = GenerationStats(prompt_tokens=len(prompt))
     eos = set(eos_ids)

@@ -140,3 +140,10 @@ def test_coupled_rule_gives_plain_seeded_sampling_tokens(backend_for, seed, prom
     plain = generate(backend, prompt, k=0, max_new_tokens=max_new_tokens, sampling=cfg)
     spec = generate(backend, prompt, k=k, draft_p_min=p_min, max_new_tokens=max_new_tokens, sampling=cfg)
     assert spec.tokens == plain.tokens
+
+
+def test_a_policy_needs_k_auto(backend_for):
+    costs = CostTable(1.0, 0.1, {2: 1.2})
+    with pytest.raises(GenerationError) as info:
+        generate(backend_for(16), [2, 3], k=1, policy=DraftPolicy(costs), max_new_tokens=3)
+    assert "pass k='auto'" in str(info.value)

@@ -61,10 +61,10 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def test_manifest_describes_the_bundle(bundle, pte):
     manifest = read_manifest(bundle).to_json()
     assert manifest["schema_version"] == SCHEMA_VERSION
-    assert set(manifest["methods"]) == {"prefill", "verify", "decode", "draft"}
+    assert set(manifest["methods"]) == {"prefill", "decode", *(f"verify_{n}" for n in range(2, K + 2)), "draft"}
     sig = manifest["methods"]
     assert sig["prefill"]["inputs"][0] == {"name": "tokens", "shape": [1, CHUNK], "dtype": "int64"}
-    assert sig["verify"]["outputs"][0] == {"name": "logits", "shape": [K + 1, 512], "dtype": "float32"}
+    assert sig[f"verify_{K + 1}"]["outputs"][0] == {"name": "logits", "shape": [K + 1, 512], "dtype": "float32"}
     assert [o["name"] for o in sig["draft"]["outputs"]] == ["candidate_ids", "candidate_logits", "hidden", "argmax_id"]
     cache = manifest["cache"]
     assert cache["max_seq_len"] == MAX_SEQ and cache["buffer_length"] == MAX_SEQ + max(K, CHUNK - 1)
@@ -87,7 +87,7 @@ def test_methods_match_eager(pte, eager):
     for backend_out, eager_out in zip(pte.prefill(prompt), eager.prefill(prompt)):
         _close(backend_out, eager_out)
     tokens = _rand(2, K + 1)
-    for n in (K + 1, 2, 1):  # full verify, a padded shrunken round, the one-token decode method
+    for n in (K + 1, 2, 1):  # full verify, a shrunken round (verify_2), the one-token decode method
         for backend_out, eager_out in zip(pte.verify(tokens[:n], 10), eager.verify(tokens[:n], 10)):
             assert backend_out.shape[0] == n
             _close(backend_out, eager_out)
@@ -116,7 +116,7 @@ def test_greedy_generation_matches_target_only_and_eager(pte, eager, prompt_len)
     assert spec.stats.stop_reason == plain.stats.stop_reason == "cache_full"
     assert prompt_len + len(spec.tokens) > 3 * 8  # well past the sliding window
     assert spec.stats.drafted > spec.stats.accepted  # the random drafter was rejected
-    assert any(0 < r.drafted < K for r in spec.stats.round_log)  # shrunken, padded rounds ran
+    assert any(0 < r.drafted < K for r in spec.stats.round_log)  # shrunken rounds ran (at their own length)
 
 
 def test_long_accepts_and_rejections_on_the_pte(pte):
@@ -141,7 +141,7 @@ def test_draft_reads_the_cache_verify_wrote(bundle, eager):
     from executorch.runtime import Runtime
 
     program = Runtime.get().load_program(bundle / PROGRAM_FILE)
-    verify, draft = program.load_method("verify"), program.load_method("draft")
+    verify, draft = program.load_method(f"verify_{K + 1}"), program.load_method("draft")
     tokens = _rand(3, K + 1)
     logits, hidden = verify.execute([tokens.view(1, -1), torch.tensor([0])])
     ids, cand_logits, projected, best = draft.execute(
@@ -208,7 +208,7 @@ def test_unknown_schema_version_is_refused(bundle_copy):
     manifest = json.loads(path.read_text())
     manifest["schema_version"] = 99
     path.write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"schema_version 99 is not supported.*reads schema_version 1") as e:
+    with pytest.raises(BundleError, match=rf"schema_version 99 is not supported.*reads schema_version {SCHEMA_VERSION}") as e:
         read_manifest(bundle_copy)
     assert "\n" not in str(e.value)
 

@@ -12,12 +12,13 @@ import shutil
 import pytest
 import torch
 
+from backends_for_tests import ScriptedDrafts
 from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, SCHEMA_VERSION, BundleError, ExportSettings, read_manifest
 from mtp_edge.export.pte import inspect_program, verify_method
 from mtp_edge.models import load_pair
 from mtp_edge.runtime.backends.eager import EagerBackend
 from mtp_edge.runtime.backends.pte import PteBackend
-from mtp_edge.runtime.draft_policy import CostTable, DraftPolicy
+from mtp_edge.runtime.draft_policy import AcceptanceEstimate, CostTable, DraftPolicy
 from mtp_edge.runtime.speculative import generate
 
 # The settings of test_export_pte's portable bundle: the same shared export.
@@ -89,25 +90,35 @@ def test_every_length_matches_eager_without_padding(pte, eager, start):
         torch.testing.assert_close(got_hidden, want_hidden, atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.parametrize("prompt_len", [3, 11])
-def test_adaptive_greedy_speculative_equals_plain(pte, eager, prompt_len):
-    """k="auto" with a frozen cost table that makes every draft length worth trying: the rounds
-    verify at several lengths (early stops and the cache end shorten them), the tokens stay plain
-    decoding's."""
-    costs = CostTable(decode=1.0, draft_step=0.02, verify={2: 1.05, 3: 1.1, 4: 1.15})
-    prompt = _rand(prompt_len, prompt_len).tolist()
+@pytest.mark.parametrize("drafter", ["bundle", "scripted"])
+def test_adaptive_greedy_speculative_equals_plain(pte, eager, drafter):
+    """k="auto" with a frozen cost table: the tokens stay plain decoding's (and eager PyTorch's), and
+    every target pass runs the method of its own length. The bundle's random drafter is mostly
+    rejected (the policy falls back to plain rounds and probes); with scripted drafts, right but
+    for planted mistakes close together, the policy's k moves between 1 and 3 (and the cache end
+    shortens the last rounds), so rounds verify at several lengths."""
+    prompt = _rand(3, 5).tolist()
     budget = MAX_SEQ  # runs into the end of the cache
     plain = generate(pte, prompt, k=0, max_new_tokens=budget)
-    reference = generate(eager, prompt, k=0, max_new_tokens=budget)
+    assert plain.tokens == generate(eager, prompt, k=0, max_new_tokens=budget).tokens
+    if drafter == "bundle":
+        # draft_p_min=0: the random drafter's flat distribution would stop every draft before its first step.
+        backend, p_min, acceptance = pte, 0.0, None
+        costs = CostTable(decode=1.0, draft_step=0.02, verify={2: 1.05, 3: 1.1, 4: 1.15})
+    else:
+        # Optimistic prior, steep verify costs, mistakes close together: k moves between 1 and 3.
+        backend, p_min, acceptance = ScriptedDrafts(pte, prompt + plain.tokens, {8, 9, 10, 12, 13, 15}), None, AcceptanceEstimate(K, 4.0, 1.0)
+        costs = CostTable(decode=1.0, draft_step=0.05, verify={2: 1.2, 3: 1.5, 4: 1.8})
     pte.calls.clear()
-    spec = generate(pte, prompt, k="auto", policy=DraftPolicy(costs, K, frozen=True, probe_every=2),
-                    max_new_tokens=budget)
-    assert spec.tokens == plain.tokens == reference.tokens
+    policy = DraftPolicy(costs, K, acceptance=acceptance, frozen=True, probe_every=2)
+    spec = generate(backend, prompt, k="auto", policy=policy, draft_p_min=p_min, max_new_tokens=budget)
+    assert spec.tokens == plain.tokens
     assert spec.stats.stop_reason == plain.stats.stop_reason == "cache_full"
+    assert spec.stats.drafted > spec.stats.accepted  # rejections ran
     target_calls = [(name, shape) for name, shape in pte.calls if name not in ("prefill", "draft")]
     assert all(name == verify_method(shape[1]) for name, shape in target_calls)
     lengths = {shape[1] for _, shape in target_calls}
-    assert len(lengths - {1}) >= 2, lengths  # shortened rounds ran at their own length
+    assert len(lengths - {1}) >= (1 if drafter == "bundle" else 2), lengths
 
 
 @pytest.fixture

@@ -187,6 +187,13 @@ def format_validate(report: dict) -> str:
             f"{row['python_tokens_per_s']:>14.1f}{speedup:>8.2f}x{accept:>8}"
             f"{row['native_runner_s_per_round'] * 1e6:>17.1f}{row['python_runner_s_per_round'] * 1e6:>17.1f}"
         )
+    for row in report["cases"]:
+        if "native_k_histogram" in row:
+            same = "same" if row.get("k_histograms_identical") else "DIFFERENT"
+            hist = ", ".join(f"K={k}: {n}" for k, n in row["native_k_histogram"].items())
+            lines.append(f"{row['case']}: rounds per draft length ({same} in both runtimes): {hist}")
+    if "cost_source" in report:
+        lines.append(f"--k auto cases ran from one frozen cost table ({report['cost_source']}) in both runtimes")
     lines.append(f"native greedy speculative == native greedy K=0: {'yes' if report['native_speculative_equals_plain'] else 'NO'}")
     lines.append("us/round: time per round outside the ExecuTorch method calls (sampling, accept rule, copies, bookkeeping)")
     lines.append("OK: the native runner gives the Python runtime's tokens" if report["ok"] else
