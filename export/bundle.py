@@ -1,6 +1,6 @@
 """A bundle: one folder a runtime needs to serve a pair, nothing else.
 
-    model.pte        the ExecuTorch program (prefill / decode / verify_n / draft, one shared KV cache)
+    model.pte        the ExecuTorch program (prefill / verify / draft, one shared KV cache)
     target.onnx      ONNX graphs (prefill and verify; the draft step) that read one KV cache the
     drafter.onnx     runtime owns and binds to both sessions (+ .data files above 2 GB)
     tokenizer.json   the target's tokenizer, when its checkpoint folder has one

@@ -7,7 +7,8 @@
       .onnx[role]                   OnnxGraph of "target" / "drafter" (ONNX bundles): file, inputs,
                                     outputs, opset, cache_inputs (graph input -> cache buffer),
                                     new_rows_outputs (target: output -> cache buffer)
-      .methods[name]                MethodSignature of the .pte's prefill / decode / verify_2..verify_{K+1} / draft
+      .methods[name]                MethodSignature of the .pte's prefill / verify / draft (verify's
+                                    `lengths`: the token counts it takes, 1..K+1)
       .backend                      the .pte's ExecuTorch kernels (xnnpack / portable)
       .cache                        CacheLayout: buffers (TensorInfo), max_seq_len, buffer_length,
                                     bytes, store_layers
@@ -40,8 +41,8 @@ from typing import Any
 
 from mtp_edge.models.errors import MtpEdgeError
 
-# 2: the .pte verifies at every length (decode, verify_2..verify_{K+1}: export.pte.verify_method) where
-# schema 1 had one `verify` of K + 1 tokens; older bundles are refused (re-export them).
+# 2: the .pte's verify takes any token count 1..K+1 (methods.verify.lengths; no decode method) where
+# schema 1 had a verify of exactly K + 1 tokens and a decode; older bundles are refused (re-export them).
 SCHEMA_VERSION = 2
 BUNDLE_FORMAT = "mtp-edge-bundle"
 MANIFEST = "manifest.json"
@@ -140,17 +141,27 @@ def _named(tensors: tuple[TensorInfo, ...], name: str, what: str) -> TensorInfo:
 
 @dataclass(frozen=True)
 class MethodSignature(_Signature):
-    """A .pte method's user inputs and outputs, in call order."""
+    """A .pte method's user inputs and outputs, in call order.
+
+    lengths: (lowest, highest) token count of a method whose token count is dynamic (verify: its
+    tokens are [1, n], its outputs' first dim n); its shapes then give the highest. None: static.
+    """
 
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    lengths: tuple[int, int] | None = None
 
     @classmethod
     def from_json(cls, d: Mapping) -> MethodSignature:
-        return cls(inputs=_tensors(d["inputs"]), outputs=_tensors(d["outputs"]))
+        lengths = d.get("lengths")
+        return cls(inputs=_tensors(d["inputs"]), outputs=_tensors(d["outputs"]),
+                   lengths=None if lengths is None else (int(lengths[0]), int(lengths[1])))
 
     def to_json(self) -> dict:
-        return {"inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs]}
+        out = {"inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs]}
+        if self.lengths is not None:
+            out["lengths"] = list(self.lengths)
+        return out
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,38 @@
 """ExecuTorch export of a target + drafter pair into ONE .pte whose methods share the KV cache.
 
-Methods (all shapes static):
+Methods (static shapes but for verify's token count):
   prefill(tokens [1, C] i64, start_pos [1] i64, logits_at [1] i64) -> (logits [V], hidden [H])
       One chunk of C = prefill_chunk prompt tokens at positions start_pos..start_pos+C-1; logits
       and final hidden state only at chunk index logits_at. A prompt goes in chunk by chunk, the
       last chunk padded.
-  decode(tokens [1, 1] i64, start_pos [1] i64) -> (logits [V], hidden [H])
-      One token: the K = 0 path and one-token rounds.
-  verify_{n}(tokens [1, n] i64, start_pos [1] i64) -> (logits [n, V], hidden [n, H]), n = 2..K+1
-      The speculative round's target pass over n tokens (the last token and n - 1 drafts): one
-      method per length, so a shortened round (the adaptive draft length, an early stop, the end of
-      the budget or the cache) pays for its own tokens only. `verify_method(n)` names the method of
-      an n-token pass (decode for n = 1); the manifest lists every one with its static shapes.
+  verify(tokens [1, n] i64, start_pos [1] i64) -> (logits [n, V], hidden [n, H]), n = 1..K+1
+      Every target pass after the prompt: a speculative round's last token and its n - 1 drafts,
+      or one token (plain decoding, a round that drafted nothing). The token count is dynamic
+      (torch.export Dim, at most K + 1), so a shortened round (the adaptive draft length, an early
+      stop, the end of the budget or the cache) pays for its own tokens only, and nothing is
+      padded. The manifest gives its largest shapes ([1, K+1], [K+1, V], [K+1, H]) and
+      `lengths` [1, K+1], the token counts it takes.
   draft(token [1] i64, hidden [H], position [1] i64, validated_length [1] i64)
       -> (candidate_ids [C] i64, candidate_logits [C], hidden [H], argmax_id [1] i64)
       One drafter step: the target's scaled embedding of `token`, its store-layer K/V masked to
       positions < validated_length, the drafter's clustered head.
 
-Why one static method per length rather than one method with a dynamic token count (measured on
-executorch 1.5.1, the tiny pair and the shipped pair, XNNPACK): torch.export takes the dynamic
-length (Dim.DYNAMIC; a named Dim fails a guard torch cannot prove in attend_grouped's reshape),
-but XNNPACK's partitioner keeps every reshape with a symbolic size and every slice of a
-dynamic-shaped tensor out of the delegate, so the dynamic graph runs in more, smaller delegates
-with portable view/slice copies between them and XNNPACK re-plans its runtime whenever the length
-changes. See VERIFY_LENGTHS_MEASURED below for the figures.
+One dynamic-length verify rather than one static method per length (decode, verify_2..verify_K+1),
+measured on executorch 1.5.1 (XNNPACK; the shipped pair 8da8w+emb8, K = 4, start 100, median of
+500 interleaved calls, 2 busy cores; ms per call for n = 1..5 tokens):
+    static method per length    3.94  5.20  6.41  7.35  8.10
+    one dynamic verify          3.94  5.13  5.97  6.85  7.51
+    schema 1 (padded to K + 1)  3.94  8.11  8.07  8.20  8.10   (n = 1 through decode)
+Same logits bit for bit; on the tiny pair the two designs are equal within noise. XNNPACK's
+partitioner keeps reshapes with a symbolic size and slices of a dynamic-shaped tensor out of the
+delegate (shipped verify: 146 delegates and 410 portable nodes, against 98 and 231 static), and
+lowering that graph takes longer (shipped: 338 s against 47-77 s for one static length), but every
+delegated method holds its own copy of the packed target weights at runtime (executorch 1.5.1 does
+not share them between methods unless XNNPACK's weight cache is enabled, which the Python runtime
+cannot do): each static length would cost another copy (+10.6 MB RSS per method on the shipped
+pair), where one verify (which also stands in for the old decode method) costs one.
+A named torch.export Dim fails on a guard torch cannot prove in attend_grouped's reshape
+(n * min(32, 64 n) == 32 n); Dim.DYNAMIC with the same bounds exports.
 
 Every method's module holds the cache under the same FQN (`target.cache.k_{layer}` /
 `target.cache.v_{layer}`) and mutates every cache buffer, and memory planning runs with
@@ -37,10 +46,10 @@ cache here -- but the write-back keeps that from depending on planner details; i
 The cache writes are made in place (ExecutorchBackendConfig.run_reinplace_pass) and tanh-GELU is
 kept out of XNNPACK, which would silently compute exact GELU (see xnnpack_partitioner).
 
-Padded writes (the last prefill chunk; a verify padded to K + 1 tokens by a runtime that does not
-call verify_{n}, such as android_demo/native's runner today) land past the usable length, so the
-cache buffers carry `cache_slack(k, prefill_chunk)` extra positions: the usable max_seq_len (what a
-runtime may fill) is the buffer length minus that slack, and no write ever leaves the buffer.
+Padded writes (the last prefill chunk; a verify padded to K + 1 tokens, as schema-1 runtimes did)
+land past the usable length, so the cache buffers carry `cache_slack(k, prefill_chunk)` extra
+positions: the usable max_seq_len (what a runtime may fill) is the buffer length minus that slack,
+and no write ever leaves the buffer.
 
 What the export needs from executorch 1.5.1 beyond its public API (patches that keep the export's
 memory down, the tanh-GELU partitioner, reading a .pte back) is in export/executorch_compat.py and
@@ -69,9 +78,7 @@ from .executorch_compat import (
 
 BACKENDS = ("xnnpack", "portable")
 CACHE_FQN_PREFIX = "target.cache."
-PAD_TOKEN = 0  # what padded prefill/verify slots hold; their outputs are discarded
-DECODE = "decode"
-VERIFY_PREFIX = "verify_"
+PAD_TOKEN = 0  # what padded prefill slots hold; their outputs are discarded
 
 
 class ExportError(MtpEdgeError, ValueError):
@@ -127,6 +134,9 @@ class VerifyMethod(nn.Module):
 
 
 class DecodeMethod(VerifyMethod):
+    """One token, flat outputs: not a method of the program any more (verify takes one token too);
+    `bench head` times it eagerly."""
+
     def forward(self, tokens: torch.Tensor, start_pos: torch.Tensor):
         logits, hidden = self.target(tokens, start_pos)
         return logits.reshape(-1), hidden.reshape(-1)
@@ -159,37 +169,42 @@ class DraftMethod(nn.Module):
         return self.drafter.draft_step(embedding, hidden.view(1, 1, -1), position, validated_length, kv)
 
 
-# Input/output names per kind of method, in call order (the manifest and the runtime read these).
+# Input/output names per method, in call order (the manifest and the runtime read these).
 METHOD_IO = {
     "prefill": (("tokens", "start_pos", "logits_at"), ("logits", "hidden")),
     "verify": (("tokens", "start_pos"), ("logits", "hidden")),
-    "decode": (("tokens", "start_pos"), ("logits", "hidden")),
     "draft": (("token", "hidden", "position", "validated_length"), ("candidate_ids", "candidate_logits", "hidden", "argmax_id")),
 }
 
 
-def verify_method(n: int) -> str:
-    """The method of an n-token target pass: decode for one token, verify_{n} for 2..K+1."""
-    return DECODE if n == 1 else f"{VERIFY_PREFIX}{n}"
-
-
-def method_kind(name: str) -> str:
-    """prefill / verify / decode / draft: what a method of the program does (verify_3 -> verify)."""
-    if name.startswith(VERIFY_PREFIX) and name[len(VERIFY_PREFIX):].isdigit():
-        return "verify"
-    return name
-
-
 def method_modules(target: Gemma4Target, drafter: Gemma4Drafter, k: int, prefill_chunk: int) -> dict[str, tuple[nn.Module, tuple]]:
-    """Method name -> (module, example inputs): prefill, decode, verify_2..verify_{k+1}, draft."""
+    """Method name -> (module, example inputs); dynamic_shapes(k) gives the dynamic dims."""
     i64 = dict(dtype=torch.long)
     hidden = torch.zeros(target.cfg.hidden_size, dtype=target.embed_tokens.weight.dtype)
     return {
         "prefill": (PrefillMethod(target), (torch.zeros(1, prefill_chunk, **i64), torch.zeros(1, **i64), torch.zeros(1, **i64))),
-        DECODE: (DecodeMethod(target), (torch.zeros(1, 1, **i64), torch.zeros(1, **i64))),
-        **{verify_method(n): (VerifyMethod(target), (torch.zeros(1, n, **i64), torch.zeros(1, **i64))) for n in range(2, k + 2)},
+        "verify": (VerifyMethod(target), (torch.zeros(1, k + 1, **i64), torch.zeros(1, **i64))),
         "draft": (DraftMethod(target, drafter), (torch.zeros(1, **i64), hidden, torch.zeros(1, **i64), torch.ones(1, **i64))),
     }
+
+
+def dynamic_lengths(k: int) -> dict[str, tuple[int, int]]:
+    """Method name -> (lowest, highest) token count of a method whose token count is dynamic."""
+    return {"verify": (1, k + 1)}
+
+
+def dynamic_shapes(k: int) -> dict[str, tuple]:
+    """Method name -> torch.export dynamic_shapes (the tokens' dim 1 runs over dynamic_lengths(k)).
+
+    Dim.DYNAMIC, not a named Dim: the named one fails on a guard torch cannot prove (module doc).
+    torch.export still assumes the size is >= 2 (its range_constraints say 2..K+1: 0/1
+    specialization); the one decision it takes on that assumption (found by exporting under
+    torch.fx.experimental._config.backed_size_oblivious, which turns it into a guard n != 1) is that
+    attend_grouped's reshape of q copies rather than views, which gives the same values. One token
+    through verify is checked against eager PyTorch (tests/test_verify_lengths.py) and matched the
+    old static decode method bit for bit (shipped pair, XNNPACK 8da8w).
+    """
+    return {name: ({1: torch.export.Dim.DYNAMIC(min=low, max=high)}, None) for name, (low, high) in dynamic_lengths(k).items()}
 
 
 # --------------------------------------------------------------------------- export
@@ -199,13 +214,17 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _tensor_info(name: str, value) -> dict:
-    return {"name": name, "shape": list(value.shape), "dtype": _dtype_name(value.dtype)}
+def _tensor_info(name: str, value, bounds: dict) -> dict:
+    """A tensor's name, dtype and shape; a symbolic size is given by its largest value (`bounds`:
+    symbol -> (lowest, highest))."""
+    shape = [int(d) if isinstance(d, int) else bounds[str(d.node.expr)][1] for d in value.shape]
+    return {"name": name, "shape": shape, "dtype": _dtype_name(value.dtype)}
 
 
-def _signature(name: str, program) -> dict:
-    """Input/output names, shapes and dtypes of an ExportedProgram's user inputs and outputs."""
-    in_names, out_names = METHOD_IO[method_kind(name)]
+def _signature(name: str, program, lengths: tuple[int, int] | None = None) -> dict:
+    """Input/output names, shapes and dtypes of an ExportedProgram's user inputs and outputs; with
+    `lengths`, the token counts of a method whose token count is dynamic (its shapes: the highest)."""
+    in_names, out_names = METHOD_IO[name]
     sig = program.graph_signature
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     user_inputs = [placeholders[n].meta["val"] for n in sig.user_inputs]
@@ -213,10 +232,15 @@ def _signature(name: str, program) -> dict:
     outputs = output_node.args[0]
     user_outputs = [o.meta["val"] for o, spec in zip(outputs, sig.output_specs) if spec.kind.name == "USER_OUTPUT"]
     assert len(user_inputs) == len(in_names) and len(user_outputs) == len(out_names), name
-    return {
-        "inputs": [_tensor_info(n, v) for n, v in zip(in_names, user_inputs)],
-        "outputs": [_tensor_info(n, v) for n, v in zip(out_names, user_outputs)],
+    bounds = {str(sym): (int(r.lower), int(r.upper)) for sym, r in program.range_constraints.items()}
+    out = {
+        "inputs": [_tensor_info(n, v, bounds) for n, v in zip(in_names, user_inputs)],
+        "outputs": [_tensor_info(n, v, bounds) for n, v in zip(out_names, user_outputs)],
     }
+    if lengths is not None:
+        assert out["inputs"][0]["shape"][1] == lengths[1], (name, out["inputs"][0], lengths)
+        out["lengths"] = list(lengths)
+    return out
 
 
 def cache_layout(target: Gemma4Target, max_seq_len: int) -> dict:
@@ -324,9 +348,8 @@ def export_pte(
 ) -> dict:
     """Export the pair to out_path (written to a temporary name, renamed at the end).
 
-    `methods` keeps a subset of prefill / decode / verify / draft (default all; "verify" stands for
-    every verify_{n}, a single verify_{n} may also be named): a draft-only program is what
-    `bench head` times.
+    `methods` keeps a subset of prefill / verify / draft (default all three): a draft-only program
+    is what `bench head` times.
 
     consume=True releases the modules' weights once the methods are traced (the modules are left
     without them), so that lowering and constant propagation can free each weight as they replace
@@ -359,22 +382,20 @@ def export_pte(
     started = time.perf_counter()
     modules = method_modules(target, drafter, k, prefill_chunk)
     if methods is not None:
-        kinds = {method_kind(name) for name in modules}
-        unknown = sorted(set(methods) - set(modules) - kinds)
+        unknown = sorted(set(methods) - set(modules))
         if unknown or not methods:
-            raise ExportError(f"unknown method(s) {unknown or methods}; expected a subset of "
-                              f"{', '.join(sorted(kinds | set(modules)))}.")
-        modules = {name: m for name, m in modules.items() if name in methods or method_kind(name) in methods}
+            raise ExportError(f"unknown method(s) {unknown or methods}; expected a subset of {', '.join(modules)}.")
+        modules = {name: modules[name] for name in methods}
     step = _Progress(progress, total=len(modules) + 3)
 
     layout = cache_layout(target, max_seq_len)
     weight_bytes = _weight_bytes(target, drafter)
-    exported = {}
+    exported, dynamic = {}, dynamic_shapes(k)
     with torch.no_grad():
         for name, (module, inputs) in modules.items():
-            exported[name] = torch.export.export(module.eval(), inputs, strict=False)
+            exported[name] = torch.export.export(module.eval(), inputs, dynamic_shapes=dynamic.get(name), strict=False)
             step(f"torch.export {name}")
-        signatures = {name: _signature(name, ep) for name, ep in exported.items()}
+        signatures = {name: _signature(name, ep, dynamic_lengths(k).get(name)) for name, ep in exported.items()}
         if consume:
             del modules, module
             release_weights(target, drafter)

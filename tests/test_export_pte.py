@@ -1,4 +1,4 @@
-"""ExecuTorch export: one .pte whose four methods share the KV cache, the bundle format, the pte backend.
+"""ExecuTorch export: one .pte whose three methods share the KV cache, the bundle format, the pte backend.
 
 One bundle of the random tiny pair per backend (XNNPACK, then portable) is exported per run, the
 slow part (about 100 s and 40 s on two busy cores), and every check below reads it. Both are the
@@ -61,10 +61,11 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def test_manifest_describes_the_bundle(bundle, pte):
     manifest = read_manifest(bundle).to_json()
     assert manifest["schema_version"] == SCHEMA_VERSION
-    assert set(manifest["methods"]) == {"prefill", "decode", *(f"verify_{n}" for n in range(2, K + 2)), "draft"}
+    assert set(manifest["methods"]) == {"prefill", "verify", "draft"}
     sig = manifest["methods"]
     assert sig["prefill"]["inputs"][0] == {"name": "tokens", "shape": [1, CHUNK], "dtype": "int64"}
-    assert sig[f"verify_{K + 1}"]["outputs"][0] == {"name": "logits", "shape": [K + 1, 512], "dtype": "float32"}
+    assert sig["verify"]["outputs"][0] == {"name": "logits", "shape": [K + 1, 512], "dtype": "float32"}
+    assert sig["verify"]["lengths"] == [1, K + 1]  # any token count up to K + 1 (the shapes give the longest)
     assert [o["name"] for o in sig["draft"]["outputs"]] == ["candidate_ids", "candidate_logits", "hidden", "argmax_id"]
     cache = manifest["cache"]
     assert cache["max_seq_len"] == MAX_SEQ and cache["buffer_length"] == MAX_SEQ + max(K, CHUNK - 1)
@@ -87,7 +88,7 @@ def test_methods_match_eager(pte, eager):
     for backend_out, eager_out in zip(pte.prefill(prompt), eager.prefill(prompt)):
         _close(backend_out, eager_out)
     tokens = _rand(2, K + 1)
-    for n in (K + 1, 2, 1):  # full verify, a shrunken round (verify_2), the one-token decode method
+    for n in (K + 1, 2, 1):  # full verify, a shrunken round, one token: all through verify, unpadded
         for backend_out, eager_out in zip(pte.verify(tokens[:n], 10), eager.verify(tokens[:n], 10)):
             assert backend_out.shape[0] == n
             _close(backend_out, eager_out)
@@ -141,7 +142,7 @@ def test_draft_reads_the_cache_verify_wrote(bundle, eager):
     from executorch.runtime import Runtime
 
     program = Runtime.get().load_program(bundle / PROGRAM_FILE)
-    verify, draft = program.load_method(f"verify_{K + 1}"), program.load_method("draft")
+    verify, draft = program.load_method("verify"), program.load_method("draft")
     tokens = _rand(3, K + 1)
     logits, hidden = verify.execute([tokens.view(1, -1), torch.tensor([0])])
     ids, cand_logits, projected, best = draft.execute(

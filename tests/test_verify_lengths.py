@@ -1,4 +1,5 @@
-"""A .pte bundle verifies at every length 1..K+1 (decode, verify_2..verify_{K+1}), never padded.
+"""A .pte bundle verifies at every length 1..K+1 through one verify method (a dynamic token count),
+never padded.
 
 Reads the run's shared portable export of the tiny pair (the one test_export_pte, test_native_runner
 and test_android_bridge read: no export of its own when they run too; about 40 s alone).
@@ -14,7 +15,7 @@ import torch
 
 from backends_for_tests import ScriptedDrafts
 from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, SCHEMA_VERSION, BundleError, ExportSettings, read_manifest
-from mtp_edge.export.pte import inspect_program, verify_method
+from mtp_edge.export.pte import inspect_program
 from mtp_edge.models import load_pair
 from mtp_edge.runtime.backends.eager import EagerBackend
 from mtp_edge.runtime.backends.pte import PteBackend
@@ -61,16 +62,16 @@ def _rand(seed: int, n: int) -> torch.Tensor:
     return torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-def test_the_program_has_a_target_method_per_length(bundle):
+def test_one_verify_method_takes_every_length(bundle):
     manifest = read_manifest(bundle)
-    names = [verify_method(n) for n in range(1, K + 2)]
-    assert names == ["decode"] + [f"verify_{n}" for n in range(2, K + 2)]
-    assert set(manifest.methods) == {"prefill", "draft", *names}
+    assert set(manifest.methods) == {"prefill", "verify", "draft"}  # no decode: verify takes one token too
     assert set(inspect_program(bundle / PROGRAM_FILE)) == set(manifest.methods)
-    for n, name in enumerate(names, start=1):
-        sig = manifest.methods[name]
-        assert sig.input("tokens").shape == (1, n) and sig.input("start_pos").shape == (1,)
-        assert sig.output("logits").shape == ((512,) if n == 1 else (n, 512)), name  # decode's outputs are flat
+    verify = manifest.methods["verify"]
+    assert verify.lengths == (1, K + 1)  # the shapes give the longest
+    assert verify.input("tokens").shape == (1, K + 1) and verify.input("start_pos").shape == (1,)
+    assert verify.output("logits").shape == (K + 1, 512) and verify.output("hidden").shape[0] == K + 1
+    assert manifest.methods["prefill"].lengths is None and manifest.methods["draft"].lengths is None
+    assert read_manifest(bundle).to_json()["methods"]["verify"]["lengths"] == [1, K + 1]
 
 
 @pytest.mark.parametrize("start", [0, 9, MAX_SEQ - K - 1])
@@ -84,7 +85,7 @@ def test_every_length_matches_eager_without_padding(pte, eager, start):
         pte.calls.clear()
         got_logits, got_hidden = pte.verify(tokens[:n], start)
         want_logits, want_hidden = eager.verify(tokens[:n], start)
-        assert pte.calls == [(verify_method(n), (1, n))]  # the method of that length, n tokens in
+        assert pte.calls == [("verify", (1, n))]  # n tokens in, nothing padded
         assert got_logits.shape == (n, 512) and got_hidden.shape == want_hidden.shape
         torch.testing.assert_close(got_logits, want_logits, atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(got_hidden, want_hidden, atol=ATOL, rtol=RTOL)
@@ -93,7 +94,7 @@ def test_every_length_matches_eager_without_padding(pte, eager, start):
 @pytest.mark.parametrize("drafter", ["bundle", "scripted"])
 def test_adaptive_greedy_speculative_equals_plain(pte, eager, drafter):
     """k="auto" with a frozen cost table: the tokens stay plain decoding's (and eager PyTorch's), and
-    every target pass runs the method of its own length. The bundle's random drafter is mostly
+    every target pass runs verify on its own tokens. The bundle's random drafter is mostly
     rejected (the policy falls back to plain rounds and probes); with scripted drafts, right but
     for planted mistakes close together, the policy's k moves between 1 and 3 (and the cache end
     shortens the last rounds), so rounds verify at several lengths."""
@@ -115,9 +116,7 @@ def test_adaptive_greedy_speculative_equals_plain(pte, eager, drafter):
     assert spec.tokens == plain.tokens
     assert spec.stats.stop_reason == plain.stats.stop_reason == "cache_full"
     assert spec.stats.drafted > spec.stats.accepted  # rejections ran
-    target_calls = [(name, shape) for name, shape in pte.calls if name not in ("prefill", "draft")]
-    assert all(name == verify_method(shape[1]) for name, shape in target_calls)
-    lengths = {shape[1] for _, shape in target_calls}
+    lengths = {shape[1] for name, shape in pte.calls if name == "verify"}
     assert len(lengths - {1}) >= (1 if drafter == "bundle" else 2), lengths
 
 
@@ -143,7 +142,11 @@ def test_schema_1_bundles_are_refused_with_the_fix(bundle_copy):
     assert "\n" not in str(e.value)
 
 
-def test_a_missing_length_is_named(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m["methods"].pop("verify_3"))
-    with pytest.raises(BundleError, match=r"no target method for 3 token\(s\) \(expected verify_3\); re-export the bundle"):
-        PteBackend(bundle_copy, verify_hashes=False)
+def test_a_verify_short_of_a_length_is_refused(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m["methods"]["verify"].update(lengths=[2, K + 1]))
+    with pytest.raises(BundleError, match=rf"lists a verify of 2\.\.{K + 1} tokens; this runtime verifies 1\.\.{K + 1} tokens "
+                                          rf"\(K={K}\)\. Re-export the bundle"):
+        PteBackend(bundle_copy)
+    _edit_manifest(bundle_copy, lambda m: m["methods"]["verify"].pop("lengths"))
+    with pytest.raises(BundleError, match="lists a verify of one fixed length"):
+        PteBackend(bundle_copy)

@@ -72,8 +72,6 @@ void check_signature(const Value& methods, const std::string& name, const std::s
 
 }  // namespace
 
-std::string verify_method(int64_t n) { return n == 1 ? "decode" : "verify_" + std::to_string(n); }
-
 Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
   Manifest m;
   m.bundle_dir = bundle_dir;
@@ -164,9 +162,14 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
     const int64_t V = m.vocab_size, H = m.hidden_size, K = m.k, C = m.prefill_chunk;
     const std::string i64 = "int64", f32 = "float32";
     check_signature(methods, "prefill", path, {{{1, C}, i64}, {{1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
-    check_signature(methods, "decode", path, {{{1, 1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
-    for (int64_t n = 2; n <= K + 1; ++n) {  // one static method per verify length
-      check_signature(methods, verify_method(n), path, {{{1, n}, i64}, {{1}, i64}}, {{{n, V}, f32}, {{n, H}, f32}});
+    // One verify for every token count 1..K+1 (dynamic): the manifest gives its largest shapes.
+    check_signature(methods, "verify", path, {{{1, K + 1}, i64}, {{1}, i64}}, {{{K + 1, V}, f32}, {{K + 1, H}, f32}});
+    const Value* lengths = methods.at("verify", "methods").find("lengths");
+    const auto* range = lengths == nullptr ? nullptr : &lengths->as_array("methods.verify.lengths");
+    if (range == nullptr || range->size() != 2 || (*range)[0].as_int("methods.verify.lengths") > 1 ||
+        (*range)[1].as_int("methods.verify.lengths") < K + 1) {
+      throw RunnerError(path + ": method verify does not take every token count 1.." + std::to_string(K + 1) +
+                        " (methods.verify.lengths); re-export the bundle with this version of mtp-edge.");
     }
     m.has_drafter = methods.find("draft") != nullptr;
     if (m.has_drafter) {

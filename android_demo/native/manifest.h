@@ -2,7 +2,7 @@
 //
 // Same checks as the Python `read_manifest`, for the files this runner reads: the schema
 // version, the program artifact present and unmodified (size + sha256), the methods' signatures
-// (prefill, decode, verify_2..verify_{K+1}, draft). The ONNX artifacts a bundle may also hold are
+// (prefill, verify, draft; verify's token counts 1..K+1). The ONNX artifacts a bundle may also hold are
 // not hashed: the runner never reads them.
 #pragma once
 
@@ -12,8 +12,8 @@
 
 namespace mtp_edge {
 
-// 2: the program verifies at every length (decode, verify_2..verify_{K+1}) where schema 1 had one
-// `verify` of K + 1 tokens; other versions are refused (re-export the bundle).
+// 2: the program's verify takes any token count 1..K+1 (methods.verify.lengths; no decode method)
+// where schema 1 had a verify of exactly K + 1 tokens; other versions are refused (re-export the bundle).
 constexpr int64_t kSchemaVersion = 2;
 
 struct Manifest {
@@ -23,7 +23,7 @@ struct Manifest {
   std::string program_sha256;
   int64_t program_bytes = 0;
 
-  int64_t k = 0;               // largest K: verify_{n} methods take n = 2..K + 1 tokens
+  int64_t k = 0;               // largest K: verify takes n = 1..K + 1 tokens
   int64_t prefill_chunk = 0;   // tokens per prefill call
   int64_t max_seq_len = 0;     // usable cache positions; the buffers carry slack past it
   int64_t buffer_length = 0;
@@ -34,9 +34,6 @@ struct Manifest {
   std::vector<int64_t> eos_token_ids;
   bool has_drafter = false;
 };
-
-// The method of an n-token target pass: "decode" for n = 1, "verify_{n}" for 2..K + 1 (export.pte.verify_method).
-std::string verify_method(int64_t n);
 
 // Reads and checks <bundle_dir>/manifest.json; throws RunnerError naming the problem and the fix.
 // verify_hash = false skips the sha256 (the size is still checked).

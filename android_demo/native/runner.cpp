@@ -28,7 +28,7 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-const char* kMethods[] = {"prefill", "decode", "draft"};  // and verify_2..verify_{K+1}
+const char* kMethods[] = {"prefill", "verify", "draft"};
 
 // When a draft stops before its next step (speculative.EarlyStop), judged from the drafter's top
 // probability p at that step, before anything is drawn from it. Fixed: p < p_min. From the
@@ -196,10 +196,8 @@ struct Runner::Impl {
 
   std::vector<int64_t> prefill_tokens, verify_tokens, one_token, start_pos, logits_at, position, validated_length;
   std::vector<float> draft_hidden_in;
-  TensorPtr prefill_tokens_t, decode_token_t, draft_token_t, start_pos_t, logits_at_t, position_t, validated_length_t,
-      draft_hidden_t;
-  // verify_{n}, n = 2..K + 1: its name and its tokens [1, n] (views of verify_tokens), at index n.
-  std::vector<std::string> verify_names;
+  TensorPtr prefill_tokens_t, draft_token_t, start_pos_t, logits_at_t, position_t, validated_length_t, draft_hidden_t;
+  // verify's tokens [1, n], n = 1..K + 1 (views of verify_tokens), at index n.
   std::vector<TensorPtr> verify_tokens_t;
 
   // Outputs of the last target call: logits [n x vocab] and hidden [n x hidden], row-major.
@@ -252,8 +250,8 @@ struct Runner::Impl {
     copy_out(outputs[1], hidden, m.hidden_size, "prefill hidden");
   }
 
-  // Tokens [n <= K + 1] at positions start..start+n-1: one token goes through decode, n >= 2
-  // through verify_{n}, the method exported for exactly n tokens (nothing padded).
+  // Tokens [n <= K + 1] at positions start..start+n-1, through verify as they are: its token
+  // count is dynamic (1..K + 1), nothing is padded.
   void verify(const std::vector<int64_t>& tokens, int64_t start) {
     const int64_t n = static_cast<int64_t>(tokens.size());
     if (n < 1 || n > m.k + 1) {
@@ -261,14 +259,8 @@ struct Runner::Impl {
                         std::to_string(m.k) + "), got " + std::to_string(n) + ".");
     }
     start_pos[0] = start;
-    std::vector<EValue> outputs;
-    if (n == 1) {
-      one_token[0] = tokens[0];
-      outputs = run("decode", {*decode_token_t, *start_pos_t});
-    } else {
-      std::copy(tokens.begin(), tokens.end(), verify_tokens.begin());
-      outputs = run(verify_names[n].c_str(), {*verify_tokens_t[n], *start_pos_t});
-    }
+    std::copy(tokens.begin(), tokens.end(), verify_tokens.begin());
+    const std::vector<EValue> outputs = run("verify", {*verify_tokens_t[n], *start_pos_t});
     copy_out(outputs[0], logits, n * m.vocab_size, "verify logits");
     copy_out(outputs[1], hidden, n * m.hidden_size, "verify hidden");
   }
@@ -302,13 +294,7 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
                       "); re-export the bundle.");
   }
   auto names = s.module->method_names();
-  std::vector<std::string> wanted(std::begin(kMethods), std::end(kMethods));
-  s.verify_names.assign(2, "");
-  for (int64_t n = 2; n <= m.k + 1; ++n) {
-    s.verify_names.push_back(verify_method(n));
-    wanted.push_back(s.verify_names.back());
-  }
-  for (const std::string& name : wanted) {
+  for (const std::string name : kMethods) {
     if (name == "draft" && !m.has_drafter) continue;
     if (!names.ok() || names->count(name) == 0) {
       throw RunnerError(m.program_path + ": the program lacks method " + name + " listed in manifest.json; re-export the bundle.");
@@ -332,7 +318,7 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
     }
   };
   check_tokens("prefill", m.prefill_chunk);
-  for (int64_t n = 2; n <= m.k + 1; ++n) check_tokens(s.verify_names[n].c_str(), n);
+  check_tokens("verify", m.k + 1);  // its largest token count
 
   s.prefill_tokens.assign(m.prefill_chunk, m.pad_token);
   s.verify_tokens.assign(m.k + 1, m.pad_token);
@@ -346,11 +332,10 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
   const auto C = static_cast<executorch::aten::SizesType>(m.prefill_chunk);
   const auto H = static_cast<executorch::aten::SizesType>(m.hidden_size);
   s.prefill_tokens_t = from_blob(s.prefill_tokens.data(), Sizes{1, C}, ScalarType::Long);
-  s.verify_tokens_t.resize(2);
-  for (int64_t n = 2; n <= m.k + 1; ++n) {
+  s.verify_tokens_t.resize(1);
+  for (int64_t n = 1; n <= m.k + 1; ++n) {
     s.verify_tokens_t.push_back(from_blob(s.verify_tokens.data(), Sizes{1, static_cast<executorch::aten::SizesType>(n)}, ScalarType::Long));
   }
-  s.decode_token_t = from_blob(s.one_token.data(), Sizes{1, 1}, ScalarType::Long);
   s.draft_token_t = from_blob(s.one_token.data(), Sizes{1}, ScalarType::Long);
   s.start_pos_t = from_blob(s.start_pos.data(), Sizes{1}, ScalarType::Long);
   s.logits_at_t = from_blob(s.logits_at.data(), Sizes{1}, ScalarType::Long);

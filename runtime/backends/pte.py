@@ -1,11 +1,11 @@
 """The ExecuTorch backend: a bundle's .pte through the executorch.runtime Python API.
 
-The program's methods (prefill, decode, verify_2..verify_{K+1}, draft: see mtp_edge.export.pte)
-share one KV cache allocation, so this backend only feeds tensors and keeps the validated length.
-Static shapes: a prompt goes in prefill_chunk tokens at a time (the last chunk padded: the padded
-slots' K/V land in positions that are masked until a later pass overwrites them, and the cache
-buffers were built with enough spare positions that no padded write leaves them); a verify of n
-tokens runs the method exported for n tokens (decode for one), never padded.
+The program's methods (prefill, verify, draft: see mtp_edge.export.pte) share one KV cache
+allocation, so this backend only feeds tensors and keeps the validated length. A prompt goes in
+prefill_chunk tokens at a time (the last chunk padded: the padded slots' K/V land in positions
+that are masked until a later pass overwrites them, and the cache buffers were built with enough
+spare positions that no padded write leaves them); verify takes any 1..K+1 tokens as they are
+(its token count is dynamic), so a shortened round pays for its own tokens only.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mtp_edge.export.bundle import BundleError, read_manifest
-from mtp_edge.export.pte import DECODE, PAD_TOKEN, method_kind, verify_method
+from mtp_edge.export.pte import PAD_TOKEN
 
 from ..backend import DraftOutput
 from ..errors import GenerationError
@@ -60,21 +60,14 @@ class PteBackend:
                 self.methods[name] = self.program.load_method(name)
             except Exception as e:
                 raise BundleError(f"{path}: ExecuTorch could not load method {name!r} ({e}).") from None
-        self.verify_methods = self._verify_methods(path)  # token count -> method
-        self.dtype = getattr(torch, m.methods[DECODE].output("hidden").dtype)
-
-    def _verify_methods(self, path: Path) -> dict[int, str]:
-        """Token count n -> the target method of an n-token pass, for every n in 1..K+1, read from the
-        methods' signatures in the manifest (their names follow export.pte.verify_method)."""
-        lengths = {}
-        for name, sig in self.manifest.methods.items():
-            if method_kind(name) in ("decode", "verify"):
-                lengths[int(sig.input("tokens").shape[1])] = name
-        missing = [n for n in range(1, self.k + 2) if lengths.get(n) != verify_method(n)]
-        if missing:
-            raise BundleError(f"{path}: the program has no target method for {', '.join(map(str, missing))} token(s) "
-                              f"(expected {', '.join(verify_method(n) for n in missing)}); re-export the bundle.")
-        return {n: lengths[n] for n in range(1, self.k + 2)}
+        verify = m.methods.get("verify")
+        lengths = None if verify is None else verify.lengths
+        if lengths is None or lengths[0] > 1 or lengths[1] < self.k + 1:
+            took = ("no verify method" if verify is None else "a verify of one fixed length" if lengths is None
+                    else f"a verify of {lengths[0]}..{lengths[1]} tokens")
+            raise BundleError(f"{path}: manifest.json lists {took}; this runtime verifies 1..{self.k + 1} tokens "
+                              f"(K={self.k}). Re-export the bundle.")
+        self.dtype = getattr(torch, verify.output("hidden").dtype)
 
     def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
         started = time.perf_counter()
@@ -117,7 +110,7 @@ class PteBackend:
         if not 1 <= n <= self.k + 1:
             raise GenerationError(f"verify takes 1..{self.k + 1} tokens on this bundle (exported with K={self.k}), got {n}.")
         self._check_span(start, n)
-        logits, hidden = self._run(self.verify_methods[n], tokens.view(1, n), self._pos(start))
+        logits, hidden = self._run("verify", tokens.view(1, n), self._pos(start))
         return logits.view(n, -1), hidden.view(n, -1)
 
     def draft(self, token: int, hidden: torch.Tensor, position: int, validated_length: int) -> DraftOutput:
