@@ -8,7 +8,7 @@ Methods (static shapes but for verify's token count):
   verify(tokens [1, n] i64, start_pos [1] i64) -> (logits [n, V], hidden [n, H]), n = 1..K+1
       Every target pass after the prompt: a speculative round's last token and its n - 1 drafts,
       or one token (plain decoding, a round that drafted nothing). The token count is dynamic
-      (torch.export Dim, at most K + 1), so a shortened round (the adaptive draft length, an early
+      (torch.export Dim.DYNAMIC, 1..K+1), so a shortened round (the adaptive draft length, an early
       stop, the end of the budget or the cache) pays for its own tokens only, and nothing is
       padded. The manifest gives its largest shapes ([1, K+1], [K+1, V], [K+1, H]) and
       `lengths` [1, K+1], the token counts it takes.
@@ -18,19 +18,23 @@ Methods (static shapes but for verify's token count):
       positions < validated_length, the drafter's clustered head.
 
 One dynamic-length verify rather than one static method per length (decode, verify_2..verify_K+1),
-measured on executorch 1.5.1 (XNNPACK; the shipped pair 8da8w+emb8, K = 4, start 100, median of
-500 interleaved calls, 2 busy cores; ms per call for n = 1..5 tokens):
-    static method per length    3.94  5.20  6.41  7.35  8.10
-    one dynamic verify          3.94  5.13  5.97  6.85  7.51
-    schema 1 (padded to K + 1)  3.94  8.11  8.07  8.20  8.10   (n = 1 through decode)
-Same logits bit for bit; on the tiny pair the two designs are equal within noise. XNNPACK's
-partitioner keeps reshapes with a symbolic size and slices of a dynamic-shaped tensor out of the
-delegate (shipped verify: 146 delegates and 410 portable nodes, against 98 and 231 static), and
-lowering that graph takes longer (shipped: 338 s against 47-77 s for one static length), but every
-delegated method holds its own copy of the packed target weights at runtime (executorch 1.5.1 does
-not share them between methods unless XNNPACK's weight cache is enabled, which the Python runtime
-cannot do): each static length would cost another copy (+10.6 MB RSS per method on the shipped
-pair), where one verify (which also stands in for the old decode method) costs one.
+measured on executorch 1.5.1 (XNNPACK; the shipped pair 8da8w+emb8, K = 4, start 100; median ms
+of 500 calls per length, interleaved in shuffled order on 2 busy cores; n = 1..5 tokens):
+    one static method per length    3.94  5.20  6.41  7.35  8.10
+    one dynamic verify              3.94  5.13  5.97  6.85  7.51
+    schema 1 (padded to K + 1)      3.94  8.11  8.07  8.20  8.10   (n = 1 through decode)
+Same logits bit for bit. On the tiny pair (K = 3, fp32) the dynamic verify was faster than schema 1
+at every length (XNNPACK 0.43 0.55 0.61 0.63 ms against 0.55 0.77 0.76 0.75; portable 1.26 1.37
+1.47 1.52 against 1.30 1.57 1.57 1.59) and level with the static methods. XNNPACK's partitioner
+keeps reshapes with a symbolic size and slices of a dynamic-shaped tensor out of the delegate
+(shipped verify: 146 delegates and 410 nodes outside them, against 98 and 231 static; tiny: 94 / 271
+against 64 / 155), which the timings above include; partitioning and lowering it costs about one
+static method (tiny: 7.7 s against 5-7 s, and it replaces two: verify and decode). Latency level or
+better, memory decides: every delegated method holds its own copy of the packed target weights at
+runtime (executorch 1.5.1 shares them only with XNNPACK's weight cache enabled, which its Python
+runtime cannot do): each method costs another copy (+10.6 MB RSS per method loaded from the
+shipped pair's 13 MB program, executorch.runtime), so one verify standing in for decode and every
+length costs one copy where static lengths cost K + 1.
 A named torch.export Dim fails on a guard torch cannot prove in attend_grouped's reshape
 (n * min(32, 64 n) == 32 n); Dim.DYNAMIC with the same bounds exports.
 

@@ -20,7 +20,8 @@ import torch
 
 from backends_for_tests import ScriptedDrafts
 from mtp_edge.export import onnx as onnx_export
-from mtp_edge.export.bundle import COPIED_FROM_TARGET, MANIFEST, BundleError, ExportSettings, read_manifest, write_bundle
+from mtp_edge.export.bundle import (COPIED_FROM_TARGET, MANIFEST, SCHEMA_VERSION, BundleError, ExportSettings, read_manifest,
+                                    write_bundle)
 from mtp_edge.models import load_pair
 from mtp_edge.runtime.backends import open_bundle
 from mtp_edge.runtime.backends.eager import EagerBackend
@@ -257,7 +258,7 @@ def test_unknown_schema_version_and_missing_files(bundle_copy):
     path.write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"schema_version 99 is not supported"):
         OnnxBackend(bundle_copy)
-    manifest["schema_version"] = 1
+    manifest["schema_version"] = SCHEMA_VERSION
     manifest["formats"] = ["onnx", "tflite"]
     path.write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"formats .* is not a list of pte, onnx"):

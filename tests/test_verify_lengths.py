@@ -2,7 +2,7 @@
 never padded.
 
 Reads the run's shared portable export of the tiny pair (the one test_export_pte, test_native_runner
-and test_android_bridge read: no export of its own when they run too; about 40 s alone).
+and test_android_bridge read: no export of its own when they run too; about a minute alone).
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def test_adaptive_greedy_speculative_equals_plain(pte, eager, drafter):
         costs = CostTable(decode=1.0, draft_step=0.02, verify={2: 1.05, 3: 1.1, 4: 1.15})
     else:
         # Optimistic prior, steep verify costs, mistakes close together: k moves between 1 and 3.
-        backend, p_min, acceptance = ScriptedDrafts(pte, prompt + plain.tokens, {8, 9, 10, 12, 13, 15}), None, AcceptanceEstimate(K, 4.0, 1.0)
+        backend, p_min = ScriptedDrafts(pte, prompt + plain.tokens, {8, 9, 10, 12, 13, 15}), None
+        acceptance = AcceptanceEstimate(K, prior_accept=4.0, prior_reject=1.0)
         costs = CostTable(decode=1.0, draft_step=0.05, verify={2: 1.2, 3: 1.5, 4: 1.8})
     pte.calls.clear()
     policy = DraftPolicy(costs, K, acceptance=acceptance, frozen=True, probe_every=2)
