@@ -92,6 +92,11 @@ def test_generate_equals_transformers_generate(exported, hf_tiny, prompt_len):
     assert actual.dtype == torch.long and actual.shape == expected.shape
     assert torch.equal(actual, expected)
     stats = exported.last_stats[0]
+    # Unset num_assistant_tokens: the policy picks each round's draft length (plain rounds included).
+    assert stats.new_tokens == 30 and stats.policy is not None and sum(stats.k_histogram.values()) == stats.rounds
+    fixed = exported.generate(prompt, do_sample=False, max_new_tokens=30, num_assistant_tokens=exported.model.max_draft)
+    assert torch.equal(fixed, expected)
+    stats = exported.last_stats[0]
     assert stats.new_tokens == 30 and stats.drafted > 0  # it drafted: speculative, not plain decoding
 
 
