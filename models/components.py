@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import DecoderConfig, RopeConfig
+
+def gelu_tanh_elementwise(x: torch.Tensor) -> torch.Tensor:
+    """gelu(x, approximate="tanh") written out in the ops of its definition (mul, add, tanh).
+
+    What exported programs compute: XNNPACK delegates these ops, while executorch 1.5.1 lowers the
+    gelu op itself to XNNPACK's exact (erf) GELU (export/executorch_compat.py keeps it out of the
+    delegate, in a portable kernel that splits every method at every MLP). Eager models keep
+    F.gelu, the kernel transformers' reference runs; the two agree to float rounding.
+    """
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
+
 
 ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -25,9 +38,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
-        # The mean over a 4-D view and rsqrt are ops XNNPACK delegates; a last-dim mean of a 3-D
-        # tensor and pow(-0.5) are not, and would split every exported method into ~90 pieces.
-        mean_square = (h * h).reshape(-1, 1, 1, h.shape[-1]).mean(dim=(2, 3)).reshape(*h.shape[:-1], 1)
+        # XNNPACK delegates a mean only over the two inner dims of a 4-D tensor with keepdim (its
+        # global average pooling), and rsqrt; a last-dim mean of a 3-D tensor, a mean without keepdim
+        # and pow(-0.5) stay in portable kernels, and every one splits an exported method (60 means
+        # out of the shipped pair's verify alone).
+        mean_square = (h * h).reshape(-1, 1, h.shape[-1], 1).mean(dim=(2, 3), keepdim=True).reshape(*h.shape[:-1], 1)
         h = h * torch.rsqrt(mean_square + self.eps)
         if self.weight is not None:
             h = h * self.weight.float()
@@ -84,6 +99,7 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.activation = activation
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,22 +170,31 @@ def attend_grouped(q: torch.Tensor, kv, masks) -> torch.Tensor:
     masked by masks[i] [1, 1, T, S_i].
 
     Query heads are grouped per KV head instead of repeating K/V, the parts are never
-    concatenated, and scores are computed key-major (k @ q^T) so that only small tensors are
-    transposed: a graph that reads the KV cache this way feeds it straight into matmuls and
-    never copies it.
+    concatenated, and scores are computed key-major (k @ q^T) so that only the small score tensor
+    is transposed: a graph that reads the KV cache this way feeds it straight into matmuls and
+    never copies it. The matmuls are 3-D (bmm): a 4-D matmul decomposes into expand_copy of both
+    operands, which ExecuTorch runs as a copy of the cache outside XNNPACK. The mask is added as a
+    bias and the softmax runs over the last dim: a masked_fill (where) and a softmax over another
+    dim are not delegated to XNNPACK, and each would split an exported method.
     """
     batch, heads, seq, dim = q.shape
     kv_heads = kv[0][0].shape[1]
-    groups = heads // kv_heads
-    qt = q.reshape(batch, kv_heads, groups * seq, dim).transpose(-1, -2)  # [1, KV, D, G*T]
+    groups, rows = heads // kv_heads, heads // kv_heads * seq
+    qt = q.reshape(batch * kv_heads, rows, dim).transpose(1, 2)  # [B*KV, D, G*T]
     scores = []
     for (k, _), mask in zip(kv, masks):
-        s = k @ qt  # [1, KV, S, G*T]; Gemma 4 uses attention scaling 1.0
-        keep = mask.repeat(1, 1, groups, 1).transpose(-1, -2)
-        scores.append(s.masked_fill(~keep, torch.finfo(s.dtype).min))
-    probs = torch.softmax(torch.cat(scores, dim=-2).float(), dim=-2).to(q.dtype).transpose(-1, -2)  # [1, KV, G*T, sum S]
+        keys = k.shape[2]
+        s = torch.bmm(k.reshape(batch * kv_heads, keys, dim), qt).transpose(1, 2)  # [B*KV, G*T, S]; scaling 1.0
+        keep = mask.reshape(mask.shape[0], 1, seq, keys).repeat(1, 1, groups, 1)  # row g*T + t: query t's mask
+        bias = torch.zeros(keep.shape, dtype=s.dtype).masked_fill(~keep, torch.finfo(s.dtype).min)
+        scores.append(s.reshape(batch, kv_heads, rows, keys) + bias)
+    # One part (a static cache) is neither concatenated nor sliced: both would copy it.
+    scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).reshape(batch * kv_heads, rows, -1)  # [B*KV, G*T, sum S]
     out, offset = 0, 0
     for k, v in kv:
-        out = out + probs[..., offset:offset + k.shape[2]] @ v
-        offset += k.shape[2]
+        keys = k.shape[2]
+        part = probs if len(kv) == 1 else probs[..., offset:offset + keys]
+        out = out + torch.bmm(part, v.reshape(batch * kv_heads, keys, dim))
+        offset += keys
     return out.reshape(batch, heads, seq, dim).transpose(1, 2).reshape(batch, seq, heads * dim)

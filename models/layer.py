@@ -23,6 +23,7 @@ class DecoderLayer(nn.Module):
         self.register_buffer("layer_scalar", torch.ones(1))
         self.ple_dim = cfg.ple_dim
         if self.ple_dim:
+            self.activation = cfg.hidden_activation
             self.act = ACTIVATIONS[cfg.hidden_activation]
             self.per_layer_input_gate = nn.Linear(cfg.hidden_size, self.ple_dim, bias=False)
             self.per_layer_projection = nn.Linear(self.ple_dim, cfg.hidden_size, bias=False)

@@ -281,6 +281,34 @@ def test_xnnpack_partitioner_keeps_tanh_gelu_portable():
     assert _lowered_modules(exact)  # exact GELU is still delegated
 
 
+# --------------------------------------------------------------------------- edge_compile_config
+
+
+def test_edge_verifier_still_runs_by_default_and_the_config_turns_it_off(monkeypatch):
+    """When this fails, edge_compile_config must be re-checked: to_edge_transform_and_lower no longer
+    runs the edge dialect's node-by-node dtype check by default (nothing to turn off any more), or
+    `_check_ir_validity=False` stopped turning it off."""
+    import dataclasses
+
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from executorch.exir.verification import verifier
+
+    calls = []
+    check = verifier._check_tensor_args_matching_op_allowed_dtype
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(verifier, "_check_tensor_args_matching_op_allowed_dtype", counting)
+    assert "_check_ir_validity" in {f.name for f in dataclasses.fields(EdgeCompileConfig)}
+    to_edge_transform_and_lower(_mlp_program())
+    assert calls
+    calls.clear()
+    to_edge_transform_and_lower(_mlp_program(), compile_config=compat.edge_compile_config())
+    assert not calls
+
+
 # --------------------------------------------------------------------------- read_program
 
 
