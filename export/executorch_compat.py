@@ -13,6 +13,7 @@ docstring says what upstream does, why it is patched and what it measured:
     release_delegated_weights(edge)   LoweredBackendModule.original_module's weights stubbed
   xnnpack_partitioner()             tanh-GELU kept out of XNNPACK (it drops `approximate`)
   edge_compile_config()             EdgeCompileConfig(_check_ir_validity=False)
+  reinplace_is_safe(edge)           ExecutorchBackendConfig.run_reinplace_pass only where it computes right
   read_program(data)                executorch.exir._serialize._program.deserialize_pte_binary
 
 None of them changes the program: the .pte bytes are the same with or without them (checked on
@@ -310,6 +311,44 @@ def edge_compile_config():
     from executorch.exir import EdgeCompileConfig
 
     return EdgeCompileConfig(_check_ir_validity=False)
+
+
+# --------------------------------------------------------------------------- to_executorch's reinplace pass
+
+
+def _is_view(node) -> bool:
+    return node.op == "call_function" and getattr(node.target, "__name__", None) == "aten.view_copy.default"
+
+
+def _is_index_put(node) -> bool:
+    return node.op == "call_function" and getattr(node.target, "__name__", None) == "aten.index_put.default"
+
+
+def reinplace_is_safe(edge) -> bool:
+    """Whether to_executorch may run its reinplace pass (cache writes in place) on these programs.
+
+    Upstream: executorch 1.5.1's run_reinplace_pass turns index_put into index_put_ on the mutable
+    buffer, and its ReplaceViewCopyWithViewPass turns view_copy into a view that aliases its input's
+    memory. A view (outside a delegate) of the index_put's result then reads memory that holds neither
+    the buffer nor its update: a cache read as `cache.reshape(...)` after `cache.index_copy_(...)`
+    gave NaN on the portable backend (tests/test_executorch_compat.py has a 4-line reproduction).
+    Inside an XNNPACK delegate the view is the delegate's own reshape of its input, and is right.
+
+    Patch: in place only when no view_copy left outside a delegate reads an index_put result (through
+    other views); else the writes stay functional (an index_put into a fresh tensor and a copy back
+    into the buffer: right, and a cache copy per write). The shipped pair's XNNPACK programs qualify;
+    portable ones (every view outside a delegate) do not.
+    """
+    for name in edge.methods:
+        for node in edge.exported_program(name).graph.nodes:
+            if not _is_view(node):
+                continue
+            source = node.args[0]
+            while _is_view(source):
+                source = source.args[0]
+            if _is_index_put(source):
+                return False
+    return True
 
 
 # --------------------------------------------------------------------------- reading a .pte

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .components import RMSNorm, apply_rope, attend, attend_grouped, causal_masks, split_causal_masks
+from .components import RMSNorm, apply_rope, attend, attend_grouped, causal_masks, rotate_half, split_causal_masks
 from .config import DecoderConfig
 
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -48,10 +48,10 @@ class KVCache(nn.Module):
         """Store a layer's fresh K/V [B, kv_heads, T, head_dim]; returns the K/V parts to attend over."""
         raise NotImplementedError
 
-    def attend(self, q: torch.Tensor, kv: tuple[KV, ...], masks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, kv: tuple[KV, ...], masks: tuple[torch.Tensor, ...], matmul=torch.matmul) -> torch.Tensor:
         # A cache is read in place (grouped query heads, no repeated K/V): repeating it cost a
         # copy of every attended cache tensor per call, 70% of an E2B-geometry draft step.
-        return attend_grouped(q, kv, masks)
+        return attend_grouped(q, kv, masks, matmul)
 
     def reset(self) -> None:
         """Forget what is stored (only a cache with buffers stores anything)."""
@@ -138,7 +138,7 @@ class NoCache(KVCache):
     def update(self, held, k, v, positions):
         return ((k, v),)
 
-    def attend(self, q, kv, masks):
+    def attend(self, q, kv, masks, matmul=torch.matmul):
         # PyTorch's SDPA over the layer's own fresh K/V (the training pass's path). Its KV-shared
         # layers still read these K/V through attend_grouped, as they read any cache.
         (k, v), = kv
@@ -166,6 +166,8 @@ class Attention(nn.Module):
         full = cfg.layer_types[layer] == "full_attention"
         self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        # export/pte.py's delegable_ops swaps in RotateHalfByMatmul and batched_matmul
+        self.rotate, self.matmul = rotate_half, torch.matmul
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
         if not self.kv_shared:
             kv_dim = self.num_kv_heads * self.head_dim
@@ -186,13 +188,13 @@ class Attention(nn.Module):
         batch, seq = x.shape[:2]
         cos, sin = rope
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
-        q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)
+        q = apply_rope(self.q_norm(q), cos, sin, self.rotate).transpose(1, 2)
         if self.kv_shared:
             # Another layer's K/V are read in place like any cache: grouped query heads, never repeated.
-            return self.o_proj(attend_grouped(q, kv, masks)), kv
+            return self.o_proj(attend_grouped(q, kv, masks, self.matmul)), kv
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
         v = k if self.v_proj is None else self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
-        k = apply_rope(self.k_norm(k), cos, sin).transpose(1, 2)
+        k = apply_rope(self.k_norm(k), cos, sin, self.rotate).transpose(1, 2)
         v = self.v_norm(v).transpose(1, 2)
         kv = cache.update(kv, k, v, positions)
-        return self.o_proj(cache.attend(q, kv, masks)), kv
+        return self.o_proj(cache.attend(q, kv, masks, self.matmul)), kv

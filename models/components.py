@@ -63,10 +63,35 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.d
     return emb.cos().to(dtype)[None, :, None, :], emb.sin().to(dtype)[None, :, None, :]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class RotateHalfByMatmul:
+    """rotate_half as a product with a signed permutation matrix: x @ P, exact (each output is one
+    input times +-1, plus zeros).
+
+    What exported programs compute: the two half slices of rotate_half, on a tensor whose token count
+    is dynamic (the .pte's verify), are not delegated to XNNPACK (executorch 1.5.1 slices only static
+    shapes), and each splits the method; a linear is delegated at any token count. It costs head_dim
+    multiply-adds per element (about 1% of an E2B layer), so eager models keep rotate_half.
+    """
+
+    def __init__(self, dim: int):
+        half = dim // 2
+        matrix = torch.zeros(dim, dim)
+        index = torch.arange(half)
+        matrix[index + half, index] = -1.0  # out[j] = -x[j + half] for j < half
+        matrix[index, index + half] = 1.0  # out[j + half] = x[j]
+        self.weight = matrix.T.contiguous()  # F.linear's layout: out = x @ weight.T
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate=rotate_half) -> torch.Tensor:
+    return x * cos + rotate(x) * sin
 
 
 class RotaryTables(nn.Module):
@@ -165,36 +190,47 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
-def attend_grouped(q: torch.Tensor, kv, masks) -> torch.Tensor:
-    """Attention of q [1, H, T, D] over several K/V parts kv = ((k, v) [1, KV, S_i, D], ...), part i
-    masked by masks[i] [1, 1, T, S_i].
+def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [B, KV, m, n] @ b [B, KV, n, p] as one 3-D bmm over B * KV.
+
+    What exported programs compute: torch.export decomposes a 4-D matmul into expand_copy of both
+    operands, a bmm and views, and ExecuTorch runs each expand_copy as a copy outside XNNPACK (a copy
+    of the KV cache per layer and call, 32 in the shipped pair's verify). ONNX keeps a 4-D MatMul
+    that reads the cache in place, so the ONNX graphs and eager models use `@`.
+    """
+    out = torch.bmm(a.reshape(-1, a.shape[2], a.shape[3]), b.reshape(-1, b.shape[2], b.shape[3]))
+    return out.reshape(a.shape[0], a.shape[1], a.shape[2], b.shape[3])
+
+
+def attend_grouped(q: torch.Tensor, kv, masks, matmul=torch.matmul) -> torch.Tensor:
+    """Attention of q [B, H, T, D] over several K/V parts kv = ((k, v) [B, KV, S_i, D], ...), part i
+    masked by masks[i] [B or 1, 1, T, S_i].
 
     Query heads are grouped per KV head instead of repeating K/V, the parts are never
     concatenated, and scores are computed key-major (k @ q^T) so that only the small score tensor
-    is transposed: a graph that reads the KV cache this way feeds it straight into matmuls and
-    never copies it. The matmuls are 3-D (bmm): a 4-D matmul decomposes into expand_copy of both
-    operands, which ExecuTorch runs as a copy of the cache outside XNNPACK. The mask is added as a
-    bias and the softmax runs over the last dim: a masked_fill (where) and a softmax over another
-    dim are not delegated to XNNPACK, and each would split an exported method.
+    is transposed: a graph that reads the KV cache this way feeds it straight into matmuls and never
+    copies it (`matmul`: batched_matmul for ExecuTorch programs). The mask is added as a bias and the
+    softmax runs over the last dim: XNNPACK delegates neither a masked_fill (where) nor a softmax over
+    another dim, and each would split an exported method.
     """
     batch, heads, seq, dim = q.shape
     kv_heads = kv[0][0].shape[1]
     groups, rows = heads // kv_heads, heads // kv_heads * seq
-    qt = q.reshape(batch * kv_heads, rows, dim).transpose(1, 2)  # [B*KV, D, G*T]
+    qt = q.reshape(batch, kv_heads, rows, dim).transpose(-1, -2)  # [B, KV, D, G*T]
     scores = []
     for (k, _), mask in zip(kv, masks):
         keys = k.shape[2]
-        s = torch.bmm(k.reshape(batch * kv_heads, keys, dim), qt).transpose(1, 2)  # [B*KV, G*T, S]; scaling 1.0
+        s = matmul(k, qt).transpose(-1, -2)  # [B, KV, G*T, S]; Gemma 4 uses attention scaling 1.0
         keep = mask.reshape(mask.shape[0], 1, seq, keys).repeat(1, 1, groups, 1)  # row g*T + t: query t's mask
         bias = torch.zeros(keep.shape, dtype=s.dtype).masked_fill(~keep, torch.finfo(s.dtype).min)
-        scores.append(s.reshape(batch, kv_heads, rows, keys) + bias)
+        scores.append(s + bias)
     # One part (a static cache) is neither concatenated nor sliced: both would copy it.
     scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).reshape(batch * kv_heads, rows, -1)  # [B*KV, G*T, sum S]
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # [B, KV, G*T, sum S]
     out, offset = 0, 0
     for k, v in kv:
         keys = k.shape[2]
         part = probs if len(kv) == 1 else probs[..., offset:offset + keys]
-        out = out + torch.bmm(part, v.reshape(batch * kv_heads, keys, dim))
+        out = out + matmul(part, v)
         offset += keys
     return out.reshape(batch, heads, seq, dim).transpose(1, 2).reshape(batch, seq, heads * dim)

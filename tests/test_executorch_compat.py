@@ -309,6 +309,53 @@ def test_edge_verifier_still_runs_by_default_and_the_config_turns_it_off(monkeyp
     assert not calls
 
 
+# --------------------------------------------------------------------------- reinplace_is_safe
+
+
+class _CacheRead(nn.Module):
+    """A cache written in place, then read through a reshape: what attend_grouped does."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("cache", torch.zeros(1, 2, 8, 4))
+
+    def forward(self, x, pos, q):
+        self.cache.index_copy_(2, pos, x)
+        return torch.bmm(self.cache.reshape(2, 8, 4), q)
+
+
+def _cache_read_program(partitioner, reinplace: bool | None):
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.runtime import Runtime
+
+    inputs = (torch.randn(1, 2, 1, 4), torch.tensor([3]), torch.randn(2, 4, 3))
+    with torch.no_grad():
+        want = _CacheRead()(*inputs)
+    edge = to_edge_transform_and_lower(_exported(_CacheRead(), *inputs), partitioner=partitioner)
+    safe = compat.reinplace_is_safe(edge)
+    et = edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
+                                                    emit_mutable_buffer_names=True,
+                                                    run_reinplace_pass=safe if reinplace is None else reinplace))
+    got = Runtime.get().load_program(et.buffer).load_method("forward").execute(list(inputs))[0]
+    return safe, bool(torch.allclose(got, want, atol=1e-6))
+
+
+def test_reinplace_still_breaks_a_view_of_the_written_buffer():
+    """When this fails, reinplace_is_safe is obsolete: executorch's reinplace pass and its view_copy ->
+    view replacement now agree (a view of a buffer written in place reads the written buffer), and
+    every program can take the in-place writes."""
+    assert _cache_read_program([], reinplace=False) == (False, True)
+    assert _cache_read_program([], reinplace=True) == (False, False)
+
+
+def test_reinplace_is_safe_where_the_view_is_delegated():
+    """reinplace_is_safe: the portable program above is refused, an XNNPACK one (the reshape inside
+    the delegate) takes the in-place writes and computes right."""
+    assert _cache_read_program([compat.xnnpack_partitioner()], reinplace=None) == (True, True)
+    assert _cache_read_program([], reinplace=None) == (False, True)
+
+
 # --------------------------------------------------------------------------- read_program
 
 

@@ -52,3 +52,23 @@ def test_symbolic_views_are_delegated_and_compute_the_same():
         with torch.no_grad():
             expected = module(x)
         assert torch.allclose(method.execute([x])[0], expected, atol=1e-5), tokens
+
+
+def test_delegable_ops_trace_the_same_model_and_put_it_back(tiny_dirs):
+    """The stand-ins export/pte.py traces with (written-out tanh-GELU, RoPE's half swap as a matmul)
+    compute what the eager model computes, and the model is the eager one again afterwards."""
+    from mtp_edge.export.pte import delegable_ops
+    from mtp_edge.models import load_pair
+    from mtp_edge.models.components import rotate_half
+
+    target, drafter = load_pair(*tiny_dirs, max_seq_len=32)
+    tokens = torch.randint(0, target.cfg.vocab_size, (1, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, _ = target.with_cache("none")(tokens, 0)
+        with delegable_ops(target, drafter):
+            swapped = [m for m in target.modules() if hasattr(m, "rotate")]
+            assert swapped and all(m.rotate is not rotate_half for m in swapped)
+            traced, _ = target.with_cache("none")(tokens, 0)
+        assert all(m.rotate is rotate_half for m in swapped)
+        again, _ = target.with_cache("none")(tokens, 0)
+    assert torch.allclose(traced, expected, atol=1e-5, rtol=1e-5) and torch.equal(again, expected)

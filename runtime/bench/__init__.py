@@ -4,6 +4,7 @@
     methods.py     `methods`: one latency harness for any Backend (pte, onnx, eager)
     loop.py        `loop`, `eager`, `acceptance`: the loop's own overhead, eager speed, acceptance per K
     e2b.py         `e2b-slice`, `e2b-scaling`, `e2b-full`: E2B-width random pairs exported and timed, extrapolation
+    adaptive.py    `adaptive`: plain, every fixed K and --k auto on eager, pte, onnx and native
     export_cost.py `export-measured`: write_bundle in a fresh process (wall time, peak RSS, per-stage RSS)
     recipes.py     `recipes`: the shipped pair per quantization recipe and backend
     head.py        `head`: the clustered vs the full LM head of one draft step
@@ -44,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=64)
 
     p = add("acceptance", _acceptance, "the shipped pair at K=1..6, greedy and temperature 0.7: acceptance, tokens per call, speedup")
+    p.add_argument("--new-tokens", type=int, default=64)
+
+    p = add("adaptive", _adaptive, "the shipped pair's demo bundle: plain, each fixed K and --k auto on every backend, "
+            "greedy and temperature 0.7 (tok/s, auto against plain and the best fixed K)")
+    p.add_argument("--backends", default="eager,pte,onnx,native", help="comma-separated: eager, pte, onnx, native")
+    p.add_argument("--samplings", default="greedy,T=0.7", help="comma-separated: greedy, T=0.7")
+    p.add_argument("--repeats", type=int, default=3, help="runs of every configuration (median)")
     p.add_argument("--new-tokens", type=int, default=64)
 
     p = add("head", _head, "one draft step with the clustered vs the full LM head, eager and pte, and the bytes each reads")
@@ -101,6 +109,10 @@ def run(args) -> int:
         from .head import summary
 
         print(summary(report))
+    elif args.what == "adaptive" and not args.json:
+        from .adaptive import format_adaptive
+
+        print(format_adaptive(report))
     elif args.json:
         print(json.dumps(report, default=str))
     else:
@@ -132,6 +144,17 @@ def _acceptance(args) -> dict:
     from .loop import bench_acceptance
 
     return bench_acceptance(max_new_tokens=args.new_tokens)
+
+
+def _adaptive(args) -> dict:
+    from .adaptive import BACKENDS, SAMPLINGS, bench_adaptive
+
+    backends, samplings = args.backends.split(","), args.samplings.split(",")
+    unknown = sorted(set(backends) - set(BACKENDS)) + sorted(set(samplings) - set(SAMPLINGS))
+    if unknown:
+        raise SystemExit(f"mtp-edge bench adaptive: unknown backend or sampling {', '.join(unknown)}; "
+                         f"backends: {', '.join(BACKENDS)}; samplings: {', '.join(SAMPLINGS)}.")
+    return bench_adaptive(backends=backends, samplings=samplings, repeats=args.repeats, max_new_tokens=args.new_tokens)
 
 
 def _head(args) -> dict:
