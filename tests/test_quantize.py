@@ -1,7 +1,10 @@
 """Quantized bundles: every recipe, both formats, lossless speculative decoding on the quantized pair.
 
-One bundle per recipe holds both formats (torchao + XNNPACK for the .pte, onnxruntime's
-quantization tools for the ONNX graphs); the pte exports are the slow part (about a minute each).
+The ONNX graphs (onnxruntime's quantization tools) are checked on the random tiny pair, one bundle
+per recipe. The .pte programs (torchao + XNNPACK) are checked on the shipped pair's two quantized
+programs, which the suite exports anyway (the eval report's 8da4w+emb4, the demo's default
+8da8w+emb8): a quantized XNNPACK export costs minutes even for the tiny pair, and one of it would
+check nothing the shipped ones do not.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from mtp_edge.runtime.speculative import generate
 
 K, CHUNK, MAX_SEQ = 3, 4, 40
 
-# (recipe, formats): int4 weight-only has no XNNPACK kernel in executorch 1.5.1, so it is ONNX-only.
+# (recipe, formats) of the tiny pair's bundles: ONNX graphs only (module doc); int4 weight-only has
+# no XNNPACK kernel in executorch 1.5.1 at all.
 RECIPES = [
-    ("target=8da4w+emb4,drafter=8da4w+emb4", "pte,onnx"),
-    ("target=8da8w+emb8,drafter=8da8w+emb8,drafter.pre_projection=none", "pte,onnx"),
+    ("target=8da4w+emb4,drafter=8da4w+emb4", "onnx"),
+    ("target=8da8w+emb8,drafter=8da8w+emb8,drafter.pre_projection=none", "onnx"),
     ("target=int4:64+emb4:16,drafter=none+emb8", "onnx"),
 ]
+PTE_RECIPES = [RECIPES[0][0], RECIPES[1][0]]
 
 
 def _rand(seed: int, n: int, high: int = 512) -> list[int]:
@@ -44,18 +49,32 @@ def quantized(request, tiny_dirs, shared_export):
                                                            quantize=recipe))
 
 
-@pytest.mark.parametrize("backend", ["pte", "onnx"])
-def test_speculative_is_lossless_on_the_quantized_pair(quantized, backend):
-    recipe, bundle = quantized
-    if backend not in read_manifest(bundle).formats:
-        pytest.skip(f"{recipe} is exported for onnx only (no XNNPACK int4 weight-only kernel)")
-    runner = open_bundle(bundle, backend, threads=1)
+def _lossless(runner, label, vocab: int = 512) -> None:
+    """Speculative == plain on two random prompts, run until the cache is full."""
     for seed, prompt_len in ((1, 3), (2, 11)):
-        prompt = _rand(seed, prompt_len)
-        spec = generate(runner, prompt, k=K, max_new_tokens=2 * MAX_SEQ)
-        plain = generate(runner, prompt, k=0, max_new_tokens=2 * MAX_SEQ)
-        assert spec.tokens == plain.tokens, (recipe, backend)
+        prompt = _rand(seed, prompt_len, vocab)
+        spec = generate(runner, prompt, k=runner.k, max_new_tokens=2 * runner.max_seq_len)
+        plain = generate(runner, prompt, k=0, max_new_tokens=2 * runner.max_seq_len)
+        assert spec.tokens == plain.tokens, label
         assert spec.stats.stop_reason == "cache_full" and spec.stats.rounds < len(spec.tokens)
+
+
+def test_speculative_is_lossless_on_the_quantized_pair(quantized):
+    recipe, bundle = quantized
+    _lossless(open_bundle(bundle, "onnx", threads=1), recipe)
+
+
+def _pte_record_matches(parsed, pte: dict) -> None:
+    """The torchao side of a manifest: the recipe's linears and tables quantized, overrides honoured."""
+    if parsed.target.linear != "none":
+        assert pte["target"]["linears"] and "lm_head" in pte["target"]["linears"]
+    if parsed.target.embedding != "none":  # each table is quantized, or kept fp32 with the reason recorded
+        assert "embed_tokens" in pte["target"]["embeddings"]
+        assert "embed_tokens_per_layer" in [*pte["target"]["embeddings"], *pte["target"]["skipped"]]
+    if parsed.drafter.linear != "none":
+        override = parsed.drafter.linear_for("pre_projection")[0]
+        assert ("pre_projection" in pte["drafter"]["linears"]) is (override != "none")
+        assert "post_projection" in pte["drafter"]["linears"]
 
 
 def test_manifest_records_the_recipe_and_what_it_quantized(quantized):
@@ -65,19 +84,7 @@ def test_manifest_records_the_recipe_and_what_it_quantized(quantized):
     parsed = parse_recipe(recipe)
     assert q["recipe"] == parsed.text() and parse_recipe(q["recipe"]) == parsed
     assert q["target"]["linear"] == parsed.target.linear and q["drafter"]["embedding"] == parsed.drafter.embedding
-    # torchao side (pte): the recipe's linears and tables, overrides honoured.
-    if "pte" not in manifest["formats"]:
-        assert "pte" not in q
-        pte = None
-    else:
-        pte = q["pte"]
-    if pte and parsed.target.linear != "none":
-        assert pte["target"]["linears"] and "lm_head" in pte["target"]["linears"]
-    if pte and parsed.target.embedding != "none":  # each table is quantized, or kept fp32 with the reason recorded
-        assert "embed_tokens" in pte["target"]["embeddings"]
-        assert "embed_tokens_per_layer" in [*pte["target"]["embeddings"], *pte["target"]["skipped"]]
-    if pte and "drafter.pre_projection=none" in recipe:
-        assert "pre_projection" not in pte["drafter"]["linears"] and "post_projection" in pte["drafter"]["linears"]
+    assert manifest["formats"] == ["onnx"] and "pte" not in q  # the torchao side: test_shipped_programs_*
     # onnxruntime side: the graphs hold the quantized operators and no fp32 copy of a quantized table.
     for role in ("target", "drafter"):
         graph = onnx.load(str(bundle / manifest["onnx"][role]["file"]))
@@ -96,20 +103,61 @@ def test_manifest_records_the_recipe_and_what_it_quantized(quantized):
     assert all(sum(counts.values()) > 0 for counts in q["onnx"].values())
 
 
-@pytest.mark.parametrize("fmt", ["pte", "onnx"])
-def test_quantized_head_gathers_candidate_rows_only(quantized, fmt):
+def test_quantized_head_gathers_candidate_rows_only(quantized):
     """emb4 / emb8 LM-head rows are gathered per candidate: no step activation is vocabulary-sized."""
     recipe, bundle = quantized
     manifest = read_manifest(bundle)
-    if fmt not in manifest.formats:
-        pytest.skip(f"{recipe} is exported for onnx only")
-    shapes = pte_shapes(bundle / "model.pte", "draft") if fmt == "pte" else onnx_shapes(bundle, "drafter")
+    shapes = onnx_shapes(bundle, "drafter")
     assert len(shapes) > 20
     assert vocabulary_sized(shapes, manifest.vocab_size) == []
 
 
-@pytest.mark.parametrize("recipe", [r for r, formats in RECIPES if "pte" in formats]
-                         + ["target=none+emb4:16,drafter=8da4w", "target=8da4w,drafter=none+emb8"])
+# --------------------------------------------------------------------------- the shipped pair's quantized programs
+
+SHIPPED_RECIPE = "target=8da4w+emb4,drafter=8da4w+emb4"
+SHIPPED_EVAL = {"k": 4, "max_seq_len": 256, "prefill_chunk": 32, "quantize": SHIPPED_RECIPE}
+
+
+@pytest.fixture(scope="module", params=[pytest.param("eval", marks=pytest.mark.xdist_group("shipped-eval-pte")),
+                                        pytest.param("demo", marks=pytest.mark.xdist_group("shipped-demo"))])
+def shipped_pte(request, shared_export, demo_cache):
+    """(recipe, bundle): the eval report's 8da4w+emb4 program, or the demo's (its default recipe, 8da8w+emb8),
+    each exported once per run by the test that needs it first."""
+    from mtp_edge.export.cache import cached_bundle
+    from mtp_edge.models.shipped import default_pair_dir
+    from mtp_edge.runtime.commands.demo import DEMO_EXPORT
+
+    pair = default_pair_dir()
+    if request.param == "eval":
+        bundle = shared_export((pair / "target", pair / "drafter"), ExportSettings(formats="pte", **SHIPPED_EVAL))
+    else:
+        bundle = cached_bundle(pair, root=demo_cache, settings=DEMO_EXPORT)
+    return read_manifest(bundle).quantization.recipe_for("pte"), bundle
+
+
+def test_shipped_programs_are_lossless(shipped_pte):
+    recipe, bundle = shipped_pte
+    runner = open_bundle(bundle, "pte")
+    _lossless(runner, recipe, vocab=read_manifest(bundle).vocab_size)
+
+
+def test_shipped_programs_record_what_they_quantized(shipped_pte):
+    recipe, bundle = shipped_pte
+    q = read_manifest(bundle).to_json()["quantization"]
+    parsed = parse_recipe(recipe, "pte")
+    assert parsed.target.linear != "none" and parsed.target.embedding != "none"
+    _pte_record_matches(parsed, q["pte"])
+
+
+def test_shipped_programs_gather_candidate_rows_only(shipped_pte):
+    """emb4 / emb8 LM-head rows are gathered per candidate: no draft step activation is vocabulary-sized."""
+    recipe, bundle = shipped_pte
+    shapes = pte_shapes(bundle / "model.pte", "draft")
+    assert len(shapes) > 20
+    assert vocabulary_sized(shapes, read_manifest(bundle).vocab_size) == []
+
+
+@pytest.mark.parametrize("recipe", PTE_RECIPES + ["target=none+emb4:16,drafter=8da4w", "target=8da4w,drafter=none+emb8"])
 def test_quantize_while_loading_equals_quantizing_the_loaded_pair(tiny_dirs, recipe, monkeypatch):
     """Row chunks quantized as they stream in give exactly what quantize_pair gives on the whole weights."""
     import mtp_edge.models.load as load
@@ -122,6 +170,7 @@ def test_quantize_while_loading_equals_quantizing_the_loaded_pair(tiny_dirs, rec
     report = quantize_pair(target, drafter, parsed, progress=False)
     streamed_target, streamed_drafter, streamed_report = load_quantized_pair(*tiny_dirs, 20, parsed, progress=False)
     assert streamed_report == report
+    _pte_record_matches(parsed, report)  # what the manifest records as the .pte's quantization
     for whole, streamed in ((target, streamed_target), (drafter, streamed_drafter)):
         a, b = whole.state_dict(), streamed.state_dict()
         assert a.keys() == b.keys()
@@ -172,7 +221,6 @@ def test_eager_quantized_modules_track_the_fp32_pair():
 
 # --------------------------------------------------------------------------- the shipped pair's quality report
 
-SHIPPED_RECIPE = "target=8da4w+emb4,drafter=8da4w+emb4"
 # The issue's targets: at least 4x smaller than fp32, top-1 agreement >= 95%, tokens per target
 # call within 5% of the unquantized pair. The shipped target is quantization-aware trained for this
 # recipe (quantize/qat.py): its weights lie on torchao's grid, which both formats store exactly
@@ -185,7 +233,7 @@ MIN_TOP1_AGREEMENT = 0.95
 # pytest-xdist, and each report measures the RSS of its own format's components.
 @pytest.mark.parametrize("backend", [pytest.param("pte", marks=pytest.mark.xdist_group("shipped-eval-pte")),
                                      pytest.param("onnx", marks=pytest.mark.xdist_group("shipped-eval-onnx"))])
-def test_shipped_pair_eval_report(tmp_path, backend):
+def test_shipped_pair_eval_report(shared_export, backend):
     import json
     import subprocess
     import sys
@@ -194,10 +242,8 @@ def test_shipped_pair_eval_report(tmp_path, backend):
     from mtp_edge.models.shipped import default_pair_dir
 
     pair = default_pair_dir()
-    out = tmp_path / "bundle"
-    write_bundle(pair / "target", pair / "drafter", out, ExportSettings(k=4, max_seq_len=256, prefill_chunk=32,
-                                                                        formats=backend, quantize=SHIPPED_RECIPE),
-                 progress=False)
+    # The pte bundle is shipped_pte's "eval" one: exported once, by whichever test of the group runs first.
+    out = shared_export((pair / "target", pair / "drafter"), ExportSettings(formats=backend, **SHIPPED_EVAL))
     exe = str(Path(sys.executable).with_name("mtp-edge"))
     done = subprocess.run([exe, "eval", str(out), "--backend", backend, "--json"], capture_output=True, text=True,
                           timeout=1800)
