@@ -186,7 +186,7 @@ class DraftMethod(nn.Module):
 
 
 @contextmanager
-def delegable_ops(*models: nn.Module):
+def delegable_ops(*models: nn.Module, batched_matmuls: bool = True):
     """Trace the models with exact stand-ins, in ops XNNPACK delegates, for ops it leaves to portable
     kernels (each of which splits a method's delegate); the models are put back after.
 
@@ -195,7 +195,11 @@ def delegable_ops(*models: nn.Module):
       RoPE's rotate_half (attention modules with `rotate`) as a signed permutation matmul,
         components.RotateHalfByMatmul (exact);
       attention's 4-D matmuls (attention modules with `matmul`) as 3-D bmm,
-        components.batched_matmul (no expand_copy of the cache).
+        components.batched_matmul (no expand_copy of the cache), with `batched_matmuls`: XNNPACK
+        programs only. The bmm reads the cache through a view, and a view outside a delegate of a
+        cache written in place reads the wrong memory (executorch_compat.reinplace_is_safe); a
+        portable program keeps the 4-D matmul, whose expand_copy reads the cache, and its in-place
+        cache writes.
 
     Measured on the shipped pair's verify (with the model-side changes of the same commit): 24
     portable gelu calls and 26 slices gone.
@@ -205,7 +209,8 @@ def delegable_ops(*models: nn.Module):
     for module in gelus:
         module.act = gelu_tanh_elementwise
     for module in ropes:
-        module.rotate, module.matmul = RotateHalfByMatmul(module.head_dim), batched_matmul
+        module.rotate = RotateHalfByMatmul(module.head_dim)
+        module.matmul = batched_matmul if batched_matmuls else torch.matmul
     try:
         yield
     finally:
@@ -437,7 +442,7 @@ def export_pte(
     layout = cache_layout(target, max_seq_len)
     weight_bytes = _weight_bytes(target, drafter)
     exported, dynamic = {}, dynamic_shapes(k)
-    with torch.no_grad(), delegable_ops(target, drafter):
+    with torch.no_grad(), delegable_ops(target, drafter, batched_matmuls=backend == "xnnpack"):
         for name, (module, inputs) in modules.items():
             exported[name] = torch.export.export(module.eval(), inputs, dynamic_shapes=dynamic.get(name), strict=False)
             step(f"torch.export {name}")

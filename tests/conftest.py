@@ -122,3 +122,15 @@ def pytest_itemcollected(item):
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture parameters
 def pytest_collection_modifyitems(config, items):
     items.sort(key=_rank)  # stable: file order within a group, pytest's grouping by fixture parameter kept
+
+
+def pytest_runtest_logreport(report):
+    """With MTP_EDGE_TEST_TIMELINE=FILE, one line per test phase: worker, start, seconds, phase, test,
+    so that where a run's time went (which worker waited on which export) can be read afterwards."""
+    path = os.environ.get("MTP_EDGE_TEST_TIMELINE")
+    if path and not hasattr(report, "node"):  # a worker's own report (xdist's controller gets copies with .node)
+        import time
+
+        with open(path, "a") as f:
+            f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}\t{time.time() - report.duration:.1f}\t"
+                    f"{report.duration:.1f}\t{report.when}\t{report.nodeid}\n")

@@ -27,21 +27,18 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def cli_bundles(tiny_dirs, tmp_path_factory):
-    """The same export through both front doors (the two commands run at the same time)."""
-    from concurrent.futures import ThreadPoolExecutor
+def cli_bundles(tiny_dirs, tmp_path_factory, shared_export):
+    """The same export through optimum-cli and through write_bundle, what `mtp-edge export` runs with the
+    ExportSettings its flags make (test_export_onnx runs that command itself)."""
+    from mtp_edge.export.settings import ExportSettings
 
     target, drafter = tiny_dirs
     root = tmp_path_factory.mktemp("optimum_cli")
-    with ThreadPoolExecutor(2) as pool:
-        through_optimum = pool.submit(_cli, "optimum-cli", "export", "mtp-edge", "--model", str(target), "--drafter",
-                                      str(drafter), *EXPORT_ARGS, str(root / "optimum"))
-        through_mtp_edge = pool.submit(_cli, "mtp-edge", "export", "--model", str(target), "--drafter", str(drafter),
-                                       *EXPORT_ARGS, "--out", str(root / "mtp_edge"))
-    through_optimum, through_mtp_edge = through_optimum.result(), through_mtp_edge.result()
+    through_optimum = _cli("optimum-cli", "export", "mtp-edge", "--model", str(target), "--drafter", str(drafter),
+                           *EXPORT_ARGS, str(root / "optimum"))
     assert through_optimum.returncode == 0, through_optimum.stderr[-3000:]
-    assert through_mtp_edge.returncode == 0, through_mtp_edge.stderr[-3000:]
-    return root / "optimum", root / "mtp_edge"
+    settings = ExportSettings(k=3, max_seq_len=64, prefill_chunk=8, backend="portable", formats="pte,onnx", quantize="none")
+    return root / "optimum", shared_export(tiny_dirs, settings)
 
 
 # Under pytest-xdist the tests of one of these two fixtures run on one worker, which makes it once.

@@ -68,7 +68,7 @@ def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: in
     pair = default_pair_dir()
     prompts = [p["ids"] for p in heldout_prompts(pair)]
     eos = target_config_from_folder(pair / "target").eos_token_ids
-    bundle = cached_bundle(pair, settings=DEMO_EXPORT)
+    bundle = cached_bundle(pair, settings=DEMO_EXPORT) if set(backends) - {"eager"} else None
     max_k = DEMO_EXPORT.k
     configs = [0, *range(1, max_k + 1), "auto"]
     rows = []
@@ -108,7 +108,7 @@ def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: in
                 "token_identical": (all(out == outputs["0"] for out in outputs.values())
                                     if sampling.temperature == 0 else None),
             })
-    return {"bundle": str(bundle), "prompts": len(prompts), "max_new_tokens": max_new_tokens, "repeats": repeats,
+    return {"bundle": str(bundle) if bundle else None, "prompts": len(prompts), "max_new_tokens": max_new_tokens, "repeats": repeats,
             "rows": rows}
 
 
