@@ -64,3 +64,46 @@ class ScriptedDrafts:
 
     def rollback(self, length):
         self.inner.rollback(length)
+
+
+# --------------------------------------------------------------------------- k="auto" greedy property
+
+
+def auto_cases():
+    """Hypothesis strategies (keyword -> strategy) of a greedy k="auto" case: prompt, budget, cost
+    table, acceptance history, live or frozen timings, early stops, scripted drafts."""
+    from hypothesis import strategies as st
+
+    from mtp_edge.runtime.draft_policy import CostTable
+
+    costs = st.builds(
+        lambda decode, step, per_token, k: CostTable(decode, step, {n: decode + per_token * (n - 1) for n in range(2, k + 2)}),
+        st.floats(0.5, 2.0), st.floats(0.0, 0.5), st.floats(0.0, 1.5), st.integers(1, 6),
+    )
+    return dict(seed=st.integers(0, 10_000), prompt_len=st.integers(1, 12), max_new_tokens=st.integers(1, 40), costs=costs,
+                history=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=8), frozen=st.booleans(),
+                p_min=st.sampled_from([None, 0.0, 0.3, 0.9]), scripted=st.booleans())
+
+
+def assert_greedy_auto_is_plain(backend, *, seed, prompt_len, max_new_tokens, costs, history, frozen, p_min, scripted) -> None:
+    """Any cost table, any acceptance history, live or frozen timings, early stops: k="auto" gives the
+    tokens of plain decoding on `backend`, and its stats add up."""
+    from mtp_edge.runtime.draft_policy import AcceptanceEstimate, DraftPolicy
+    from mtp_edge.runtime.speculative import generate
+
+    prompt = torch.randint(0, backend.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(seed)).tolist()
+    plain = generate(backend, prompt, k=0, max_new_tokens=max_new_tokens)
+    if scripted:
+        wrong = set(torch.randint(0, 64, (6,), generator=torch.Generator().manual_seed(seed)).tolist())
+        backend = ScriptedDrafts(backend, prompt + plain.tokens, wrong)
+    max_k = min(costs.max_k, backend.max_draft)
+    acceptance = AcceptanceEstimate(max_k)
+    for drafted, accepted in history:
+        drafted = min(drafted, max_k)
+        acceptance = acceptance.observed(drafted, min(accepted, drafted))
+    policy = DraftPolicy(costs, max_k, acceptance=acceptance, frozen=frozen, probe_every=3)
+    spec = generate(backend, prompt, k="auto", policy=policy, draft_p_min=p_min, max_new_tokens=max_new_tokens)
+    assert spec.tokens == plain.tokens
+    assert spec.stats.stop_reason == plain.stats.stop_reason
+    s = spec.stats
+    assert s.new_tokens - 1 == s.rounds + s.accepted and sum(s.k_histogram.values()) == s.rounds

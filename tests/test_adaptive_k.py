@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backends_for_tests import ScriptedDrafts
+from backends_for_tests import ScriptedDrafts, assert_greedy_auto_is_plain, auto_cases
 from mtp_edge.runtime.draft_policy import AcceptanceEstimate, CostTable, DraftPolicy
 from mtp_edge.runtime.errors import GenerationError
 from mtp_edge.runtime.sampling import SamplingConfig
@@ -19,44 +19,12 @@ def _prompt(seed: int, length: int, vocab: int) -> list[int]:
     return torch.randint(0, vocab, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-costs_st = st.builds(
-    lambda decode, step, per_token, k: CostTable(decode, step, {n: decode + per_token * (n - 1) for n in range(2, k + 2)}),
-    st.floats(0.5, 2.0), st.floats(0.0, 0.5), st.floats(0.0, 1.5), st.integers(1, 6),
-)
-
-
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    seed=st.integers(0, 10_000),
-    prompt_len=st.integers(1, 12),
-    max_new_tokens=st.integers(1, 40),
-    max_seq_len=st.sampled_from([16, 24, 48]),
-    costs=costs_st,
-    history=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=8),
-    frozen=st.booleans(),
-    p_min=st.sampled_from([None, 0.0, 0.3, 0.9]),
-    scripted=st.booleans(),
-)
-def test_greedy_auto_equals_target_only(backend_for, seed, prompt_len, max_new_tokens, max_seq_len, costs, history,
-                                        frozen, p_min, scripted):
-    """Any cost table, any acceptance history, live or frozen timings, early stops: the tokens of plain decoding."""
-    backend = backend_for(max_seq_len)
-    prompt = _prompt(seed, prompt_len, backend.vocab_size)
-    plain = generate(backend, prompt, k=0, max_new_tokens=max_new_tokens)
-    if scripted:
-        wrong = set(torch.randint(0, 64, (6,), generator=torch.Generator().manual_seed(seed)).tolist())
-        backend = ScriptedDrafts(backend, prompt + plain.tokens, wrong)
-    max_k = min(costs.max_k, backend.max_draft)
-    acceptance = AcceptanceEstimate(max_k)
-    for drafted, accepted in history:
-        drafted = min(drafted, max_k)
-        acceptance = acceptance.observed(drafted, min(accepted, drafted))
-    policy = DraftPolicy(costs, max_k, acceptance=acceptance, frozen=frozen, probe_every=3)
-    spec = generate(backend, prompt, k="auto", policy=policy, draft_p_min=p_min, max_new_tokens=max_new_tokens)
-    assert spec.tokens == plain.tokens
-    assert spec.stats.stop_reason == plain.stats.stop_reason
-    s = spec.stats
-    assert s.new_tokens - 1 == s.rounds + s.accepted and sum(s.k_histogram.values()) == s.rounds
+@given(max_seq_len=st.sampled_from([16, 24, 48]), **auto_cases())
+def test_greedy_auto_equals_target_only(backend_for, max_seq_len, **case):
+    """Any cost table, any acceptance history, live or frozen timings, early stops: the tokens of plain
+    decoding (eager; tests/test_verify_lengths.py and test_export_onnx.py run it on pte and onnx)."""
+    assert_greedy_auto_is_plain(backend_for(max_seq_len), **case)
 
 
 def test_policy_switches_between_plain_and_drafting_mid_generation(backend_for):

@@ -18,7 +18,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from backends_for_tests import ScriptedDrafts
+from hypothesis import HealthCheck, given, settings
+
+from backends_for_tests import ScriptedDrafts, assert_greedy_auto_is_plain, auto_cases
 from mtp_edge.export import onnx as onnx_export
 from mtp_edge.export.bundle import (COPIED_FROM_TARGET, MANIFEST, SCHEMA_VERSION, BundleError, ExportSettings, read_manifest,
                                     write_bundle)
@@ -157,6 +159,14 @@ def test_greedy_generation_matches_target_only_and_eager(onnx_backend, eager, pr
     assert prompt_len + len(spec.tokens) > 3 * 8  # well past the sliding window
     assert spec.stats.drafted > spec.stats.accepted  # the random drafter was rejected
     assert any(0 < r.drafted < K for r in spec.stats.round_log)
+
+
+@SHARED_BUNDLE
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**auto_cases())
+def test_greedy_auto_equals_plain_on_onnx(onnx_backend, **case):
+    """k="auto" on the ONNX graphs: any cost table and acceptance history, plain decoding's tokens."""
+    assert_greedy_auto_is_plain(onnx_backend, **case)
 
 
 @SHARED_BUNDLE

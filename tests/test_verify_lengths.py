@@ -13,7 +13,9 @@ import shutil
 import pytest
 import torch
 
-from backends_for_tests import ScriptedDrafts
+from hypothesis import HealthCheck, given, settings
+
+from backends_for_tests import ScriptedDrafts, assert_greedy_auto_is_plain, auto_cases
 from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE, SCHEMA_VERSION, BundleError, ExportSettings, read_manifest
 from mtp_edge.export.pte import inspect_program
 from mtp_edge.models import load_pair
@@ -119,6 +121,13 @@ def test_adaptive_greedy_speculative_equals_plain(pte, eager, drafter):
     assert spec.stats.drafted > spec.stats.accepted  # rejections ran
     lengths = {shape[1] for name, shape in pte.calls if name == "verify"}
     assert len(lengths - {1}) >= (1 if drafter == "bundle" else 2), lengths
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**auto_cases())
+def test_greedy_auto_equals_plain_on_pte(pte, **case):
+    """k="auto" on the .pte: any cost table and acceptance history, plain decoding's tokens."""
+    assert_greedy_auto_is_plain(pte, **case)
 
 
 @pytest.fixture
