@@ -16,7 +16,8 @@ docstring says what upstream does, why it is patched and what it measured:
   reinplace_is_safe(edge)           ExecutorchBackendConfig.run_reinplace_pass only where it computes right
   read_program(data)                executorch.exir._serialize._program.deserialize_pte_binary
 
-None of them changes the program: the .pte bytes are the same with or without them (checked on
+None of them changes the program but reinplace_is_safe (which only turns in-place writes off where
+they would compute wrong values): the .pte bytes are the same with or without them (checked on
 fp32 XNNPACK, 8da4w+emb4 XNNPACK and portable exports when they were gathered here). Each has a test
 in tests/test_executorch_compat.py that fails when the upstream behaviour it works around changes,
 so that an ExecuTorch upgrade shows which of them are obsolete or must be re-checked.
@@ -336,8 +337,10 @@ def reinplace_is_safe(edge) -> bool:
 
     Patch: in place only when no view_copy left outside a delegate reads an index_put result (through
     other views); else the writes stay functional (an index_put into a fresh tensor and a copy back
-    into the buffer: right, and a cache copy per write). The shipped pair's XNNPACK programs qualify;
-    portable ones (every view outside a delegate) do not.
+    into the buffer: right, and a cache copy per write). Every program the export writes today
+    qualifies: XNNPACK ones read the cache inside delegates, and portable ones keep the 4-D attention
+    matmul, whose expand_copy reads the cache (export/pte.py, delegable_ops); this check keeps a
+    future graph from computing wrong values instead.
     """
     for name in edge.methods:
         for node in edge.exported_program(name).graph.nodes:

@@ -55,7 +55,8 @@ tanh-GELU written out and RoPE's half swap as a matmul (a gelu op itself is kept
 which would silently compute exact GELU: see xnnpack_partitioner); graph_passes lets the dynamic
 verify's views in. Measured on the shipped pair's default .pte (8da8w+emb8, same machine, same run,
 median of 200 calls; before -> after): prefill chunk 51.7 -> 13.6 ms, verify(5) 11.8 -> 3.9 ms, one
-token 4.3 -> 1.7 ms, draft step 0.67 -> 0.44 ms; verify's delegates 148 -> 17 (fp32).
+token 4.3 -> 1.7 ms, draft step 0.67 -> 0.44 ms; verify's delegates 148 -> 17 (fp32, counted before
+the RoPE stand-in).
 
 Padded writes (the last prefill chunk; a verify padded to K + 1 tokens, as schema-1 runtimes did)
 land past the usable length, so the cache buffers carry `cache_slack(k, prefill_chunk)` extra
