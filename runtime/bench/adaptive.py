@@ -24,13 +24,17 @@ SAMPLINGS = {"greedy": SamplingConfig(), "T=0.7": SamplingConfig(temperature=0.7
 BACKENDS = ("eager", "pte", "onnx", "native")
 
 
+def _for_prompt(sampling: SamplingConfig, i: int) -> SamplingConfig:
+    """Greedy as is; a sampled row seeds each prompt with its index."""
+    return sampling if sampling.temperature == 0 else SamplingConfig(temperature=sampling.temperature, seed=i)
+
+
 def _python_run(backend, prompts, k, sampling, max_new_tokens: int, eos_ids, max_k: int) -> tuple[float, list, dict]:
     tokens = seconds = 0.0
     outputs, histogram = [], {}
     for i, prompt in enumerate(prompts):
-        seeded = sampling if sampling.temperature == 0 else SamplingConfig(temperature=sampling.temperature, seed=i)
         result = generate(backend, prompt, k=k, max_k=max_k if k == "auto" else None, max_new_tokens=max_new_tokens,
-                          sampling=seeded, eos_ids=eos_ids)
+                          sampling=_for_prompt(sampling, i), eos_ids=eos_ids)
         tokens += result.stats.new_tokens - 1
         seconds += result.stats.decode_s
         outputs.append(result.tokens)
@@ -44,7 +48,7 @@ def _native_run(bundle, prompts, k, sampling, max_new_tokens: int, max_k: int) -
 
     lines = []
     for i, prompt in enumerate(prompts):
-        seeded = None if sampling.temperature == 0 else SamplingConfig(temperature=sampling.temperature, seed=i)
+        seeded = None if sampling.temperature == 0 else _for_prompt(sampling, i)
         lines.append(request(prompt, k=k, max_new_tokens=max_new_tokens, sampling=seeded,
                              max_k=max_k if k == "auto" else None))
     results = run_requests(bundle, lines)
