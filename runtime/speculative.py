@@ -244,6 +244,9 @@ def generate(
             # lengths: its policy must not follow live timings, or the run would not repeat.
             policy, source = make_policy(backend, bound, frozen=sampling.depends_on_draft_lengths)
         else:
+            if policy.max_k > bound:
+                raise GenerationError(f"the given draft policy drafts up to {policy.max_k} tokens, but this backend verifies at most "
+                                      f"{bound} per round here: build it with max_k <= {bound}.")
             source = "given"
     elif k == "auto":  # no drafter: nothing to choose
         k, policy = 0, None

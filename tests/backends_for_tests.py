@@ -45,7 +45,7 @@ class ScriptedDrafts:
         self.sequence = sequence  # prompt + the target's own continuation
         self.wrong_at = wrong_at  # positions whose draft is deliberately wrong
         self.vocab_size, self.max_seq_len, self.has_drafter = inner.vocab_size, inner.max_seq_len, True
-        self.max_draft = 16
+        self.max_draft = getattr(inner, "max_draft", 16)  # an exported bundle verifies at most K + 1 tokens
         self.step = 0
 
     def prefill(self, tokens):

@@ -115,3 +115,11 @@ def test_a_policy_needs_k_auto(backend_for):
     with pytest.raises(GenerationError) as info:
         generate(backend_for(16), [2, 3], k=1, policy=DraftPolicy(costs), max_new_tokens=3)
     assert "pass k='auto'" in str(info.value)
+
+
+def test_a_policy_must_fit_the_backend(backend_for):
+    backend = backend_for(64)
+    costs = CostTable(1.0, 0.0, {n: 1.0 for n in range(2, backend.max_draft + 3)})
+    with pytest.raises(GenerationError) as info:
+        generate(backend, [2, 3], k="auto", policy=DraftPolicy(costs), max_new_tokens=3)
+    assert f"verifies at most {backend.max_draft}" in str(info.value)
