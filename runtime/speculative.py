@@ -292,7 +292,9 @@ def generate(
         if policy is not None:
             plan = policy.next_plan()
             k_wanted = plan.k
-            if draft_p_min is None and plan.k > 0:
+            # A probe drafts all its tokens: it exists to measure acceptance, and the costs that
+            # made plain decoding win would stop it before its first draft.
+            if draft_p_min is None and plan.k > 0 and not plan.probe:
                 early_stop = EarlyStop.from_policy(policy, plan)
         else:
             k_wanted = k
@@ -320,7 +322,7 @@ def generate(
     if policy is not None:
         stats.policy = {**policy.stats(), "cost_source": source}
         if not policy.frozen:
-            from .tuning import remember_costs
+            from .tuning import remember
 
-            remember_costs(backend, policy.costs)
+            remember(backend, policy)
     return Generation(out, stats)

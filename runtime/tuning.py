@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .draft_policy import CostTable, DraftPolicy
+from .draft_policy import AcceptanceEstimate, CostTable, DraftPolicy
 
 TUNING_FILE = "tuning.json"
 TUNING_VERSION = 1
@@ -36,6 +36,12 @@ DEFAULT_COSTS = CostTable(decode=1.0, draft_step=0.1, verify={n: 1.0 + 0.25 * (n
 
 # Cost tables measured per backend object: warm-up once per backend, then kept current across generations.
 _measured: "weakref.WeakKeyDictionary[object, CostTable]" = weakref.WeakKeyDictionary()
+# The acceptance a backend's last live generation ended with: the next one starts from what the
+# drafter was seen to do, not from the uninformed prior (which, when plain decoding wins at 50%,
+# would leave only probe rounds to learn from, one every probe_every rounds).
+_acceptance: "weakref.WeakKeyDictionary[object, AcceptanceEstimate]" = weakref.WeakKeyDictionary()
+# Pseudo-rounds a tuning.json acceptance counts for, before the first round of a generation.
+TUNED_ACCEPTANCE_WEIGHT = 8.0
 
 
 class TuningError(ValueError):
@@ -84,6 +90,29 @@ def write_tuning(bundle_dir: str | Path, backend_name: str, costs: CostTable, ex
 def read_tuning(bundle_dir: str | Path, backend_name: str) -> CostTable | None:
     """backend_name's cost table from bundle_dir/tuning.json; None when there is none.
     Raises TuningError for a file that is malformed or was measured elsewhere."""
+    entry = _tuning_entry(bundle_dir, backend_name)
+    if entry is None:
+        return None
+    try:
+        return CostTable.from_json(entry["costs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise TuningError(f"{Path(bundle_dir) / TUNING_FILE}: the {backend_name} cost table is malformed ({e}); "
+                          f"rerun `mtp-edge tune {bundle_dir}`.") from None
+
+
+def read_tuned_acceptance(bundle_dir: str | Path, backend_name: str) -> list[float] | None:
+    """The acceptance per draft position `tune` measured for backend_name; None when there is none."""
+    entry = _tuning_entry(bundle_dir, backend_name)
+    rates = None if entry is None else entry.get("acceptance")
+    if rates is None:
+        return None
+    if not isinstance(rates, list) or not all(isinstance(a, (int, float)) and 0.0 <= a <= 1.0 for a in rates):
+        raise TuningError(f"{Path(bundle_dir) / TUNING_FILE}: the {backend_name} acceptance is not a list of probabilities; "
+                          f"rerun `mtp-edge tune {bundle_dir}`.")
+    return [float(a) for a in rates]
+
+
+def _tuning_entry(bundle_dir: str | Path, backend_name: str) -> dict | None:
     path = Path(bundle_dir) / TUNING_FILE
     if not path.is_file():
         return None
@@ -98,12 +127,9 @@ def read_tuning(bundle_dir: str | Path, backend_name: str) -> CostTable | None:
     if data.get("bundle") != bundle_key(bundle_dir):
         raise TuningError(f"{path}: measured on another export of this bundle; rerun `mtp-edge tune {bundle_dir}`.")
     entry = data.get("backends", {}).get(backend_name)
-    if entry is None:
-        return None
-    try:
-        return CostTable.from_json(entry["costs"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise TuningError(f"{path}: the {backend_name} cost table is malformed ({e}); rerun `mtp-edge tune {bundle_dir}`.") from None
+    if entry is not None and not isinstance(entry, dict):
+        raise TuningError(f"{path}: the {backend_name} entry is not an object; rerun `mtp-edge tune {bundle_dir}`.")
+    return entry
 
 
 def backend_name(backend) -> str:
@@ -160,11 +186,36 @@ def cost_table(backend, max_k: int, *, frozen: bool) -> tuple[CostTable, str]:
     return _measured[backend], "measured"
 
 
-def remember_costs(backend, costs: CostTable) -> None:
-    """Keep a generation's live-updated table for the next generation on the same backend."""
-    _measured[backend] = costs
+def remember(backend, policy: DraftPolicy) -> None:
+    """Keep a live generation's cost table and acceptance for the next generation on the same backend."""
+    _measured[backend] = policy.costs
+    _acceptance[backend] = policy.acceptance
+
+
+def starting_acceptance(backend, max_k: int, *, frozen: bool) -> AcceptanceEstimate | None:
+    """Where a generation's acceptance estimate starts: the backend's last live generation, else
+    tune's measured rates as TUNED_ACCEPTANCE_WEIGHT pseudo-rounds, else (None) the policy's prior.
+    A frozen run (seeded rejection-rule sampling) must repeat, so it never starts from an earlier
+    generation; tuning.json is a file and repeats."""
+    if not frozen:
+        last = _acceptance.get(backend)
+        if last is not None and last.max_k >= max_k:
+            return last
+    bundle_dir = getattr(backend, "bundle_dir", None)
+    if bundle_dir is None:
+        return None
+    try:
+        rates = read_tuned_acceptance(bundle_dir, backend_name(backend))
+    except TuningError:
+        return None  # cost_table has warned about this file already
+    if not rates or len(rates) < max_k:
+        return None
+    w = TUNED_ACCEPTANCE_WEIGHT
+    return AcceptanceEstimate(len(rates), accepted=tuple(w * a for a in rates), rejected=tuple(w * (1.0 - a) for a in rates))
 
 
 def make_policy(backend, max_k: int, *, frozen: bool = False) -> tuple[DraftPolicy, str]:
     costs, source = cost_table(backend, max_k, frozen=frozen)
-    return DraftPolicy(costs, min(max_k, costs.max_k), frozen=frozen), source
+    max_k = min(max_k, costs.max_k)
+    acceptance = starting_acceptance(backend, max_k, frozen=frozen)
+    return DraftPolicy(costs, max_k, acceptance=acceptance, frozen=frozen), source

@@ -134,7 +134,8 @@ def test_cli_error_exit_code():
     assert run.returncode == 2
     assert run.stdout == ""
     lines = run.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mtp-edge: error: ") and "/nonexistent" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("mtp-edge inspect: error: ") and "/nonexistent" in lines[0]
+    assert "no such file or folder" in lines[0]
 
 
 def test_cli_error_messages(tmp_path, capsys):
@@ -142,10 +143,14 @@ def test_cli_error_messages(tmp_path, capsys):
     _, drafter_dir = _save_tiny(tmp_path / "pair")
     cases = (
         (["inspect", str(tmp_path)], "unknown model_type 'llama'"),
-        (["inspect", str(tmp_path / "empty")], "neither a preset"),
         (["inspect", str(drafter_dir), "--drafter", str(drafter_dir)], "is a drafter"),
     )
     for argv, message in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("mtp-edge: error: ") and message in err
+    with pytest.raises(SystemExit) as e:  # checked while parsing, before any config is read
+        main(["inspect", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("mtp-edge inspect: error: ")
+    assert "no such file or folder; give a preset (e2b, e4b, tiny) or a checkpoint folder" in err

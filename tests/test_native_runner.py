@@ -344,7 +344,8 @@ def test_python_wrapper_raises_the_runner_message(runner, tiny_bundle):
 def test_validate_command_errors(tmp_path):
     done = subprocess.run([MTP_EDGE, "validate", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("mtp-edge: error: ") and "not a folder" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("mtp-edge validate: error: argument BUNDLE_DIR: ")
+    assert "nowhere: no such file or folder; give a bundle folder written by `mtp-edge export`" in done.stderr
 
 
 def test_build_key_follows_the_sources(tmp_path, monkeypatch):

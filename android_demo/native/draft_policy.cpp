@@ -231,7 +231,11 @@ DraftPolicy::DraftPolicy(const CostTable& costs, const DraftPolicyOptions& optio
   if (!(timing_weight_ > 0.0 && timing_weight_ <= 1.0)) {
     throw RunnerError("timing_weight must be in (0, 1], got " + number(timing_weight_) + ".");
   }
-  acceptance_ = AcceptanceEstimate(max_k_, options.prior_accept, options.prior_reject, options.decay);
+  if (options.acceptance && options.acceptance->max_k >= max_k_) {
+    acceptance_ = *options.acceptance;
+  } else {
+    acceptance_ = AcceptanceEstimate(max_k_, options.prior_accept, options.prior_reject, options.decay);
+  }
   if (probe_k_ > max_k_) probe_k_ = max_k_;
   histogram_.assign(max_k_ + 1, 0);
 }

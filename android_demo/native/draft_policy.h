@@ -12,6 +12,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,9 @@ struct DraftPolicyOptions {
   int probe_k = 2;
   double timing_weight = 0.1;
   bool frozen = false;  // timings never change the costs
+  // Where the estimate starts (the runner's last live generation), instead of the prior; used
+  // when it covers max_k positions, as DraftPolicy(acceptance=...) in Python.
+  std::optional<AcceptanceEstimate> acceptance;
 };
 
 class DraftPolicy {

@@ -211,6 +211,7 @@ struct Runner::Impl {
   // The cost table measured on this runner (warm-up once, then kept current by every generation
   // whose policy follows live timings), as tuning.py keeps one per backend.
   std::optional<CostTable> measured;
+  std::optional<AcceptanceEstimate> last_acceptance;  // where the last live generation's estimate ended
 
   std::vector<EValue> run(const char* name, std::vector<EValue> inputs) {
     const auto start = Clock::now();
@@ -463,6 +464,7 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
       // Warm-up calls before the prompt is prefilled (which overwrites the positions they wrote).
       if (!s.measured || s.measured->max_k() < bound) s.measured = measure_costs(bound);
       policy_options.max_k = static_cast<int>(std::min<int64_t>(bound, s.measured->max_k()));
+      policy_options.acceptance = s.last_acceptance;  // as tuning.starting_acceptance
       policy.emplace(*s.measured, policy_options);
       cost_source = "measured";
     }
@@ -528,7 +530,8 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
     if (policy) {
       const Plan plan = policy->next_plan();
       k_wanted = plan.k;
-      if (!options.draft_p_min && plan.k > 0) early_stop = EarlyStop::from_policy(policy->costs(), plan);
+      // A probe drafts all its tokens: it exists to measure acceptance (speculative.py).
+      if (!options.draft_p_min && plan.k > 0 && !plan.probe) early_stop = EarlyStop::from_policy(policy->costs(), plan);
     }
     // A round emits at most k_round + 1 tokens and writes positions position..position + k_round:
     // shrink K so that neither the token budget nor the cache can overflow.
@@ -606,8 +609,11 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
     p.frozen = policy->frozen();
     p.cost_source = cost_source;
     stats.policy = std::move(p);
-    // Keep a live-updated table for the next generation, as tuning.remember_costs does.
-    if (!policy->frozen()) s.measured = policy->costs();
+    // Keep a live-updated table and acceptance for the next generation, as tuning.remember does.
+    if (!policy->frozen()) {
+      s.measured = policy->costs();
+      s.last_acceptance = policy->acceptance();
+    }
   }
   return result;
 }

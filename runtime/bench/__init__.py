@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mtp_edge.runtime.commands.arguments import BUNDLE_DIR, DRAFTER_DIR, TARGET_DIR
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmarks, as subcommands of `parser` (`mtp-edge bench`); each sets args.run_bench(args) -> report."""
@@ -61,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pte", action="store_true", help="eager only (no .pte export)")
 
     p = add("methods", _methods, "per-method latency (prefill chunk, verify, decode, draft) of a bundle on one backend")
-    p.add_argument("bundle", metavar="BUNDLE_DIR")
+    p.add_argument("bundle", metavar="BUNDLE_DIR", type=BUNDLE_DIR)
     p.add_argument("--backend", default="pte", choices=("pte", "onnx", "eager"),
                    help="pte (ExecuTorch), onnx (ONNX Runtime), or eager (the checkpoint pair the bundle was exported from)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
@@ -96,8 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export_args(p, quantize="default")
 
     p = add("export-measured", _export_measured, "write_bundle in a fresh process: wall time, peak RSS, per-stage RSS")
-    p.add_argument("target_dir", metavar="TARGET_DIR")
-    p.add_argument("drafter_dir", metavar="DRAFTER_DIR")
+    p.add_argument("target_dir", metavar="TARGET_DIR", type=TARGET_DIR)
+    p.add_argument("drafter_dir", metavar="DRAFTER_DIR", type=DRAFTER_DIR)
     p.add_argument("out_dir", metavar="OUT_DIR")
     export_args(p)
 
@@ -152,8 +154,10 @@ def _adaptive(args) -> dict:
     backends, samplings = args.backends.split(","), args.samplings.split(",")
     unknown = sorted(set(backends) - set(BACKENDS)) + sorted(set(samplings) - set(SAMPLINGS))
     if unknown:
-        raise SystemExit(f"mtp-edge bench adaptive: unknown backend or sampling {', '.join(unknown)}; "
-                         f"backends: {', '.join(BACKENDS)}; samplings: {', '.join(SAMPLINGS)}.")
+        from mtp_edge.models.errors import MtpEdgeError
+
+        raise MtpEdgeError(f"bench adaptive: unknown backend or sampling {', '.join(unknown)}; "
+                           f"--backends takes {', '.join(BACKENDS)}; --samplings takes {', '.join(SAMPLINGS)}.")
     return bench_adaptive(backends=backends, samplings=samplings, repeats=args.repeats, max_new_tokens=args.new_tokens)
 
 

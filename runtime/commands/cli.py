@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from mtp_edge.models.errors import CheckpointError, MtpEdgeError
+from mtp_edge.runtime.commands.arguments import (BUNDLE_DIR, CORPUS_FILE, DRAFTER_DIR, PROMPTS_FILE, TARGET_DIR, TEXT_FILE,
+                                                 OneLineParser, WholeNumber, model_spec)
 from mtp_edge.runtime.commands.render import format_report, human_bytes
 
 PROG = "mtp-edge"
@@ -60,9 +62,9 @@ def add_inspect(subparsers) -> None:
         help="parameter counts, weight bytes, KV-cache and per-step read bytes (reads config.json only)",
         description="Sizes of a target and/or drafter, measured on the project's modules built on the meta device.",
     )
-    p.add_argument("model", metavar="MODEL", help="a preset (e2b, e4b, tiny), a target or drafter checkpoint folder, "
+    p.add_argument("model", metavar="MODEL", type=model_spec, help="a preset (e2b, e4b, tiny), a target or drafter checkpoint folder, "
                    "or a folder holding target/ and drafter/")
-    p.add_argument("--drafter", metavar="DIR", help="drafter checkpoint folder to pair with a target MODEL")
+    p.add_argument("--drafter", metavar="DIR", type=DRAFTER_DIR, help="drafter checkpoint folder to pair with a target MODEL")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.set_defaults(func=cmd_inspect)
 
@@ -82,22 +84,23 @@ def cmd_inspect(args) -> int:
 
 
 def draft_length(text: str) -> int | str:
-    """--k: a whole number >= 0, or auto (checked after parsing, so a bad value is one error line)."""
-    from mtp_edge.runtime.errors import GenerationError
-
+    """type= for --k: a whole number >= 0, or auto."""
     if text == "auto":
         return "auto"
     try:
         value = int(text)
     except ValueError:
-        raise GenerationError(f"--k takes a whole number >= 0 or 'auto', got {text!r}.") from None
+        raise argparse.ArgumentTypeError(f"takes a whole number >= 0 or 'auto', got {text!r}.") from None
     if value < 0:
-        raise GenerationError(f"--k (draft tokens per round) must be >= 0 or 'auto', got {value}.")
+        raise argparse.ArgumentTypeError(f"draft tokens per round must be >= 0 or 'auto', got {value}.")
     return value
 
 
+draft_length.__name__ = "draft length"
+
+
 def add_draft_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", default="auto",
+    p.add_argument("--k", default="auto", type=draft_length,
                    help="draft tokens per round: auto (default: chosen each round from measured costs and acceptance), "
                         "or a fixed N (0 = plain decoding)")
     p.add_argument("--max-k", type=int, default=None, help="with --k auto: the longest draft (default: the bundle's K)")
@@ -110,18 +113,18 @@ def add_generate(subparsers) -> None:
     p = subparsers.add_parser("generate", help="speculative (or plain) decoding on the eager backend",
                               description="Generate from a target checkpoint, drafting with its MTP drafter.")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="DIR", help="target checkpoint folder (eager backend)")
-    source.add_argument("--bundle", metavar="DIR", help="an exported bundle (written by mtp-edge export)")
-    p.add_argument("--drafter", metavar="DIR", help="drafter checkpoint folder with --model (omit for target-only decoding)")
+    source.add_argument("--model", metavar="DIR", type=TARGET_DIR, help="target checkpoint folder (eager backend)")
+    source.add_argument("--bundle", metavar="DIR", type=BUNDLE_DIR, help="an exported bundle (written by mtp-edge export)")
+    p.add_argument("--drafter", metavar="DIR", type=DRAFTER_DIR, help="drafter checkpoint folder with --model (omit for target-only decoding)")
     p.add_argument("--backend", choices=["eager", "pte", "onnx"],
                    help="eager for --model (default); pte or onnx for --bundle (default: the bundle's first format)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=WholeNumber(1), default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model folder)")
     prompt.add_argument("--prompt-ids", help="prompt token ids, comma-separated")
     add_draft_arguments(p)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--max-seq-len", type=int, default=1024, help="KV-cache positions (default 1024)")
+    p.add_argument("--max-new-tokens", type=WholeNumber(1), default=64)
+    p.add_argument("--max-seq-len", type=WholeNumber(2), default=1024, help="KV-cache positions (default 1024)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -144,8 +147,6 @@ def cmd_generate(args) -> int:
 
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                               rule=args.sampling_rule)
-    if args.max_seq_len < 2:
-        raise GenerationError(f"--max-seq-len must be >= 2, got {args.max_seq_len}.")
     folder = args.model or args.bundle
     codec = TextCodec.from_folder(folder)
     if args.prompt is not None:
@@ -154,12 +155,10 @@ def cmd_generate(args) -> int:
         prompt = codec.encode(args.prompt)
     else:
         prompt = parse_prompt_ids(args.prompt_ids)
-    k = 0 if args.no_draft else draft_length(args.k)
+    k = 0 if args.no_draft else args.k
     if args.bundle:
         from mtp_edge.runtime.backends import open_bundle
 
-        if args.threads is not None and args.threads < 1:
-            raise GenerationError(f"--threads must be >= 1, got {args.threads}.")
         backend = open_bundle(args.bundle, args.backend, threads=args.threads)
         eos_ids = backend.eos_ids
     else:
@@ -217,10 +216,10 @@ def add_train_drafter(subparsers) -> None:
     p = subparsers.add_parser("train-drafter", help="train or adapt a Gemma 4 MTP drafter for a target checkpoint",
                               description="Distil a gemma4_assistant drafter from a target on a text corpus; writes a "
                               "Hugging Face folder that transformers' Gemma4AssistantForCausalLM also loads.")
-    p.add_argument("--target", required=True, metavar="DIR", help="target checkpoint folder (with tokenizer.json)")
-    p.add_argument("--corpus", required=True, nargs="+", metavar="FILE", help="text files to train on")
+    p.add_argument("--target", required=True, metavar="DIR", type=TARGET_DIR, help="target checkpoint folder (with tokenizer.json)")
+    p.add_argument("--corpus", required=True, nargs="+", metavar="FILE", type=CORPUS_FILE, help="text files to train on")
     p.add_argument("--out", required=True, metavar="DIR", help="output drafter folder")
-    p.add_argument("--init", metavar="DIR", help="start from this drafter (adapt it to a fine-tuned target)")
+    p.add_argument("--init", metavar="DIR", type=DRAFTER_DIR, help="start from this drafter (adapt it to a fine-tuned target)")
     p.add_argument("--work", metavar="DIR", help="checkpoint folder (default OUT.work); rerun to resume")
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--hidden", type=int, default=128)
@@ -256,9 +255,9 @@ def cmd_train_drafter(args) -> int:
 
 def add_demo(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the main job: the shipped pair, plain vs speculative, on every backend")
-    p.add_argument("--k", default="auto",
+    p.add_argument("--k", default="auto", type=draft_length,
                    help="draft tokens per round: auto (default) or a fixed N <= 4 (the demo bundle's K)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=WholeNumber(1), default=64)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -267,7 +266,7 @@ def cmd_demo(args) -> int:
     from mtp_edge.runtime.commands.demo import run_demo
     from mtp_edge.runtime.commands.render import format_demo
 
-    report = run_demo(k=draft_length(args.k), max_new_tokens=args.max_new_tokens)
+    report = run_demo(k=args.k, max_new_tokens=args.max_new_tokens)
     sys.stdout.write(json.dumps(report) + "\n" if args.json else format_demo(report))
     return 0
 
@@ -281,8 +280,8 @@ def add_export(subparsers) -> None:
 def add_export_arguments(p: argparse.ArgumentParser, *, positional_output: bool) -> None:
     """The export arguments, shared with `optimum-cli export mtp-edge` (runtime/optimum_cli.py), whose
     exporters take the output folder as a positional argument."""
-    p.add_argument("--model", required=True, metavar="DIR", help="target checkpoint folder")
-    p.add_argument("--drafter", required=True, metavar="DIR", help="drafter checkpoint folder")
+    p.add_argument("--model", required=True, metavar="DIR", type=TARGET_DIR, help="target checkpoint folder")
+    p.add_argument("--drafter", required=True, metavar="DIR", type=DRAFTER_DIR, help="drafter checkpoint folder")
     p.add_argument("--format", default="pte", help="pte, onnx, or pte,onnx for both in one bundle (default pte)")
     if positional_output:
         p.add_argument("out", metavar="OUTPUT_DIR", help="the bundle folder to write")
@@ -315,13 +314,13 @@ def cmd_export(args) -> int:
 
 def add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="quality report of a (quantized) bundle against its unquantized pair")
-    p.add_argument("bundle", metavar="BUNDLE_DIR")
+    p.add_argument("bundle", metavar="BUNDLE_DIR", type=BUNDLE_DIR)
     p.add_argument("--backend", choices=["pte", "onnx"], help="default: the bundle's first format")
-    p.add_argument("--reference-model", metavar="DIR", help="unquantized target (default: the folder the bundle came from)")
-    p.add_argument("--reference-drafter", metavar="DIR", help="unquantized drafter (default: the folder the bundle came from)")
-    p.add_argument("--text", metavar="FILE", help="held-out text (default: the shipped pair's held-out ids)")
-    p.add_argument("--positions", type=int, default=1024, help="teacher-forced positions (default 1024)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--reference-model", metavar="DIR", type=TARGET_DIR, help="unquantized target (default: the folder the bundle came from)")
+    p.add_argument("--reference-drafter", metavar="DIR", type=DRAFTER_DIR, help="unquantized drafter (default: the folder the bundle came from)")
+    p.add_argument("--text", metavar="FILE", type=TEXT_FILE, help="held-out text (default: the shipped pair's held-out ids)")
+    p.add_argument("--positions", type=WholeNumber(1), default=1024, help="teacher-forced positions (default 1024)")
+    p.add_argument("--max-new-tokens", type=WholeNumber(1), default=64)
     p.add_argument("--no-rss", action="store_true", help="skip the per-component peak RSS subprocesses")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -354,14 +353,14 @@ def add_tune(subparsers) -> None:
                               "measures the acceptance per draft position on held-out prompts, and prints for each fixed K "
                               "and for --k auto the predicted and measured tokens per second. Writes tuning.json beside "
                               "the bundle (machine-local), which --k auto then starts from.")
-    p.add_argument("bundle", metavar="BUNDLE_DIR")
+    p.add_argument("bundle", metavar="BUNDLE_DIR", type=BUNDLE_DIR)
     p.add_argument("--backend", choices=["pte", "onnx"], action="append",
                    help="backend(s) to tune (repeat the flag; default: every format of the bundle)")
-    p.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (default: the shipped held-out prompts)")
+    p.add_argument("--prompts", metavar="FILE", type=PROMPTS_FILE, help="text prompts, one per line (default: the shipped held-out prompts)")
     p.add_argument("--acceptance", metavar="A1,A2,...",
                    help="predict with this acceptance per draft position instead of measuring it (e.g. published figures)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=20, help="timed calls per method and length (median)")
+    p.add_argument("--max-new-tokens", type=WholeNumber(1), default=64)
+    p.add_argument("--repeats", type=WholeNumber(1), default=20, help="timed calls per method and length (median)")
     p.add_argument("--plot", metavar="FILE.png", help="draw tok/s against K per backend, with the plain-decoding line")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_tune)
@@ -380,13 +379,9 @@ def cmd_tune(args) -> int:
             raise GenerationError(f"--acceptance takes comma-separated probabilities, got {args.acceptance!r}.") from None
         if not acceptance or any(not 0.0 <= a <= 1.0 for a in acceptance):
             raise GenerationError(f"--acceptance values must be probabilities in [0, 1], got {args.acceptance!r}.")
-    if args.repeats < 1 or args.max_new_tokens < 1:
-        raise GenerationError("--repeats and --max-new-tokens must be >= 1.")
     prompts = None
     if args.prompts:
         path = Path(args.prompts)
-        if not path.is_file():
-            raise GenerationError(f"{path}: no such file; --prompts takes a text file with one prompt per line.")
         codec = TextCodec.from_folder(args.bundle)
         if codec is None:
             raise GenerationError(f"{args.bundle} has no tokenizer.json to encode --prompts with.")
@@ -404,22 +399,17 @@ def add_validate(subparsers) -> None:
                               description="Runs a bundle's demo prompts through the native runner (android_demo/native, "
                               "built on first use into the cache folder) and the Python pte backend: greedy and seeded "
                               "sampling at the bundle's K, greedy K=0. Exit code 1 when any tokens differ.")
-    p.add_argument("bundle", metavar="BUNDLE_DIR", help="a bundle with a .pte (written by mtp-edge export)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--num-prompts", type=int, default=None, help="use the first N demo prompts (default: all)")
+    p.add_argument("bundle", metavar="BUNDLE_DIR", type=BUNDLE_DIR, help="a bundle with a .pte (written by mtp-edge export)")
+    p.add_argument("--max-new-tokens", type=WholeNumber(1), default=64)
+    p.add_argument("--num-prompts", type=WholeNumber(1), default=None, help="use the first N demo prompts (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_validate)
 
 
 def cmd_validate(args) -> int:
-    from mtp_edge.runtime.errors import GenerationError
     from mtp_edge.runtime.commands.render import format_validate
     from mtp_edge.runtime.native.validate import validate_bundle
 
-    if args.max_new_tokens < 1:
-        raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
-    if args.num_prompts is not None and args.num_prompts < 1:
-        raise GenerationError(f"--num-prompts must be >= 1, got {args.num_prompts}.")
     report = validate_bundle(args.bundle, max_new_tokens=args.max_new_tokens, num_prompts=args.num_prompts)
     sys.stdout.write(json.dumps(report) + "\n" if args.json else format_validate(report))
     return 0 if report["ok"] else 1
@@ -429,8 +419,9 @@ SUBCOMMANDS = (add_inspect, add_generate, add_bench, add_train_drafter, add_expo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Gemma 4 E2B/E4B + MTP drafter export toolkit.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    """Every (sub)parser is a OneLineParser: a bad flag value is one `PROG: error: ...` line and exit code 2."""
+    parser = OneLineParser(prog=PROG, description="Gemma 4 E2B/E4B + MTP drafter export toolkit.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for add in SUBCOMMANDS:
         add(subparsers)
     return parser

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
+from mtp_edge.runtime.commands.arguments import make_one_line
 from mtp_edge.runtime.commands.cli import add_export_arguments, cmd_export, run_command
 
 PROG = "optimum-cli export mtp-edge"
@@ -22,6 +23,7 @@ class MtpEdgeExportCommand(BaseOptimumCLICommand):
 
     @staticmethod
     def parse_args(parser) -> None:
+        make_one_line(parser)  # optimum created this subparser: a bad flag value is still one line and exit code 2
         add_export_arguments(parser, positional_output=True)
 
     def run(self) -> None:

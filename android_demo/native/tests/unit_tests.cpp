@@ -1,0 +1,587 @@
+// Unit tests of the runner's pieces that need no model: sha256, the JSON reader, the sampling
+// arithmetic and the draft policy (through their public headers only), and the manifest reader's
+// first checks. Registered with CTest, one test per group (CMakeLists.txt, MTP_EDGE_BUILD_TESTS):
+//
+//   cmake --build BUILD --target mtp_edge_unit_tests && ctest --test-dir BUILD --output-on-failure
+//   BUILD/mtp_edge_unit_tests [GROUP]     one group, or all of them; --list prints the group names
+//
+// No test framework (none ships with the wheel or the NDK): CHECK* count and report failures with
+// their line, and a group fails if any check failed or none ran.
+//
+// Expected values: the SHA-256 digests are the FIPS 180-2 / NIST CAVP examples, each (and the
+// digests of the prefixes of `pattern()`) checked with Python's hashlib.sha256. The sampling and
+// draft-policy values were generated with the Python runtime (mtp_edge.runtime.sampling,
+// mtp_edge.runtime.draft_policy) by a throwaway script, e.g.
+//   r = SplitMix64(1234567); [hex(r.next_u64()) for _ in range(4)]
+//   [v.hex() for v in gumbel_noise(11, 7, [0, 1, 511]).tolist()]
+//   best_plan(CostTable(decode=1.0, draft_step=0.05, verify={2: 1.3, 3: 1.6, 4: 1.9}), [0.5] * 3, 3)
+// and are embedded as exact hex floats / integers, so a change on either side shows up here.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "draft_policy.h"
+#include "errors.h"
+#include "json.h"
+#include "manifest.h"
+#include "sampling.h"
+#include "sha256.h"
+
+using namespace mtp_edge;
+
+namespace {
+
+int g_checks = 0;
+int g_failures = 0;
+
+template <typename T>
+std::string show(const T& v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+std::string show(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%a (%.17g)", v, v);
+  return buf;
+}
+std::string show(const std::string& v) { return "\"" + v + "\""; }
+std::string show(const char* v) { return show(std::string(v)); }
+std::string show(uint64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+template <typename T>
+std::string show(const std::vector<T>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + show(v[i]);
+  return s + "]";
+}
+
+void record(bool ok, const char* file, int line, const std::string& what) {
+  ++g_checks;
+  if (!ok) {
+    ++g_failures;
+    std::fprintf(stderr, "%s:%d: FAILED: %s\n", file, line, what.c_str());
+  }
+}
+
+}  // namespace
+
+#define CHECK(cond) record(static_cast<bool>(cond), __FILE__, __LINE__, #cond)
+// Exact equality (doubles bit for bit: no tolerance unless CHECK_NEAR says so).
+#define CHECK_EQ(a, b)                                                                                       \
+  do {                                                                                                       \
+    const auto _a = (a); /* copies: (a) may be a reference into a temporary */                               \
+    const auto _b = (b);                                                                                     \
+    record(_a == _b, __FILE__, __LINE__, std::string(#a " == " #b ": ") + show(_a) + " vs " + show(_b)); \
+  } while (0)
+#define CHECK_NEAR(a, b, tol)                                                                                         \
+  do {                                                                                                                \
+    const double _a = (a), _b = (b);                                                                                  \
+    record(std::fabs(_a - _b) <= (tol), __FILE__, __LINE__, std::string(#a " ~ " #b ": ") + show(_a) + " vs " + show(_b)); \
+  } while (0)
+// `expr` throws `Type` whose what() contains `needle`.
+#define CHECK_THROWS(expr, Type, needle)                                                                        \
+  do {                                                                                                          \
+    std::string _got = "no exception";                                                                          \
+    bool _ok = false;                                                                                           \
+    try {                                                                                                       \
+      (void)(expr);                                                                                             \
+    } catch (const Type& e) {                                                                                   \
+      _got = e.what();                                                                                          \
+      _ok = _got.find(needle) != std::string::npos;                                                             \
+    } catch (const std::exception& e) {                                                                         \
+      _got = std::string("another exception: ") + e.what();                                                     \
+    }                                                                                                           \
+    record(_ok, __FILE__, __LINE__, std::string(#expr " throws " #Type " with ") + show(needle) + ", got " + show(_got)); \
+  } while (0)
+
+namespace {
+
+// A new empty folder under the temporary directory (removed by the test that made it).
+std::filesystem::path fresh_dir(const std::string& what) {
+  const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
+  auto dir = std::filesystem::temp_directory_path() /
+             ("mtp_edge_unit_" + what + "_" + std::to_string(stamp) + "_" + std::to_string(std::random_device{}()));
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// --------------------------------------------------------------------------- sha256
+
+std::string sha256_of(const std::string& s) {
+  Sha256 h;
+  h.update(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  return h.hex_digest();
+}
+
+// The same bytes fed in pieces of `piece` bytes (the last one shorter).
+std::string sha256_in_pieces(const std::string& s, size_t piece) {
+  Sha256 h;
+  for (size_t at = 0; at < s.size(); at += piece) {
+    h.update(reinterpret_cast<const uint8_t*>(s.data()) + at, std::min(piece, s.size() - at));
+  }
+  return h.hex_digest();
+}
+
+// 200 bytes covering every residue mod 64 at the block boundaries: byte i = (7 i + 3) mod 256.
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 7 + 3) & 0xFF);
+  return s;
+}
+
+void test_sha256() {
+  // FIPS 180-2 appendix B / NIST CAVP SHA-256 examples.
+  CHECK_EQ(sha256_of(""), std::string("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+  CHECK_EQ(sha256_of("abc"), std::string("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+  const std::string two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";  // 448 bits
+  CHECK_EQ(sha256_of(two_blocks), std::string("248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"));
+  CHECK_EQ(sha256_of("abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrs"
+                     "mnopqrstnopqrstu"),  // 896 bits
+           std::string("cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1"));
+  const std::string million_a(1000000, 'a');
+  const std::string million_digest = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0";
+  CHECK_EQ(sha256_of(million_a), million_digest);
+  CHECK_EQ(sha256_in_pieces(million_a, 1000), million_digest);
+  CHECK_EQ(sha256_in_pieces(million_a, 63), million_digest);
+
+  // The padding boundaries (55: the length fits in the last block; 56: it needs another; 64: a full
+  // block), against hashlib.sha256(pattern(n)).
+  const std::vector<std::pair<size_t, std::string>> prefixes = {
+      {55, "e7313d333c272e639f790978283f9eb392e843d0f29b7016828bb1daa4aac70b"},
+      {56, "4324d65f3c103567f5589c710bc08f8523f929a9272e3af36fc968e52abc6c27"},
+      {63, "81c80242132f230c3bd41b3e63bbcff16107339549214a99614ff26664625055"},
+      {64, "39e3d7b6b5d075d37d053ad89b24b41bef4f3c29760c84447cab3f3be1882241"},
+      {65, "aacca6ff74fdbb296d165a45cecfa04e5127bc008770fbbdd48006f2d2fae95e"},
+      {119, "9ce7368e4daf32341631b492e80359dc9f594b48453cd0dd5bf0b19279cc177e"},
+      {120, "7836b787757e95e58b3ca5aec90b1b004e8deba1e50e9675af9cabf1a13a04b5"},
+      {200, "2c7e18c942ef065b526a2d4e5546283749cd3ddfb51d8fc71f42717363685f46"},
+  };
+  for (const auto& [n, digest] : prefixes) CHECK_EQ(sha256_of(pattern(n)), digest);
+
+  // Streaming: pieces of awkward sizes, and one split at each awkward offset, give the one-shot digest.
+  const std::string message = pattern(200);
+  const std::string whole = sha256_of(message);
+  for (size_t piece : {1, 55, 56, 63, 64, 65}) CHECK_EQ(sha256_in_pieces(message, piece), whole);
+  for (size_t split : {1, 55, 56, 63, 64, 65, 128, 199}) {
+    Sha256 h;
+    h.update(reinterpret_cast<const uint8_t*>(message.data()), split);
+    h.update(nullptr, 0);  // an empty update changes nothing
+    h.update(reinterpret_cast<const uint8_t*>(message.data()) + split, message.size() - split);
+    CHECK_EQ(h.hex_digest(), whole);
+  }
+
+  // sha256_file: the bytes of the file; an unreadable path names itself.
+  const auto dir = fresh_dir("sha256");
+  const std::string file = (dir / "data.bin").string();
+  std::ofstream(file, std::ios::binary) << message;
+  CHECK_EQ(sha256_file(file), whole);
+  std::ofstream(file, std::ios::binary | std::ios::trunc).flush();
+  CHECK_EQ(sha256_file(file), std::string("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+  const std::string missing = (dir / "missing.bin").string();
+  CHECK_THROWS(sha256_file(missing), std::runtime_error, missing + ": cannot open for reading");
+  std::filesystem::remove_all(dir);
+}
+
+// --------------------------------------------------------------------------- json
+
+using json::ParseError;
+using json::TypeError;
+using json::Value;
+
+void test_json() {
+  const Value doc = Value::parse(
+      " {\"a\": 1, \"b\": [true, false, null], \"c\": \"x\\u00e9\\n\\\"\\/\", \"d\": -1.5e3,\n\t\"e\": {}, \"f\": []} ");
+  CHECK(doc.is_object());
+  CHECK_EQ(doc.as_object("doc").size(), size_t(6));
+  CHECK_EQ(doc.as_object("doc")[0].first, std::string("a"));  // members in document order
+  CHECK_EQ(doc.at("a", "doc").as_int("a"), int64_t(1));
+  CHECK_EQ(doc.at("a", "doc").as_double("a"), 1.0);
+  const auto& b = doc.at("b", "doc").as_array("b");
+  CHECK_EQ(b.size(), size_t(3));
+  CHECK(b[0].as_bool("b0") && !b[1].as_bool("b1") && b[2].is_null());
+  CHECK_EQ(doc.at("c", "doc").as_string("c"), std::string("x\xc3\xa9\n\"/"));
+  CHECK_EQ(doc.at("d", "doc").as_double("d"), -1500.0);
+  CHECK(doc.at("e", "doc").is_object() && doc.at("e", "doc").as_object("e").empty());
+  CHECK(doc.at("f", "doc").is_array() && doc.at("f", "doc").as_array("f").empty());
+  CHECK(doc.find("zz") == nullptr);
+  CHECK(doc.at("b", "doc").find("a") == nullptr);  // find on a non-object: nullptr, no throw
+  CHECK_EQ(Value::parse("\"\\ud83d\\ude00\"").as_string("s"), std::string("\xf0\x9f\x98\x80"));  // surrogate pair
+  CHECK_EQ(Value::parse("\"\\udbff\\udfff\\u0041\"").as_string("s"), std::string("\xf4\x8f\xbf\xbf" "A"));  // U+10FFFF
+  CHECK_EQ(Value::parse("0").as_int("zero"), int64_t(0));
+  CHECK_EQ(Value::parse("-0.25").as_double("x"), -0.25);
+
+  // Integers from their text: exact past 2^53; seeds wrap modulo 2^64 as Python's `seed & MASK64`.
+  CHECK_EQ(Value::parse("9007199254740993").as_int("n"), int64_t(9007199254740993LL));
+  CHECK_EQ(Value::parse("-9223372036854775808").as_int("n"), std::numeric_limits<int64_t>::min());
+  CHECK_EQ(Value::parse("18446744073709551615").as_u64_wrapping("seed"), std::numeric_limits<uint64_t>::max());
+  CHECK_EQ(Value::parse("-1").as_u64_wrapping("seed"), std::numeric_limits<uint64_t>::max());
+  CHECK_THROWS(Value::parse("18446744073709551616").as_u64_wrapping("seed"), TypeError, "seed = 18446744073709551616 is 2^64 or more");
+  CHECK_THROWS(Value::parse("-9223372036854775809").as_u64_wrapping("seed"), TypeError, "is below -2^63");
+  CHECK_THROWS(Value::parse("9223372036854775808").as_int("k"), TypeError, "k = 9223372036854775808 does not fit in 64 bits");
+  CHECK_THROWS(Value::parse("1.5").as_int("k"), TypeError, "k must be an integer, got 1.5");
+  CHECK_THROWS(Value::parse("1e3").as_int("k"), TypeError, "k must be an integer, got 1e3");
+
+  // Python's json writes NaN / Infinity / -Infinity for non-finite floats.
+  CHECK(std::isnan(Value::parse("NaN").as_double("x")));
+  CHECK_EQ(Value::parse("Infinity").as_double("x"), std::numeric_limits<double>::infinity());
+  CHECK_EQ(Value::parse("[-Infinity]").as_array("x")[0].as_double("x"), -std::numeric_limits<double>::infinity());
+  CHECK_THROWS(Value::parse("Infinity").as_int("k"), TypeError, "must be an integer");
+
+  // Typed access names what the caller called it.
+  CHECK_THROWS(doc.at("missing", "request"), TypeError, "request has no \"missing\"");
+  CHECK_THROWS(doc.at("a", "doc").as_string("request prompt"), TypeError, "request prompt must be a string, got a number");
+  CHECK_THROWS(doc.at("b", "doc").as_object("costs"), TypeError, "costs must be an object, got an array");
+  CHECK_THROWS(doc.as_bool("flag"), TypeError, "flag must be a boolean, got an object");
+
+  // Malformed documents: a ParseError naming the offset.
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"", "unexpected end of input at offset 0"},
+      {"   ", "unexpected end of input at offset 3"},
+      {"[1,]", "unexpected character ']' at offset 3"},
+      {"{\"a\": 1,}", "expected a string key at offset 8"},
+      {"{\"a\": 1, \"a\": 2}", "duplicate key \"a\""},
+      {"{\"a\" 1}", "expected ':' at offset 5"},
+      {"[1 2]", "expected ',' or ']' at offset 3"},
+      {"{\"a\": 1 \"b\": 2}", "expected ',' or '}' at offset 8"},
+      {"01", "leading zeros are not JSON at offset 1"},
+      {"-", "expected digits at offset 1"},
+      {"1.", "expected digits after '.' at offset 2"},
+      {"1e+", "expected digits in the exponent at offset 3"},
+      {"1 2", "unexpected text after the JSON value at offset 2"},
+      {"// comment\n1", "unexpected character '/' at offset 0"},
+      {"'a'", "unexpected character '''"},
+      {"tru", "unexpected character 't'"},
+      {"\"abc", "unterminated string"},
+      {"\"a\nb\"", "control character in a string"},
+      {"\"\\x\"", "bad escape '\\x'"},
+      {"\"\\u12zz\"", "bad hex digit in \\u escape"},
+      {"\"\\u12", "truncated \\u escape"},
+      {"\"\\ud83d\"", "lone high surrogate"},
+      {"\"\\ude00\"", "lone low surrogate"},
+      {"\"\\ud83d\\u0041\"", "bad low surrogate"},
+      {"+1", "unexpected character '+'"},
+      {"nan", "unexpected character 'n'"},
+  };
+  for (const auto& [text, message] : bad) CHECK_THROWS(Value::parse(text), ParseError, message);
+  CHECK_THROWS(Value::parse(std::string(200, '[') + std::string(200, ']')), ParseError, "JSON nested too deeply");
+  const std::string deep_ok = std::string(100, '[') + std::string(100, ']');
+  CHECK(Value::parse(deep_ok).is_array());
+
+  // quote(): a JSON string literal that reads back; number(): Python's repr of a float.
+  const std::string raw = std::string("a\"b\\c\nd\te\rf") + '\x01' + "\x1f" + "\xc3\xa9";
+  CHECK_EQ(json::quote(raw), std::string("\"a\\\"b\\\\c\\nd\\te\\rf\\u0001\\u001f\xc3\xa9\""));
+  CHECK_EQ(Value::parse(json::quote(raw)).as_string("s"), raw);
+  CHECK_EQ(json::number(0.7), std::string("0.7"));
+  CHECK_EQ(json::number(1.0), std::string("1.0"));
+  CHECK_EQ(json::number(-2.0), std::string("-2.0"));
+  CHECK_EQ(json::number(1e-05), std::string("1e-05"));
+  CHECK_EQ(json::number(1e16), std::string("1e+16"));
+  CHECK_EQ(json::number(123456789.0), std::string("123456789.0"));
+  CHECK_EQ(json::number(0.1 + 0.2), std::string("0.30000000000000004"));
+  CHECK_EQ(json::number(std::nan("")), std::string("NaN"));
+  CHECK_EQ(json::number(-std::numeric_limits<double>::infinity()), std::string("-Infinity"));
+  for (double d : {0.1, 1.0 / 3.0, 6.02214076e23, 5e-324, 1.7976931348623157e308}) {
+    CHECK_EQ(Value::parse(json::number(d)).as_double("round trip"), d);
+  }
+}
+
+// --------------------------------------------------------------------------- sampling
+
+std::vector<uint64_t> draws(uint64_t seed, int n) {
+  SplitMix64 rng(seed);
+  std::vector<uint64_t> out;
+  for (int i = 0; i < n; ++i) out.push_back(rng.next_u64());
+  return out;
+}
+
+void test_sampling() {
+  // SplitMix64 as mtp_edge.runtime.sampling.SplitMix64 (Python's seed -1 wraps to 2^64 - 1).
+  CHECK_EQ(draws(0, 4), (std::vector<uint64_t>{0xe220a8397b1dcdafULL, 0x6e789e6aa1b965f4ULL, 0x06c45d188009454fULL,
+                                                0xf88bb8a8724c81ecULL}));
+  CHECK_EQ(draws(1234567, 4), (std::vector<uint64_t>{0x599ed017fb08fc85ULL, 0x2c73f08458540fa5ULL, 0x883ebce5a3f27c77ULL,
+                                                      0x3fbef740e9177b3fULL}));
+  const std::vector<uint64_t> minus_one = {0xe4d971771b652c20ULL, 0xe99ff867dbf682c9ULL, 0x382ff84cb27281e9ULL,
+                                           0x6d1db36ccba982d2ULL};
+  CHECK_EQ(draws(std::numeric_limits<uint64_t>::max(), 4), minus_one);
+  CHECK_EQ(draws(json::Value::parse("-1").as_u64_wrapping("seed"), 4), minus_one);  // a request's seed -1
+  SplitMix64 rng42(42);
+  CHECK_EQ(rng42.uniform(), 0x1.7bae644c5fd6dp-1);
+  CHECK_EQ(rng42.uniform(), 0x1.477f199d93378p-3);
+  CHECK_EQ(rng42.uniform(), 0x1.1d499d5c4c3e6p-2);
+
+  // The coupled rule's noise, bit for bit.
+  CHECK_EQ(noise_row_key(0, 0), uint64_t(0x48218226ff3cd4bfULL));
+  CHECK_EQ(noise_row_key(11, 5), uint64_t(0x4c23c9aaa7d39973ULL));
+  CHECK_EQ(noise_row_key(std::numeric_limits<uint64_t>::max(), 123456), uint64_t(0x48461cd8feb436f9ULL));
+  CHECK_THROWS(noise_row_key(1, -1), RunnerError, "position must be >= 0, got -1.");
+  CHECK_EQ(gumbel_noise(11, 7, 0), 0x1.3a1cedd05cc81p-2);
+  CHECK_EQ(gumbel_noise(11, 7, 1), 0x1.628ae88ecaaeap-2);
+  CHECK_EQ(gumbel_noise(11, 7, 511), -0x1.069495aa7cdd6p+0);
+  CHECK_EQ(portable_log(0.5), -0x1.62e42fefa39efp-1);
+  CHECK_EQ(portable_log(2.0), 0x1.62e42fefa39efp-1);
+  CHECK_EQ(portable_log(10.0), 0x1.26bb1bbb55516p+1);
+  CHECK_EQ(portable_log(1e-300), -0x1.5963447f87fb5p+9);
+  CHECK_EQ(portable_log(1.0), 0.0);
+  CHECK_EQ(bits_to_uniform(0), 0x1p-53);
+  CHECK_EQ(bits_to_uniform(std::numeric_limits<uint64_t>::max()), 1.0 - 0x1p-53);
+
+  // Inverse-CDF draws on exact probabilities: sample(torch.tensor([0, .5, .25, .25]), SplitMix64(5)) x 10.
+  {
+    SplitMix64 rng(5);
+    std::vector<int64_t> got;
+    const std::vector<double> probs = {0.0, 0.5, 0.25, 0.25};
+    for (int i = 0; i < 10; ++i) got.push_back(sample(probs, rng));
+    CHECK_EQ(got, (std::vector<int64_t>{1, 3, 1, 1, 1, 1, 3, 2, 1, 2}));
+  }
+
+  // probabilities(): top-k keeps ties at the k-th and zeroes the rest; top-p keeps the crossing token.
+  const float logits[] = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f};
+  SamplingConfig top_k;
+  top_k.temperature = 1.0;
+  top_k.top_k = 3;
+  const std::vector<double> pk = probabilities(logits, 5, top_k);
+  CHECK_EQ(pk[0], 0.0);
+  CHECK_EQ(pk[4], 0.0);
+  CHECK_EQ(pk[1], pk[3]);
+  // torch's exp and sum may differ from libm's in the last bits (sampling.h): within a few ulps.
+  CHECK_NEAR(pk[1], 0x1.b07456cbe7b94p-2, 1e-15);
+  CHECK_NEAR(pk[2], 0x1.3e2ea4d0611b0p-3, 1e-15);
+  CHECK_NEAR(pk[1] + pk[2] + pk[3], 1.0, 1e-15);
+  SamplingConfig top_p;
+  top_p.temperature = 1.0;
+  top_p.top_p = 0.6;
+  CHECK_EQ(probabilities(logits, 5, top_p), (std::vector<double>{0.0, 0.5, 0.0, 0.5, 0.0}));
+
+  // argmax: the first maximal index; a NaN counts as the maximum, as torch.argmax.
+  const float ties[] = {1.0f, 4.0f, -2.0f, 4.0f};
+  CHECK_EQ(argmax(ties, 4), int64_t(1));
+  const float with_nan[] = {1.0f, 4.0f, std::nanf(""), 9.0f};
+  CHECK_EQ(argmax(with_nan, 4), int64_t(2));
+
+  // Greedy acceptance: the longest prefix matching the target's argmax rows, then its correction
+  // (or, all accepted, the bonus token of the last row). The rng is not touched.
+  const int64_t vocab = 4;
+  const float rows[] = {0, 0, 9, 0,   // argmax 2
+                        0, 9, 0, 0,   // argmax 1
+                        9, 0, 0, 0,   // argmax 0
+                        0, 0, 0, 9};  // argmax 3
+  SamplingConfig greedy;
+  SplitMix64 unused(1);
+  Acceptance a = accept_drafts({2, 1, 3}, {{}, {}, {}}, rows, vocab, greedy, unused);
+  CHECK_EQ(a.accepted, int64_t(2));
+  CHECK_EQ(a.next_token, int64_t(0));
+  a = accept_drafts({2, 1, 0}, {{}, {}, {}}, rows, vocab, greedy, unused);
+  CHECK_EQ(a.accepted, int64_t(3));
+  CHECK_EQ(a.next_token, int64_t(3));
+  a = accept_drafts({}, {}, rows, vocab, greedy, unused);
+  CHECK_EQ(a.accepted, int64_t(0));
+  CHECK_EQ(a.next_token, int64_t(2));
+  CHECK_EQ(unused.next_u64(), draws(1, 1)[0]);
+
+  // Coupled (Gumbel-max) choice: coupled_choose(logits, SamplingConfig(temperature=0.9, rule="coupled"), 7, pos).
+  const float coupled_logits[] = {0.5f, 2.0f, -1.0f, 1.75f, 2.0f, 0.0f, 1.0f, -0.5f};
+  SamplingConfig coupled;
+  coupled.temperature = 0.9;
+  coupled.rule = SamplingRule::kCoupled;
+  std::vector<int64_t> chosen;
+  for (int64_t pos = 0; pos < 12; ++pos) chosen.push_back(coupled_choose(coupled_logits, 8, coupled, 7, pos));
+  CHECK_EQ(chosen, (std::vector<int64_t>{1, 6, 1, 4, 1, 3, 6, 5, 4, 6, 1, 2}));
+  // A draft that equals the target's token there is accepted: drafts = the tokens above from position 3.
+  std::vector<float> four_rows;
+  for (int r = 0; r < 4; ++r) four_rows.insert(four_rows.end(), coupled_logits, coupled_logits + 8);
+  a = coupled_accept({4, 1, 3}, four_rows.data(), 8, coupled, 7, 3);
+  CHECK_EQ(a.accepted, int64_t(3));
+  CHECK_EQ(a.next_token, int64_t(6));  // position 6
+  a = coupled_accept({4, 2, 3}, four_rows.data(), 8, coupled, 7, 3);
+  CHECK_EQ(a.accepted, int64_t(1));
+  CHECK_EQ(a.next_token, int64_t(1));  // position 4
+
+  // Configuration checks, in the Python runtime's words.
+  CHECK_EQ(std::string(sampling_rule_name(parse_sampling_rule("coupled"))), std::string("coupled"));
+  CHECK(parse_sampling_rule("rejection") == SamplingRule::kRejection);
+  CHECK_THROWS(parse_sampling_rule("gumbel"), RunnerError, "sampling rule 'gumbel' is unknown; choose from rejection, coupled.");
+  SamplingConfig cfg;
+  CHECK(cfg.greedy() && !cfg.coupled() && !cfg.depends_on_draft_lengths());
+  cfg.temperature = 0.8;
+  CHECK(!cfg.greedy() && cfg.depends_on_draft_lengths());
+  cfg.rule = SamplingRule::kCoupled;
+  CHECK(cfg.coupled() && !cfg.depends_on_draft_lengths());
+  cfg.top_p = 0.0;
+  CHECK_THROWS(cfg.validate(), RunnerError, "top_p must be in (0, 1], got 0.0.");
+  cfg.top_p = 1.0;
+  cfg.top_k = -1;
+  CHECK_THROWS(cfg.validate(), RunnerError, "top_k must be >= 0 (0 = off), got -1.");
+  cfg.top_k = 0;
+  cfg.temperature = -1.0;
+  CHECK_THROWS(cfg.validate(), RunnerError, "temperature must be >= 0 (0 = greedy), got -1.0.");
+}
+
+// --------------------------------------------------------------------------- draft policy
+
+CostTable table() {  // tests/test_native_runner.py's COSTS
+  CostTable c;
+  c.decode = 1.0;
+  c.draft_step = 0.05;
+  c.verify = {{2, 1.3}, {3, 1.6}, {4, 1.9}};
+  return c;
+}
+
+void check_plan(const Plan& p, int k, DraftMode mode, double tokens, double seconds, bool probe, int line) {
+  record(p.k == k && p.mode == mode && p.tokens == tokens && p.seconds == seconds && p.probe == probe, __FILE__, line,
+         "plan " + std::to_string(p.k) + " " + draft_mode_name(p.mode) + " " + show(p.tokens) + " " + show(p.seconds) +
+             (p.probe ? " probe" : "") + ", expected " + std::to_string(k) + " " + draft_mode_name(mode) + " " + show(tokens) +
+             " " + show(seconds) + (probe ? " probe" : ""));
+}
+#define CHECK_PLAN(plan, k, mode, tokens, seconds, probe) check_plan(plan, k, mode, tokens, seconds, probe, __LINE__)
+
+void test_draft_policy() {
+  const CostTable costs = table();
+  costs.validate();
+  CHECK_EQ(costs.max_k(), 3);
+  DraftMode mode;
+  CHECK_EQ(costs.round_seconds(0, &mode), 1.0);
+  CHECK(mode == DraftMode::kNone);
+  CHECK_EQ(costs.round_seconds(2, &mode), 0.1 + 1.6);
+  CHECK(mode == DraftMode::kSteps);
+
+  // best_plan: the most expected tokens per second; values from runtime/draft_policy.py's best_plan.
+  CHECK_PLAN(best_plan(costs, {0.5, 0.5, 0.5}, 3), 1, DraftMode::kSteps, 0x1.8p+0, 0x1.599999999999ap+0, false);
+  CHECK_PLAN(best_plan(costs, {0.9, 0.9, 0.9}, 3), 3, DraftMode::kSteps, 0x1.b83126e978d50p+1, 0x1.0666666666666p+1, false);
+  CHECK_PLAN(best_plan(costs, {0.0, 0.0, 0.0}, 3), 0, DraftMode::kNone, 1.0, 1.0, false);
+  CHECK_PLAN(best_plan(costs, {0.9, 0.2, 0.9}, 3), 1, DraftMode::kSteps, 0x1.e666666666666p+0, 0x1.599999999999ap+0, false);
+  CHECK_PLAN(best_plan(costs, {0.9, 0.9, 0.9}, 1), 1, DraftMode::kSteps, 0x1.e666666666666p+0, 0x1.599999999999ap+0, false);
+  CHECK_PLAN(best_plan(costs, {0.9, 0.9, 0.9}, 0), 0, DraftMode::kNone, 1.0, 1.0, false);
+  CHECK_EQ(choose_k(costs, {0.9, 0.9, 0.9}, 3), 3);
+  // A fused draft call cheaper than k steps is used (k = 3: 0.3 s against 3 x 0.2 s).
+  CostTable with_call = costs;
+  with_call.draft_step = 0.2;
+  with_call.draft_call = {{3, 0.3}};
+  with_call.validate();
+  CHECK_PLAN(best_plan(with_call, {0.95, 0.95, 0.95}, 3), 3, DraftMode::kCall, 0x1.dadd2f1a9fbe7p+1, 0x1.1999999999999p+1, false);
+  CHECK_EQ(with_call.round_seconds(2, &mode), 0x1.0p+1);  // no call for 2: steps
+  CHECK(mode == DraftMode::kSteps);
+  // A tie goes to the smaller k: 2 tokens in 2 s is 1 token in 1 s.
+  CostTable tie;
+  tie.decode = 1.0;
+  tie.verify = {{2, 2.0}};
+  CHECK_PLAN(best_plan(tie, {1.0}, 1), 0, DraftMode::kNone, 1.0, 1.0, false);
+  CHECK_EQ(expected_tokens({0.5, 0.5, 0.5}, 3), 0x1.ep+0);
+  CHECK_EQ(expected_tokens({0.9, 0.2, 0.9}, 2), 0x1.0a3d70a3d70a4p+1);
+  CHECK_THROWS(best_plan(costs, {0.5, 0.5}, 3), RunnerError, "max_k = 3 but the cost table covers K <= 3 and the acceptance 2 positions.");
+  CHECK_THROWS(best_plan(costs, {0.5, 1.5, 0.5}, 3), RunnerError, "acceptance[2] = 1.5 is not a probability in [0, 1].");
+
+  // Table checks.
+  CostTable gap = costs;
+  gap.verify.erase(3);
+  CHECK_THROWS(gap.validate(), RunnerError, "cost table: verify is missing length(s) 3: give seconds for every length 2..4.");
+  CostTable zero = costs;
+  zero.decode = 0.0;
+  CHECK_THROWS(zero.validate(), RunnerError, "cost table: decode is 0 seconds; it must be a finite number > 0.");
+  CHECK_EQ(costs.measured("verify", 2, 2.3, 0.5).verify.at(2), 1.3 + 0.5 * (2.3 - 1.3));
+  CHECK_EQ(costs.measured("verify", 1, 3.0, 1.0).decode, 3.0);  // a 1-token verify is a decode
+  CHECK_THROWS(costs.measured("prefill", 1, 1.0, 0.5), RunnerError, "unknown call 'prefill'");
+
+  // The acceptance estimate: AcceptanceEstimate(3).observed(3, 1).rates().
+  const AcceptanceEstimate est = AcceptanceEstimate(3).observed(3, 1);
+  CHECK_EQ(est.rates(), (std::vector<double>{0x1.5555555555555p-1, 0x1.5555555555555p-2, 0x1.0p-1}));
+  CHECK_EQ(est.observed(0, 0).rates(), est.rates());  // a plain round tells nothing
+  CHECK_THROWS(est.observed(2, 3), RunnerError, "a round reports 3 accepted of 2 drafted");
+
+  // The policy over rounds (frozen, probe every 2 plain rounds with 2 drafts): Python's
+  //   p = DraftPolicy(costs, 3, probe_every=2, probe_k=2, frozen=True); p.next_plan();
+  //   3 x p.observe(1, 0); 6 x p.next_plan()
+  DraftPolicyOptions options;
+  options.probe_every = 2;
+  options.probe_k = 2;
+  options.frozen = true;
+  DraftPolicy policy(costs, options);
+  CHECK_EQ(policy.max_k(), 3);
+  CHECK_PLAN(policy.next_plan(), 1, DraftMode::kSteps, 1.5, 0x1.599999999999ap+0, false);  // prior rates 1/2
+  for (int i = 0; i < 3; ++i) policy.observe(1, 0);
+  const double probe_tokens = 0x1.4f226c6a0a49ap+0, probe_seconds = 0x1.b333333333334p+0;
+  for (int round = 0; round < 2; ++round) {
+    CHECK_PLAN(policy.next_plan(), 0, DraftMode::kNone, 1.0, 1.0, false);
+    CHECK_PLAN(policy.next_plan(), 0, DraftMode::kNone, 1.0, 1.0, false);
+    CHECK_PLAN(policy.next_plan(), 2, DraftMode::kSteps, probe_tokens, probe_seconds, true);
+  }
+  CHECK_EQ(policy.histogram(), (std::vector<long long>{4, 1, 2, 0}));
+  CHECK_EQ(policy.plain_rounds(), 4LL);
+  CHECK_EQ(policy.probe_rounds(), 2LL);
+  policy.observe_call("decode", 1, 5.0);  // frozen: timings change nothing
+  CHECK_EQ(policy.costs().decode, 1.0);
+  options.max_k = 4;
+  CHECK_THROWS(DraftPolicy(costs, options), RunnerError, "max_k = 4 but the cost table covers K <= 3.");
+}
+
+// --------------------------------------------------------------------------- manifest (its first checks)
+
+void test_manifest() {
+  const auto dir = fresh_dir("manifest");
+  const std::string bundle = dir.string();
+  CHECK_THROWS(read_manifest(bundle + "/nowhere"), RunnerError, "nowhere: not a folder. Pass a bundle folder written by `mtp-edge export`.");
+  CHECK_THROWS(read_manifest(bundle), RunnerError, "no manifest.json; not a bundle, or its export was interrupted");
+  std::ofstream(dir / "manifest.json") << "{\"schema_version\": 2,}";
+  CHECK_THROWS(read_manifest(bundle), RunnerError, "not valid JSON (expected a string key at offset 21)");
+  std::ofstream(dir / "manifest.json", std::ios::trunc) << "[2]";
+  CHECK_THROWS(read_manifest(bundle), RunnerError, "not a bundle manifest (expected a JSON object)");
+  std::ofstream(dir / "manifest.json", std::ios::trunc) << "{\"schema_version\": 99}";
+  CHECK_THROWS(read_manifest(bundle), RunnerError, "bundle schema_version 99 is not supported; this runner reads schema_version 2");
+  std::filesystem::remove_all(dir);
+}
+
+struct Group {
+  const char* name;
+  void (*run)();
+};
+
+const Group kGroups[] = {
+    {"sha256", test_sha256},
+    {"json", test_json},
+    {"sampling", test_sampling},
+    {"draft_policy", test_draft_policy},
+    {"manifest", test_manifest},
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
+  if (only == "--list") {
+    for (const Group& g : kGroups) std::printf("%s\n", g.name);
+    return 0;
+  }
+  bool found = false, ok = true;
+  for (const Group& g : kGroups) {
+    if (!only.empty() && only != g.name) continue;
+    found = true;
+    const int checks = g_checks, failures = g_failures;
+    try {
+      g.run();
+    } catch (const std::exception& e) {
+      ++g_failures;
+      std::fprintf(stderr, "%s: uncaught exception: %s\n", g.name, e.what());
+    }
+    const int ran = g_checks - checks, failed = g_failures - failures;
+    std::printf("[%s] %d checks, %d failed\n", g.name, ran, failed);
+    if (failed > 0 || ran == 0) ok = false;
+  }
+  if (!found) {
+    std::fprintf(stderr, "unknown test group '%s' (--list names them)\n", only.c_str());
+    return 2;
+  }
+  return ok ? 0 : 1;
+}
