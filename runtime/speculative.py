@@ -130,55 +130,77 @@ class EarlyStop:
     """When a draft stops before its next step, judged from the drafter's top probability p at that
     step (its processed distribution over its candidates), before anything is drawn from it.
 
-    Fixed (--draft-p-min): stop when p < p_min. From the policy's costs (k="auto"): stop when the
-    step's expected gain, S * p tokens (S: the chance that the drafts so far all survive, estimated
-    as the product of their top probabilities), is worth less than the time it adds to the round
-    (one draft step and one more verify token) at the round's expected tokens per second:
-    S * p < step_cost[j] * rate. Greedy and sampling stay exact: a stop depends on distributions,
-    never on the token a step would draw.
+    Fixed (--draft-p-min): stop when p < p_min. From the policy's costs (k="auto"): a round is worth
+    continuing while some longer draft gains more tokens than the time it adds is worth at the
+    planned round's tokens per second. At step j (j drafts kept, this step's call already spent),
+    continuing to m > j drafts gains G(m) = S p + S p a_{j+2} + ... (m - j terms; S: the chance the
+    drafts so far all survive, estimated as the product of their top probabilities; a_i the
+    policy's acceptance) and adds T(m) = cost(m) - cost(j) - draft_step seconds, cost(n) = n draft
+    steps + verify of n + 1 tokens. Stop when G(m) < T(m) * rate for every m up to the plan's k.
+    Looking past the next step matters where verify grows unevenly: the first extra verify token
+    often costs most, and a one-step rule would stop drafts that pay over two or three tokens.
+    Greedy and sampling stay exact: a stop depends on distributions, never on the token a step would draw.
     """
 
     p_min: float = 0.0
-    step_cost: tuple[float, ...] = ()  # seconds the (j+1)-th draft adds to a round
+    round_cost: tuple[float, ...] = ()  # round_cost[n]: seconds of a round with n drafts, n = 0..plan.k
+    draft_step: float = 0.0
+    acceptance: tuple[float, ...] = ()  # a_1..a_k of the policy
     rate: float = 0.0  # expected tokens per second of the planned round
 
     @classmethod
     def from_policy(cls, policy: DraftPolicy, plan) -> EarlyStop:
         costs = policy.costs
-        verify = {1: costs.decode, **costs.verify}
-        step_cost = tuple(costs.draft_step + verify[j + 2] - verify[j + 1] for j in range(plan.k))
-        return cls(step_cost=step_cost, rate=plan.tokens / plan.seconds)
+        round_cost = (costs.decode, *(n * costs.draft_step + costs.verify[n + 1] for n in range(1, plan.k + 1)))
+        return cls(round_cost=round_cost, draft_step=costs.draft_step, acceptance=policy.acceptance.rates()[:plan.k],
+                   rate=plan.tokens / plan.seconds)
 
     def stops(self, step: int, survival: float, p: float) -> bool:
         if p < self.p_min:
             return True
-        return bool(self.step_cost) and survival * p < self.step_cost[step] * self.rate
+        if not self.round_cost:
+            return False
+        gain, s = 0.0, survival * p
+        for m in range(step + 1, len(self.round_cost)):
+            gain = gain + s
+            added = self.round_cost[m] - self.round_cost[step] - self.draft_step
+            if not gain < added * self.rate:
+                return False
+            if m < len(self.acceptance):
+                s = s * self.acceptance[m]  # a_{m+1}: the next draft survives
+        return True
 
 
 def draft(
     backend: Backend, last: int, hidden: torch.Tensor, position: int, k: int, sampling: SamplingConfig, rng: SplitMix64,
     early_stop: EarlyStop | None = None, timer: Callable[[str, int, float], None] | None = None,
 ) -> tuple[list[int], list[torch.Tensor | None]]:
-    """Up to k drafter steps at a constant position, each fed the drafter's own projected hidden."""
+    """Up to k drafter steps at a constant position, each fed the drafter's own projected hidden.
+
+    A step is timed with the work around its call (the stop test, drawing the token): the policy
+    weighs what a step costs the loop, and on a fast backend that work is a good part of it."""
     drafts, probs = [], []
     token, survival = last, 1.0
     for step in range(k):
         started = time.perf_counter()
         out = backend.draft(token, hidden, position, validated_length=position)
-        if timer is not None:
-            timer("draft_step", 1, time.perf_counter() - started)
+        stop = False
         if early_stop is not None:
             p = _top_probability(out.candidate_logits, sampling)
-            if early_stop.stops(step, survival, p):
-                break
+            stop = early_stop.stops(step, survival, p)
             survival *= p
-        if sampling.coupled:  # the noise of the position this draft would take
-            token, q = coupled_draft(out, sampling, sampling.seed, position + 1 + step), None
-        else:
-            token, q = draft_token(out, backend.vocab_size, sampling, rng)
-        drafts.append(token)
-        probs.append(q)
-        hidden = out.hidden
+        if not stop:
+            if sampling.coupled:  # the noise of the position this draft would take
+                token, q = coupled_draft(out, sampling, sampling.seed, position + 1 + step), None
+            else:
+                token, q = draft_token(out, backend.vocab_size, sampling, rng)
+            drafts.append(token)
+            probs.append(q)
+            hidden = out.hidden
+        if timer is not None:
+            timer("draft_step", 1, time.perf_counter() - started)
+        if stop:
+            break
     return drafts, probs
 
 
@@ -198,14 +220,14 @@ def speculative_decode(
     made, how many accepted, the target hidden state that produced the final new token).
     """
     drafts, draft_probs = draft(backend, last, hidden, position, k, sampling, rng, early_stop, timer)
-    started = time.perf_counter()
+    started = time.perf_counter()  # timed with the accept rule, as draft steps are with theirs
     target_logits, target_hidden = backend.verify(torch.tensor([last, *drafts], dtype=torch.long), position)
-    if timer is not None:
-        timer("verify", len(drafts) + 1, time.perf_counter() - started)
     if sampling.coupled:  # verify row j chooses the token at position + 1 + j
         accepted, next_token = coupled_accept(drafts, target_logits, sampling, sampling.seed, position + 1)
     else:
         accepted, next_token = accept_drafts(drafts, draft_probs, target_logits, sampling, rng)
+    if timer is not None:
+        timer("verify", len(drafts) + 1, time.perf_counter() - started)
     return [*drafts[:accepted], next_token], len(drafts), accepted, target_hidden[accepted]
 
 

@@ -96,6 +96,7 @@ RUN_FIRST = [
     "tiny-xnnpack",          # tiny pair fp32 .pte (XNNPACK) + ONNX: test_export_pte, test_clustered_head
     "optimum-cli",           # the same export through optimum-cli and mtp-edge export
     "tiny-portable",         # tiny pair fp32 .pte (portable): test_export_pte, test_native_runner, test_android_bridge
+    "tiny-arm64",            # the same bundle: the runner cross-built for aarch64, run under qemu (test_native_arm64)
     "shipped-eval-onnx",
     "optimum-exported",      # from_pretrained(export=True)
     "quantized-8da4w",       # tiny pair, quantized ONNX graphs

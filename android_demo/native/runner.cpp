@@ -32,28 +32,39 @@ const char* kMethods[] = {"prefill", "verify", "draft"};
 
 // When a draft stops before its next step (speculative.EarlyStop), judged from the drafter's top
 // probability p at that step, before anything is drawn from it. Fixed: p < p_min. From the
-// policy's costs: the step's expected gain survival * p is worth less than the time it adds to the
-// round (a draft step and one more verify token) at the round's expected tokens per second.
+// policy's costs: stop when no longer draft (up to the plan's k) gains more expected tokens than
+// the time it adds is worth at the planned round's tokens per second.
 struct EarlyStop {
   double p_min = 0.0;
-  std::vector<double> step_cost;  // seconds the (j+1)-th draft adds to a round
-  double rate = 0.0;              // expected tokens per second of the planned round
+  std::vector<double> round_cost;  // seconds of a round with n drafts, n = 0..plan.k
+  double draft_step = 0.0;
+  std::vector<double> acceptance;  // a_1..a_k of the policy
+  double rate = 0.0;               // expected tokens per second of the planned round
 
-  // EarlyStop.from_policy, in its order of operations: (draft_step + verify[j + 2]) - verify[j + 1].
-  static EarlyStop from_policy(const CostTable& costs, const Plan& plan) {
+  // EarlyStop.from_policy, in its order of operations: n * draft_step + verify[n + 1].
+  static EarlyStop from_policy(const DraftPolicy& policy, const Plan& plan) {
+    const CostTable& costs = policy.costs();
     EarlyStop out;
-    for (int j = 0; j < plan.k; ++j) {
-      const double longer = costs.verify.at(j + 2);
-      const double shorter = j == 0 ? costs.decode : costs.verify.at(j + 1);
-      out.step_cost.push_back(costs.draft_step + longer - shorter);
-    }
+    out.round_cost.push_back(costs.decode);
+    for (int n = 1; n <= plan.k; ++n) out.round_cost.push_back(static_cast<double>(n) * costs.draft_step + costs.verify.at(n + 1));
+    out.draft_step = costs.draft_step;
+    const std::vector<double> rates = policy.acceptance().rates();
+    out.acceptance.assign(rates.begin(), rates.begin() + std::min<size_t>(rates.size(), static_cast<size_t>(plan.k)));
     out.rate = plan.tokens / plan.seconds;
     return out;
   }
 
   bool stops(int64_t step, double survival, double p) const {
     if (p < p_min) return true;
-    return !step_cost.empty() && survival * p < step_cost[static_cast<size_t>(step)] * rate;
+    if (round_cost.empty()) return false;
+    double gain = 0.0, s = survival * p;
+    for (size_t m = static_cast<size_t>(step) + 1; m < round_cost.size(); ++m) {
+      gain = gain + s;
+      const double added = round_cost[m] - round_cost[static_cast<size_t>(step)] - draft_step;
+      if (!(gain < added * rate)) return false;
+      if (m < acceptance.size()) s = s * acceptance[m];  // a_{m+1}: the next draft survives
+    }
+    return true;
   }
 };
 
@@ -531,7 +542,7 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
       const Plan plan = policy->next_plan();
       k_wanted = plan.k;
       // A probe drafts all its tokens: it exists to measure acceptance (speculative.py).
-      if (!options.draft_p_min && plan.k > 0 && !plan.probe) early_stop = EarlyStop::from_policy(policy->costs(), plan);
+      if (!options.draft_p_min && plan.k > 0 && !plan.probe) early_stop = EarlyStop::from_policy(*policy, plan);
     }
     // A round emits at most k_round + 1 tokens and writes positions position..position + k_round:
     // shrink K so that neither the token budget nor the cache can overflow.
@@ -545,12 +556,15 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
     const float* step_hidden = hidden.data();
     double survival = 1.0;
     for (int64_t j = 0; j < k_round; ++j) {
+      // A step is timed with the work around its call (the stop test, drawing the token), as in speculative.draft.
       const auto call = Clock::now();
       s.draft(token, step_hidden, position, position);
-      timer("draft_step", 1, call);
       if (early_stop) {
         const double p = top_probability(s.candidate_logits.data(), C, sampling);
-        if (early_stop->stops(j, survival, p)) break;
+        if (early_stop->stops(j, survival, p)) {
+          timer("draft_step", 1, call);
+          break;
+        }
         survival *= p;
       }
       if (sampling.coupled()) {  // the noise of the position this draft would take
@@ -565,6 +579,7 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
       drafts.push_back(token);
       draft_hidden = s.draft_hidden_out;
       step_hidden = draft_hidden.data();
+      timer("draft_step", 1, call);
     }
     const int64_t drafted = static_cast<int64_t>(drafts.size());
 
@@ -573,10 +588,10 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
     round_tokens.insert(round_tokens.end(), drafts.begin(), drafts.end());
     const auto call = Clock::now();
     s.verify(round_tokens, position);
-    timer("verify", drafted + 1, call);
     // Coupled: verify row j chooses the token at position + 1 + j.
     const Acceptance verdict = sampling.coupled() ? coupled_accept(drafts, s.logits.data(), V, sampling, sampling.seed, position + 1)
                                                   : accept_drafts(drafts, draft_probs, s.logits.data(), V, sampling, rng);
+    timer("verify", drafted + 1, call);  // with the accept rule, as speculative_decode times it
     fresh.assign(drafts.begin(), drafts.begin() + verdict.accepted);
     fresh.push_back(verdict.next_token);
     hidden.assign(s.hidden.begin() + verdict.accepted * H, s.hidden.begin() + (verdict.accepted + 1) * H);

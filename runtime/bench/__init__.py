@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = add("adaptive", _adaptive, "the shipped pair's demo bundle: plain, each fixed K and --k auto on every backend, "
             "greedy and temperature 0.7 (tok/s, auto against plain and the best fixed K)")
     p.add_argument("--backends", default="eager,pte,onnx,native", help="comma-separated: eager, pte, onnx, native")
-    p.add_argument("--samplings", default="greedy,T=0.7", help="comma-separated: greedy, T=0.7")
+    p.add_argument("--samplings", default="greedy,T=0.7,T=0.7/coupled", help="comma-separated: greedy, T=0.7 (the rejection rule), T=0.7/coupled")
     p.add_argument("--repeats", type=int, default=3, help="runs of every configuration (median)")
     p.add_argument("--new-tokens", type=int, default=64)
 

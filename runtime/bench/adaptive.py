@@ -20,30 +20,37 @@ from tqdm import tqdm
 from mtp_edge.runtime.sampling import SamplingConfig
 from mtp_edge.runtime.speculative import generate
 
-SAMPLINGS = {"greedy": SamplingConfig(), "T=0.7": SamplingConfig(temperature=0.7, seed=0)}
+SAMPLINGS = {
+    "greedy": SamplingConfig(),
+    "T=0.7": SamplingConfig(temperature=0.7, seed=0),  # the rejection rule
+    "T=0.7/coupled": SamplingConfig(temperature=0.7, seed=0, rule="coupled"),
+}
 BACKENDS = ("eager", "pte", "onnx", "native")
 
 
 def _for_prompt(sampling: SamplingConfig, i: int) -> SamplingConfig:
     """Greedy as is; a sampled row seeds each prompt with its index."""
-    return sampling if sampling.temperature == 0 else SamplingConfig(temperature=sampling.temperature, seed=i)
+    return sampling if sampling.temperature == 0 else SamplingConfig(temperature=sampling.temperature, seed=i, rule=sampling.rule)
 
 
-def _python_run(backend, prompts, k, sampling, max_new_tokens: int, eos_ids, max_k: int) -> tuple[float, list, dict]:
-    tokens = seconds = 0.0
+def _python_run(backend, prompts, k, sampling, max_new_tokens: int, eos_ids, max_k: int) -> tuple[float, list, dict, float]:
+    """(tok/s, outputs, rounds per draft length, accepted / drafted)."""
+    tokens = seconds = drafted = accepted = 0.0
     outputs, histogram = [], {}
     for i, prompt in enumerate(prompts):
         result = generate(backend, prompt, k=k, max_k=max_k if k == "auto" else None, max_new_tokens=max_new_tokens,
                           sampling=_for_prompt(sampling, i), eos_ids=eos_ids)
         tokens += result.stats.new_tokens - 1
         seconds += result.stats.decode_s
+        drafted += result.stats.drafted
+        accepted += result.stats.accepted
         outputs.append(result.tokens)
         for n, count in result.stats.k_histogram.items():
             histogram[int(n)] = histogram.get(int(n), 0) + count
-    return tokens / seconds, outputs, histogram
+    return tokens / seconds, outputs, histogram, accepted / drafted if drafted else 0.0
 
 
-def _native_run(bundle, prompts, k, sampling, max_new_tokens: int, max_k: int) -> tuple[float, list, dict]:
+def _native_run(bundle, prompts, k, sampling, max_new_tokens: int, max_k: int) -> tuple[float, list, dict, float]:
     from mtp_edge.runtime.native.validate import request, run_requests
 
     lines = []
@@ -58,7 +65,9 @@ def _native_run(bundle, prompts, k, sampling, max_new_tokens: int, max_k: int) -
     for r in results:
         for n, count in r.stats["k_histogram"].items():
             histogram[int(n)] = histogram.get(int(n), 0) + int(count)
-    return tokens / seconds, [r.tokens for r in results], histogram
+    drafted = sum(r.stats["drafted"] for r in results)
+    acceptance = sum(r.stats["accepted"] for r in results) / drafted if drafted else 0.0
+    return tokens / seconds, [r.tokens for r in results], histogram, acceptance
 
 
 def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: int = 3, max_new_tokens: int = 64,
@@ -84,14 +93,17 @@ def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: in
                 for prompt in prompts[:2]:
                     generate(backend, prompt, k=max_k, max_new_tokens=3 * (max_k + 1), sampling=sampling, eos_ids=eos)
             speeds = {str(c): [] for c in configs}
+            acceptance = {str(c): [] for c in configs if c != 0}
             outputs, histograms = {}, {}
             for r in tqdm(range(repeats), desc=f"bench adaptive {name} {label}", disable=not progress, leave=False):
                 for c in configs[r % len(configs):] + configs[:r % len(configs)]:
                     if backend is None:
-                        tps, out, hist = _native_run(bundle, prompts, c, sampling, max_new_tokens, max_k)
+                        tps, out, hist, rate = _native_run(bundle, prompts, c, sampling, max_new_tokens, max_k)
                     else:
-                        tps, out, hist = _python_run(backend, prompts, c, sampling, max_new_tokens, eos, max_k)
+                        tps, out, hist, rate = _python_run(backend, prompts, c, sampling, max_new_tokens, eos, max_k)
                     speeds[str(c)].append(tps)
+                    if c != 0:
+                        acceptance[str(c)].append(rate)
                     outputs.setdefault(str(c), out)
                     if c == "auto":
                         for n, count in hist.items():
@@ -108,6 +120,8 @@ def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: in
                 "auto_over_best_fixed": median["auto"] / median[best_fixed],
                 "auto_over_best": median["auto"] / max(median["0"], median[best_fixed]),
                 "auto_k_histogram": {str(n): histograms[n] for n in sorted(histograms)},
+                # accepted / drafted per configuration (mean over repeats): the sampling rules compare here.
+                "acceptance": {c: statistics.fmean(v) for c, v in acceptance.items()},
                 # Greedy: every configuration's tokens equal plain decoding's.
                 "token_identical": (all(out == outputs["0"] for out in outputs.values())
                                     if sampling.temperature == 0 else None),
@@ -118,10 +132,13 @@ def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: in
 
 def format_adaptive(report: dict) -> str:
     configs = list(report["rows"][0]["tokens_per_s"]) if report["rows"] else []
-    head = ["backend", "sampling", *[("plain" if c == "0" else f"K={c}") for c in configs], "auto/plain", "auto/best"]
+    head = ["backend", "sampling", *[("plain" if c == "0" else f"K={c}") for c in configs], "auto/plain", "auto/best",
+            "accepted at K max"]
     lines = [" | ".join(head)]
     for row in report["rows"]:
+        top = configs[-2] if len(configs) > 2 else None  # the largest fixed K
         cells = [row["backend"], row["sampling"], *[f"{row['tokens_per_s'][c]:.1f}" for c in configs],
-                 f"{row['auto_over_plain']:.2f}x", f"{row['auto_over_best']:.2f}x"]
+                 f"{row['auto_over_plain']:.2f}x", f"{row['auto_over_best']:.2f}x",
+                 f"{row['acceptance'][top]:.0%}" if top in row.get("acceptance", {}) else "-"]
         lines.append(" | ".join(cells))
     return "\n".join(lines)

@@ -398,10 +398,15 @@ def add_validate(subparsers) -> None:
     p = subparsers.add_parser("validate", help="build the native (C++) runner and check it gives the Python runtime's tokens",
                               description="Runs a bundle's demo prompts through the native runner (android_demo/native, "
                               "built on first use into the cache folder) and the Python pte backend: greedy and seeded "
-                              "sampling at the bundle's K, greedy K=0. Exit code 1 when any tokens differ.")
+                              "sampling at the bundle's K, greedy K=0. Exit code 1 when any tokens differ. --arch arm64 "
+                              "cross-builds the runner for aarch64 and runs it under qemu-aarch64 (needs "
+                              "g++-12-aarch64-linux-gnu and qemu-user; `make arm64-tools`).")
     p.add_argument("bundle", metavar="BUNDLE_DIR", type=BUNDLE_DIR, help="a bundle with a .pte (written by mtp-edge export)")
     p.add_argument("--max-new-tokens", type=WholeNumber(1), default=64)
     p.add_argument("--num-prompts", type=WholeNumber(1), default=None, help="use the first N demo prompts (default: all)")
+    p.add_argument("--arch", choices=["native", "arm64"], default="native",
+                   help="native: this machine's runner (default); arm64: the runner cross-built for aarch64 Linux, run "
+                   "under qemu-aarch64 (a quantized bundle's tokens may differ from x86's: reported, not a failure)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_validate)
 
@@ -410,7 +415,7 @@ def cmd_validate(args) -> int:
     from mtp_edge.runtime.commands.render import format_validate
     from mtp_edge.runtime.native.validate import validate_bundle
 
-    report = validate_bundle(args.bundle, max_new_tokens=args.max_new_tokens, num_prompts=args.num_prompts)
+    report = validate_bundle(args.bundle, max_new_tokens=args.max_new_tokens, num_prompts=args.num_prompts, arch=args.arch)
     sys.stdout.write(json.dumps(report) + "\n" if args.json else format_validate(report))
     return 0 if report["ok"] else 1
 

@@ -4,6 +4,10 @@
 into the cache folder ($MTP_EDGE_CACHE or ~/.cache/mtp-edge)/native/<hash>, with progress lines
 on stderr; `jni_library()` is the JNI bridge of the same build. Running it and comparing its
 tokens with the Python runtime's (`mtp-edge validate`) is native/validate.py.
+
+`arch`: "native" (this machine, the default) or "arm64": cross-built for aarch64 Linux against the
+aarch64 build of the same wheel into native/arm64-<hash>, and run under qemu-aarch64
+(`runner_command()`; the toolchain, the wheel and qemu are native/arm64.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from mtp_edge.models.errors import MtpEdgeError
 RUNNER_NAME = "mtp_edge_runner"
 MIN_CMAKE = (3, 28)  # the wheel's imported targets need it (older CMake garbles their $ORIGIN run paths)
 SOURCE_GLOBS = ("*.h", "*.c", "*.cpp", "CMakeLists.txt", "jni/*.cpp", "jni/*.h", "tests/*.cpp", "tests/*.h")
+ARCHES = ("native", "arm64")
 JNI_LIBRARY = {"darwin": "libmtp_edge_jni.dylib", "win32": "mtp_edge_jni.dll"}.get(sys.platform, "libmtp_edge_jni.so")
 
 
@@ -38,6 +43,12 @@ class NativeError(MtpEdgeError, RuntimeError):
 def log_progress(message: str, enabled: bool) -> None:
     if enabled:
         print(f"[native] {message}", file=sys.stderr, flush=True)
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHES:
+        raise NativeError(f"arch {arch!r} is unknown; choose from {', '.join(ARCHES)}.")
+    return arch
 
 
 # --------------------------------------------------------------------------- build
@@ -107,8 +118,10 @@ def _compiler() -> str:
                       "install one, e.g. apt-get install g++.")
 
 
-def source_hash(folder: Path | None = None) -> str:
-    """Key of a build: the sources' names and bytes, and the ExecuTorch install they link against."""
+def source_hash(folder: Path | None = None, *, arch: str = "native") -> str:
+    """Key of a build: the sources' names and bytes, and the ExecuTorch install they link against
+    (for arm64: the aarch64 wheel's version, the cross compiler and the toolchain file)."""
+    check_arch(arch)
     folder = folder or source_dir()
     digest = hashlib.sha256()
     files = sorted({p for pattern in SOURCE_GLOBS for p in folder.glob(pattern)})
@@ -120,7 +133,12 @@ def source_hash(folder: Path | None = None) -> str:
         version = metadata.version("executorch")
     except Exception:  # noqa: BLE001 - an unusual install; the path below still keys it
         version = "?"
-    digest.update(f"executorch={version}@{executorch_cmake_dir()}".encode())
+    if arch == "native":
+        digest.update(f"executorch={version}@{executorch_cmake_dir()}".encode())
+    else:
+        from . import arm64
+
+        digest.update(f"arch={arch};{arm64.build_key()}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -130,11 +148,27 @@ def native_cache_root() -> Path:
     return cache_root() / "native"
 
 
-def build_runner(*, progress: bool = True, jobs: int | None = None) -> Path:
-    """The runner executable, built first if its sources (or the ExecuTorch wheel) changed."""
+def build_dir(arch: str = "native", src: Path | None = None) -> Path:
+    """The cache folder of the current sources' build for `arch`: native/<hash>, native/arm64-<hash>."""
+    key = source_hash(src or source_dir(), arch=arch)
+    return native_cache_root() / (key if arch == "native" else f"{arch}-{key}")
+
+
+def _configure_arguments(arch: str, out: Path, progress: bool) -> tuple[list[str], str]:
+    """(the CMake configure arguments that choose the compiler and the ExecuTorch package, compiler)."""
+    if arch == "native":
+        compiler = _compiler()
+        return [f"-Dexecutorch_DIR={executorch_cmake_dir()}", f"-DCMAKE_CXX_COMPILER={compiler}"], compiler
+    from . import arm64
+
+    return arm64.cmake_arguments(out, progress=progress)
+
+
+def build_runner(*, progress: bool = True, jobs: int | None = None, arch: str = "native") -> Path:
+    """The runner executable for `arch`, built first if its sources (or the ExecuTorch wheel) changed.
+    An arm64 executable runs here through runner_command()."""
     src = source_dir()
-    key = source_hash(src)
-    out = native_cache_root() / key
+    out = build_dir(arch, src)
     exe = out / "build" / RUNNER_NAME
     stamp = out / "built.json"
     if stamp.is_file() and exe.is_file():
@@ -148,17 +182,17 @@ def build_runner(*, progress: bool = True, jobs: int | None = None) -> Path:
         if stamp.is_file() and exe.is_file():
             return exe
         cmake, version = cmake_executable()
-        compiler = _compiler()
+        arguments, compiler = _configure_arguments(arch, out, progress)
         build = out / "build"
         log = out / "build.log"
         started = time.perf_counter()
-        configure = [cmake, "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                     f"-Dexecutorch_DIR={executorch_cmake_dir()}", f"-DCMAKE_CXX_COMPILER={compiler}"]
+        configure = [cmake, "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *arguments]
         if shutil.which("ninja") and not (build / "CMakeCache.txt").exists():
             configure += ["-G", "Ninja"]
         jobs = jobs or max(1, os.cpu_count() or 1)
         steps = [("configuring", configure), (f"compiling ({jobs} jobs)", [cmake, "--build", str(build), "-j", str(jobs)])]
-        log_progress(f"building {RUNNER_NAME} from {src} into {out} (CMake {'.'.join(map(str, version))})", progress)
+        log_progress(f"building {RUNNER_NAME}{'' if arch == 'native' else ' for ' + arch} from {src} into {out} "
+                     f"(CMake {'.'.join(map(str, version))})", progress)
         with open(log, "w") as log_file:
             for what, command in steps:
                 log_progress(what, progress)
@@ -170,10 +204,21 @@ def build_runner(*, progress: bool = True, jobs: int | None = None) -> Path:
                                       f"(exit {done.returncode}): {_first_error(log)}; full log: {log}")
         if not exe.is_file():
             raise NativeError(f"the build finished but {exe} is missing; full log: {log}")
-        stamp.write_text(json.dumps({"sources": str(src), "cmake": cmake, "compiler": compiler,
+        stamp.write_text(json.dumps({"sources": str(src), "arch": arch, "cmake": cmake, "compiler": compiler,
                                      "seconds": round(time.perf_counter() - started, 1)}) + "\n")
         log_progress(f"built {exe} ({time.perf_counter() - started:.1f}s)", progress)
     return exe
+
+
+def runner_command(exe: Path, arch: str = "native", *, progress: bool = False) -> tuple[list[str], dict | None, str | None]:
+    """(argv, environment or None for this process's, emulated CPU or None) that run the runner `exe`
+    built for `arch`: itself natively; under qemu-aarch64 for arm64 (native/arm64.launcher)."""
+    if check_arch(arch) == "native":
+        return [str(exe)], None, None
+    from . import arm64
+
+    prefix, env, cpu = arm64.launcher(progress=progress)
+    return [*prefix, str(exe)], env, cpu
 
 
 def jni_library(*, progress: bool = True, jobs: int | None = None) -> Path:
