@@ -6,7 +6,7 @@
     tokenizer.json   the target's tokenizer, when its checkpoint folder has one
     config.json      the target's transformers config and generation config, when its folder has
     generation_config.json   them (for transformers / optimum users: MtpEdgeModelForCausalLM.config)
-    manifest.json    schema_version 2: configs, method signatures, cache layout, K, prefill chunk,
+    manifest.json    schema_version 3: configs, method signatures, cache layout, K, prefill chunk,
                      EOS ids, quantization recipe, versions, and the sha256 of every artifact;
                      `formats` lists which of pte / onnx the bundle holds
 
@@ -47,6 +47,7 @@ from .manifest import (
     Quantization,
     RuntimeContract,
     Sources,
+    program_metadata,
     read_manifest,
     sha256_file,
 )
@@ -144,6 +145,8 @@ def write_bundle(
             info = export_pte(
                 target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
                 backend=settings.backend, quantized=not recipes["pte"].is_none, consume=True, progress=progress,
+                metadata=program_metadata(k=k, max_seq_len=max_seq_len, vocab_size=target.cfg.vocab_size,
+                                          prefill_chunk=prefill_chunk, pad_token=PAD_TOKEN, eos_ids=target.cfg.eos_token_ids),
             )
             artifacts["program"] = Artifact.of(tmp, PROGRAM_FILE)
             methods = {name: MethodSignature.from_json(sig) for name, sig in info["methods"].items()}

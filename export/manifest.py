@@ -1,6 +1,6 @@
 """The bundle contract: manifest.json as frozen dataclasses, read and checked in one place.
 
-    BundleManifest                  the whole manifest (schema_version 2)
+    BundleManifest                  the whole manifest (schema_version 3)
       .target_config                models.config.DecoderConfig of the target
       .drafter_config               models.config.DrafterConfig of the drafter
       .formats                      ("pte",), ("onnx",) or ("pte", "onnx"): what the bundle holds
@@ -42,8 +42,27 @@ from typing import Any
 from mtp_edge.models.errors import MtpEdgeError
 
 # 2: the .pte's verify takes any token count 1..K+1 (methods.verify.lengths; no decode method) where
-# schema 1 had a verify of exactly K + 1 tokens and a decode; older bundles are refused (re-export them).
-SCHEMA_VERSION = 2
+# schema 1 had a verify of exactly K + 1 tokens and a decode.
+# 3: the .pte carries its runtime metadata as constant methods (PROGRAM_METADATA).
+# Older bundles are refused (re-export them).
+SCHEMA_VERSION = 3
+OLDER_SCHEMAS = {1: "schema 1 bundles verify at one padded length",
+                 2: "schema 2 programs carry no runtime metadata (get_k, get_max_seq_len, ...)"}
+
+# Runtime metadata in the program itself, as ExecuTorch's and optimum-executorch's LLM exports put it:
+# constant methods (no inputs; an int, or a list of ints as that many outputs) a runner reads with
+# Module::get / execute before it runs anything. manifest.json keeps provenance and hashes; where both
+# say the same thing, a runner checks that they agree (a manifest edited to lie is caught early).
+PROGRAM_METADATA = ("get_schema_version", "get_k", "get_max_seq_len", "get_vocab_size", "get_prefill_chunk",
+                    "get_pad_token", "get_eos_ids")
+
+
+def program_metadata(*, k: int, max_seq_len: int, vocab_size: int, prefill_chunk: int, pad_token: int,
+                     eos_ids) -> dict[str, int | list[int]]:
+    """The constant methods export/pte.py puts in a bundle's program (PROGRAM_METADATA, in that order)."""
+    return {"get_schema_version": SCHEMA_VERSION, "get_k": int(k), "get_max_seq_len": int(max_seq_len),
+            "get_vocab_size": int(vocab_size), "get_prefill_chunk": int(prefill_chunk), "get_pad_token": int(pad_token),
+            "get_eos_ids": [int(i) for i in eos_ids]}
 BUNDLE_FORMAT = "mtp-edge-bundle"
 MANIFEST = "manifest.json"
 FORMATS = ("pte", "onnx")
@@ -330,7 +349,7 @@ def drafter_config_from_json(d: Mapping):
 
 @dataclass(frozen=True)
 class BundleManifest:
-    """manifest.json of a bundle (schema_version 2), as write_bundle writes it.
+    """manifest.json of a bundle (schema_version 3), as write_bundle writes it.
 
     methods / backend are empty / None in a bundle without a .pte, onnx empty without ONNX graphs;
     source is None when the manifest does not record it.
@@ -411,7 +430,7 @@ class BundleManifest:
             raise BundleError(f"{origin}: not a bundle manifest (expected a JSON object).")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            why = " (schema 1 bundles verify at one padded length)" if version == 1 else ""
+            why = f" ({OLDER_SCHEMAS[version]})" if version in OLDER_SCHEMAS else ""
             raise BundleError(
                 f"{origin}: bundle schema_version {version!r} is not supported{why}; this mtp-edge reads schema_version "
                 f"{SCHEMA_VERSION}. Re-export the bundle with this version of mtp-edge."

@@ -83,6 +83,7 @@ from mtp_edge.models import Gemma4Drafter, Gemma4Target, MtpEdgeError
 from mtp_edge.models.components import ACTIVATIONS, RotateHalfByMatmul, batched_matmul, gelu_tanh_elementwise, rotate_half
 
 from .graph_passes import InferTheSymbolicDimOfViews
+from .manifest import PROGRAM_METADATA
 from .executorch_compat import (
     edge_compile_config,
     patched_for_export,
@@ -350,16 +351,21 @@ class _Progress:
 
 
 def planned_buffer_sizes(executorch_program) -> dict[str, list[int]]:
-    """Method -> non_const_buffer_sizes: [0 (reserved), activations arena, shared mutable arena]."""
-    return {plan.name: list(plan.non_const_buffer_sizes) for plan in executorch_program.execution_plan}
+    """Method -> non_const_buffer_sizes: [0 (reserved), activations arena, shared mutable arena]
+    (the compute methods; the constant metadata methods plan no memory)."""
+    return {plan.name: list(plan.non_const_buffer_sizes) for plan in executorch_program.execution_plan
+            if plan.name not in PROGRAM_METADATA}
 
 
 def inspect_program(pte_path: str | Path) -> dict:
     """Read back a .pte's memory plan: per method its planned arena sizes, its operators, and
-    where each named mutable buffer lives (memory id, offset), straight from the serialized program."""
+    where each named mutable buffer lives (memory id, offset), straight from the serialized program.
+    The constant metadata methods (manifest.PROGRAM_METADATA) are left out: they compute nothing."""
     program = read_program(Path(pte_path).read_bytes())
     methods = {}
     for plan in program.execution_plan:
+        if plan.name in PROGRAM_METADATA:
+            continue
         buffers = {}
         for value in plan.values:
             val = value.val
@@ -395,10 +401,13 @@ def export_pte(
     backend: str = "xnnpack",
     quantized: bool = False,
     methods: tuple[str, ...] | None = None,
+    metadata: dict[str, int | list[int]] | None = None,
     consume: bool = False,
     progress: bool = True,
 ) -> dict:
     """Export the pair to out_path (written to a temporary name, renamed at the end).
+
+    `metadata`: constant methods to add (manifest.program_metadata: K, context, vocabulary, ...).
 
     `methods` keeps a subset of prefill / verify / draft (default all three): a draft-only program
     is what `bench head` times.
@@ -455,7 +464,8 @@ def export_pte(
         partitioner = [xnnpack_partitioner()] if backend == "xnnpack" else []
         with patched_for_export():  # executorch 1.5.1 workarounds, all in export/executorch_compat.py
             edge = to_edge_transform_and_lower(exported, transform_passes=[InferTheSymbolicDimOfViews()],
-                                               partitioner=partitioner, compile_config=edge_compile_config())
+                                               partitioner=partitioner, compile_config=edge_compile_config(),
+                                               constant_methods=metadata)
             del exported
             release_lowered_copies(edge)
             step(f"to_edge_transform_and_lower ({backend})")

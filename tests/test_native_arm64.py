@@ -85,6 +85,8 @@ def test_validate_arch_arm64_command(arm64_runner, tiny_bundle):
     assert report["arch"] == "arm64" and report["runner"] == str(arm64_runner)
     assert report["qemu_cpu"] == arm64.qemu_cpu(arm64.tools()["qemu"])
     assert report["ok"] and report["tokens_must_match"] and report["tokens_identical"]  # fp32: the same tokens as x86
+    top1 = report["top1_agreement"]  # teacher-forced target argmax, ARM vs x86, at every position
+    assert top1["positions"] >= 2 * 24 and top1["agreement"] == 1.0 and top1["first_disagreement"] == [None, None]
     assert all(c["token_identical"] and c["first_divergence"] == [None, None] for c in report["cases"])
     assert report["native_speculative_equals_plain"] and report["native_auto_equals_plain"]
 

@@ -301,6 +301,62 @@ def test_unknown_schema_version_is_refused(runner, bundle_copy):
     assert f"bundle schema_version 99 is not supported; this runner reads schema_version {SCHEMA_VERSION}" in msg
 
 
+def _relist_program(folder: Path) -> None:
+    """Update the manifest's sha256 and size of model.pte after a test replaced it (to reach the checks past the hash)."""
+    import hashlib
+
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    data = (folder / PROGRAM_FILE).read_bytes()
+    manifest["artifacts"]["program"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    path.write_text(json.dumps(manifest))
+
+
+@TINY
+def test_a_program_without_runtime_metadata_is_refused(runner, bundle_copy):
+    """A schema 2 bundle (no constant methods in its program): refused with the fix, by both runtimes."""
+    from executorch.exir import to_edge
+
+    from mtp_edge.export.bundle import BundleError
+
+    class Old(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    program = to_edge(torch.export.export(Old(), (torch.ones(1),))).to_executorch()
+    (bundle_copy / PROGRAM_FILE).write_bytes(program.buffer)
+    _relist_program(bundle_copy)
+    fix = "it was exported before bundle schema 3. Re-export the bundle with this version of mtp-edge."
+    assert "the program has no runtime metadata (constant method(s) get_schema_version, get_k," in _error(_run(runner, bundle_copy))
+    assert fix in _error(_run(runner, bundle_copy))
+    with pytest.raises(BundleError, match="the program has no runtime metadata") as e:
+        PteBackend(bundle_copy)
+    assert fix in str(e.value)
+    path = bundle_copy / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["schema_version"] = 2
+    path.write_text(json.dumps(manifest))
+    assert "schema_version 2 is not supported (schema 2 programs carry no runtime metadata" in _error(_run(runner, bundle_copy))
+
+
+@TINY
+@pytest.mark.parametrize("field, lie, told", [
+    ("context", lambda m: m["cache"].update(max_seq_len=MAX_SEQ // 2), f"max_seq_len = {MAX_SEQ // 2}, but the program was exported with {MAX_SEQ}"),
+    ("eos", lambda m: m.update(eos_token_ids=[7, 8]), "eos_ids = [7, 8], but the program was exported with ["),
+])
+def test_a_manifest_that_lies_is_caught_before_any_method_runs(runner, bundle_copy, field, lie, told):
+    from mtp_edge.export.bundle import BundleError
+
+    path = bundle_copy / MANIFEST
+    manifest = json.loads(path.read_text())
+    lie(manifest)
+    path.write_text(json.dumps(manifest))
+    assert told in _error(_run(runner, bundle_copy))
+    with pytest.raises(BundleError, match="the manifest was edited or belongs to another export") as e:
+        PteBackend(bundle_copy)
+    assert told in str(e.value)
+
+
 @TINY
 def test_requests_the_bundle_cannot_serve(runner, tiny_bundle):
     msg = _error(_run(runner, tiny_bundle, requests=[{"prompt": [1] * MAX_SEQ, "k": 0}]))

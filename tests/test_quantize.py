@@ -135,6 +135,30 @@ def shipped_pte(request, shared_export, demo_cache):
     return read_manifest(bundle).quantization.recipe_for("pte"), bundle
 
 
+@pytest.mark.native
+@pytest.mark.xdist_group("shipped-demo")
+@pytest.mark.parametrize("shipped_pte", ["demo"], indirect=True)
+def test_arm64_runs_the_default_recipe_as_x86_does(shipped_pte):
+    """The shipped pair's default .pte (8da8w+emb8, XNNPACK) on the runner cross-built for arm64, under
+    qemu (cortex-a76: XNNPACK's dot-product int8 kernels): its target's top-1 agrees with x86's at
+    >= 99% of teacher-forced positions, and speculative == plain on ARM itself."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe, bundle = shipped_pte
+    done = subprocess.run([str(Path(sys.executable).with_name("mtp-edge")), "validate", str(bundle), "--arch", "arm64", "--json",
+                           "--num-prompts", "2", "--max-new-tokens", "24"], capture_output=True, text=True, timeout=1200)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, (report.get("top1_agreement"), done.stderr[-2000:])
+    assert report["arch"] == "arm64" and report["quantization"] == recipe and not report["tokens_must_match"]
+    top1 = report["top1_agreement"]
+    assert top1["positions"] >= 2 * 24 and top1["agreement"] >= 0.99
+    assert report["native_speculative_equals_plain"] and report["native_auto_equals_plain"]
+    assert report["native_coupled_auto_equals_plain"]
+
+
 def test_shipped_programs_are_lossless(shipped_pte):
     recipe, bundle = shipped_pte
     runner = open_bundle(bundle, "pte")

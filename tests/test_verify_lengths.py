@@ -145,9 +145,9 @@ def _edit_manifest(folder, edit) -> None:
 
 
 def test_schema_1_bundles_are_refused_with_the_fix(bundle_copy):
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     _edit_manifest(bundle_copy, lambda m: m.update(schema_version=1))
-    with pytest.raises(BundleError, match=r"schema_version 1 is not supported.*reads schema_version 2\. Re-export the bundle") as e:
+    with pytest.raises(BundleError, match=r"schema_version 1 is not supported.*reads schema_version 3\. Re-export the bundle") as e:
         PteBackend(bundle_copy)
     assert "\n" not in str(e.value)
 

@@ -15,12 +15,15 @@
 // request, flushed as soon as it is done: {"tokens": [...], "stats": {...}} with the Python
 // GenerationStats.as_dict() fields (k_histogram, plain_rounds, early_stops, policy) plus
 // decode_methods_s / runner_s / runner_per_round_s (the runner's own time, methods excluded).
+// {"score": [ids]} instead asks for the target's argmax after each id, teacher-forced (Runner::score):
+// answered {"argmax": [...]}; validate --arch arm64 compares ARM's with x86's.
 // Any error: one line "error: ..." on stderr and exit code 2, after the results already written.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -37,6 +40,7 @@ using mtp_edge::json::Value;
 
 struct Request {
   std::vector<int64_t> prompt;
+  std::optional<std::vector<int64_t>> score;  // a score request: teacher-forced argmax, no generation
   mtp_edge::GenerateOptions options;  // k: auto by default
 };
 
@@ -56,14 +60,20 @@ Request parse_request(const std::string& line) {
     throw RunnerError(std::string("not valid JSON (") + e.what() + "); write one JSON object per line.");
   }
   static const std::set<std::string> known = {"prompt", "k", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
-                                              "rule", "max_k", "draft_p_min", "costs"};
+                                              "rule", "max_k", "draft_p_min", "costs", "score"};
   Request r;  // k: auto unless given
   try {
     for (const auto& member : doc.as_object("a request")) {
       if (known.count(member.first) == 0) {
         throw RunnerError("unknown field \"" + member.first + "\"; a request takes prompt, k, max_new_tokens, temperature, top_k, "
-                          "top_p, seed, rule, max_k, draft_p_min, costs.");
+                          "top_p, seed, rule, max_k, draft_p_min, costs (or score alone).");
       }
+    }
+    if (const Value* score = doc.find("score")) {
+      if (doc.as_object("a request").size() != 1) throw RunnerError("a score request takes \"score\" alone: {\"score\": [2, 17, 9]}.");
+      r.score.emplace();
+      for (const Value& id : score->as_array("score")) r.score->push_back(id.as_int("a score token id"));
+      return r;
     }
     const Value* prompt = doc.find("prompt");
     if (prompt == nullptr) throw RunnerError("no \"prompt\": give the prompt's token ids, e.g. {\"prompt\": [2, 17, 9]}.");
@@ -159,8 +169,14 @@ int run(int argc, char** argv) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines separate nothing
     try {
       const Request r = parse_request(line);
-      const auto generation = runner.generate(r.prompt, r.options);
-      std::printf("%s\n", result_line(generation).c_str());
+      if (r.score) {
+        const std::vector<int64_t> best = runner.score(*r.score);
+        std::string out = "{\"argmax\": [";
+        for (size_t i = 0; i < best.size(); ++i) out += (i ? ", " : "") + std::to_string(best[i]);
+        std::printf("%s]}\n", out.c_str());
+      } else {
+        std::printf("%s\n", result_line(runner.generate(r.prompt, r.options)).c_str());
+      }
       std::fflush(stdout);
     } catch (const RunnerError& e) {
       return fail("request line " + std::to_string(number) + ": " + e.what());

@@ -102,7 +102,9 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
   const Value* version = doc.find("schema_version");
   std::string version_text = version == nullptr ? "None" : version->is_number() ? std::to_string(static_cast<long long>(version->as_double("schema_version"))) : "(not a number)";
   if (version == nullptr || !version->is_number() || version->as_double("schema_version") != double(kSchemaVersion)) {
-    const std::string why = version_text == "1" ? " (schema 1 bundles verify at one padded length)" : "";
+    const std::string why = version_text == "1"   ? " (schema 1 bundles verify at one padded length)"
+                            : version_text == "2" ? " (schema 2 programs carry no runtime metadata (get_k, get_max_seq_len, ...))"
+                                                  : "";
     throw RunnerError(path + ": bundle schema_version " + version_text + " is not supported" + why + "; this runner reads schema_version " +
                       std::to_string(kSchemaVersion) + ". Re-export the bundle with this version of mtp-edge (or rebuild the runner from the matching sources).");
   }

@@ -14,7 +14,11 @@ namespace mtp_edge {
 
 // 2: the program's verify takes any token count 1..K+1 (methods.verify.lengths; no decode method)
 // where schema 1 had a verify of exactly K + 1 tokens; other versions are refused (re-export the bundle).
-constexpr int64_t kSchemaVersion = 2;
+constexpr int64_t kSchemaVersion = 3;
+// Schema 3's program carries the runtime metadata as constant methods (export/manifest.py
+// PROGRAM_METADATA); the runner reads them before anything else and checks them against the manifest.
+constexpr const char* kProgramMetadata[] = {"get_schema_version", "get_k",         "get_max_seq_len", "get_vocab_size",
+                                            "get_prefill_chunk",  "get_pad_token", "get_eos_ids"};
 
 struct Manifest {
   std::string bundle_dir;

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <set>
+#include <unordered_set>
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -291,6 +292,45 @@ struct Runner::Impl {
   }
 };
 
+// The program's constant methods (kProgramMetadata) against the manifest, as PteBackend._check_metadata:
+// a schema 2 program has none, and a manifest edited to lie about K, context or vocabulary is caught here,
+// before any method runs.
+static void check_program_metadata(Module& module, const Manifest& m, const std::unordered_set<std::string>* names) {
+  std::string absent;
+  for (const char* name : kProgramMetadata) {
+    if (names == nullptr || names->count(name) == 0) absent += (absent.empty() ? "" : ", ") + std::string(name);
+  }
+  if (!absent.empty()) {
+    throw RunnerError(m.program_path + ": the program has no runtime metadata (constant method(s) " + absent +
+                      "); it was exported before bundle schema " + std::to_string(kSchemaVersion) +
+                      ". Re-export the bundle with this version of mtp-edge.");
+  }
+  const std::vector<std::pair<const char*, std::vector<int64_t>>> expected = {
+      {"get_schema_version", {kSchemaVersion}}, {"get_k", {m.k}}, {"get_max_seq_len", {m.max_seq_len}},
+      {"get_vocab_size", {m.vocab_size}}, {"get_prefill_chunk", {m.prefill_chunk}}, {"get_pad_token", {m.pad_token}},
+      {"get_eos_ids", m.eos_token_ids}};
+  for (const auto& [name, want] : expected) {
+    auto values = module.execute(name);
+    std::vector<int64_t> got;
+    if (values.ok()) {
+      for (const EValue& v : *values) {
+        if (v.isInt()) got.push_back(v.toInt());
+      }
+    }
+    if (!values.ok() || got != want) {
+      auto list = [](const std::vector<int64_t>& xs, bool bracket) {
+        std::string out;
+        for (size_t i = 0; i < xs.size(); ++i) out += (i ? ", " : "") + std::to_string(xs[i]);
+        return bracket ? "[" + out + "]" : out;
+      };
+      const bool is_list = std::string(name) == "get_eos_ids";
+      throw RunnerError(m.program_path + ": manifest.json says " + std::string(name).substr(4) + " = " + list(want, is_list) +
+                        ", but the program was exported with " + (values.ok() ? list(got, is_list) : "an unreadable value") +
+                        "; the manifest was edited or belongs to another export. Export the bundle again.");
+    }
+  }
+}
+
 Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::make_unique<Impl>()) {
   Impl& s = *impl_;
   s.m = read_manifest(bundle_dir, verify_hash);
@@ -306,6 +346,7 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
                       "); re-export the bundle.");
   }
   auto names = s.module->method_names();
+  check_program_metadata(*s.module, m, names.ok() ? &*names : nullptr);
   for (const std::string name : kMethods) {
     if (name == "draft" && !m.has_drafter) continue;
     if (!names.ok() || names->count(name) == 0) {
@@ -382,6 +423,27 @@ void Runner::check_request(const std::vector<int64_t>& prompt, int64_t k, int64_
     }
   }
   if (max_new_tokens < 1) throw RunnerError("max_new_tokens must be >= 1, got " + std::to_string(max_new_tokens) + ".");
+}
+
+std::vector<int64_t> Runner::score(const std::vector<int64_t>& tokens) {
+  Impl& s = *impl_;
+  const Manifest& m = s.m;
+  const int64_t total = static_cast<int64_t>(tokens.size());
+  if (total < 1 || total > m.max_seq_len) {
+    throw RunnerError("score takes 1.." + std::to_string(m.max_seq_len) + " tokens on this bundle, got " + std::to_string(total) + ".");
+  }
+  for (int64_t t : tokens) {
+    if (t < 0 || t >= m.vocab_size) {
+      throw RunnerError("token id " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(m.vocab_size) + ").");
+    }
+  }
+  std::vector<int64_t> out;
+  for (int64_t start = 0; start < total; start += m.k + 1) {
+    const int64_t n = std::min(m.k + 1, total - start);
+    s.verify(std::vector<int64_t>(tokens.begin() + start, tokens.begin() + start + n), start);
+    for (int64_t i = 0; i < n; ++i) out.push_back(argmax(s.logits.data() + i * m.vocab_size, m.vocab_size));
+  }
+  return out;
 }
 
 CostTable Runner::measure_costs(int64_t max_k, int repeats) {

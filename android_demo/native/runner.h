@@ -111,6 +111,12 @@ class Runner {
   Generation generate(const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,
                       const SamplingConfig& sampling, const std::function<void(int64_t)>& on_token = nullptr);
 
+  // The target's argmax after each of `tokens` (row i predicts token i + 1), teacher-forced through
+  // verify calls of up to K + 1 tokens from position 0: what `validate --arch arm64` compares between
+  // ARM and x86 kernels (native/validate.teacher_forced_argmax is the Python side). Overwrites the
+  // cache; the next generate prefills again.
+  std::vector<int64_t> score(const std::vector<int64_t>& tokens);
+
   // runtime/tuning.py's measure_costs: times decode, verify of 2..max_k + 1 tokens and one draft
   // step from position 0 (fastest of `repeats` after one untimed call each); a prefill overwrites
   // those positions afterwards.

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from mtp_edge.export.bundle import BundleError, read_manifest
+from mtp_edge.export.manifest import PROGRAM_METADATA, SCHEMA_VERSION, program_metadata
 from mtp_edge.export.pte import PAD_TOKEN
 
 from ..backend import DraftOutput
@@ -51,6 +52,7 @@ class PteBackend:
             self.program = Runtime.get().load_program(path)
         except Exception as e:  # the pybindings raise RuntimeError/ValueError with an error code
             raise BundleError(f"{path}: ExecuTorch could not load the program ({e}); re-export the bundle.") from None
+        self._check_metadata(path)
         missing = set(m.methods) - set(self.program.method_names)
         if missing:
             raise BundleError(f"{path}: the program lacks method(s) {sorted(missing)} listed in manifest.json; re-export the bundle.")
@@ -68,6 +70,23 @@ class PteBackend:
             raise BundleError(f"{path}: manifest.json lists {took}; this runtime verifies 1..{self.k + 1} tokens "
                               f"(K={self.k}). Re-export the bundle.")
         self.dtype = getattr(torch, verify.output("hidden").dtype)
+
+    def _check_metadata(self, path: Path) -> None:
+        """The program's constant methods (manifest.PROGRAM_METADATA) agree with manifest.json, as the native runner checks."""
+        absent = [name for name in PROGRAM_METADATA if name not in self.program.method_names]
+        if absent:
+            raise BundleError(f"{path}: the program has no runtime metadata (constant method(s) {', '.join(absent)}); it was "
+                              f"exported before bundle schema {SCHEMA_VERSION}. Re-export the bundle with this version of mtp-edge.")
+        m = self.manifest
+        expected = program_metadata(k=m.k, max_seq_len=m.cache.max_seq_len, vocab_size=m.vocab_size,
+                                    prefill_chunk=m.prefill_chunk, pad_token=m.runtime.pad_token_for_padding,
+                                    eos_ids=m.eos_token_ids)
+        for name, want in expected.items():
+            got = [int(v) for v in self.program.load_method(name).execute([])]
+            if got != (want if isinstance(want, list) else [want]):
+                said = got if isinstance(want, list) else (got[0] if got else None)
+                raise BundleError(f"{path}: manifest.json says {name.removeprefix('get_')} = {want}, but the program was exported "
+                                  f"with {said}; the manifest was edited or belongs to another export. Export the bundle again.")
 
     def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
         started = time.perf_counter()

@@ -201,10 +201,16 @@ def format_validate(report: dict) -> str:
             where_ = ", ".join(f"prompt {i}: token {d}" for i, d in enumerate(row["first_divergence"]) if d is not None)
             lines.append(f"{row['case']}: first differing token {where_}")
     lines.append(f"native greedy speculative == native greedy K=0: {'yes' if report['native_speculative_equals_plain'] else 'NO'}")
+    top1 = report.get("top1_agreement")
+    if top1:
+        lines.append(f"{arch} vs x86 target top-1 (teacher-forced): {top1['agreeing']}/{top1['positions']} positions agree "
+                     f"({top1['agreement']:.2%}; at least 99% required)")
     lines.append("us/round: time per round outside the ExecuTorch method calls (sampling, accept rule, copies, bookkeeping)")
     if arch != "native":
         lines.append(f"{arch} tok/s and us/round are emulated (qemu-aarch64 on this machine), not a phone's")
-    if not report["ok"]:
+    if top1 and top1["agreement"] < 0.99:
+        lines.append(f"MISMATCH: the {arch} target's top-1 leaves x86's at more than 1% of positions")
+    elif not report["ok"]:
         lines.append("MISMATCH: the native runner's tokens differ from the Python runtime's (see identical)"
                      if report.get("tokens_identical", True) is False and report.get("tokens_must_match", True) else
                      "MISMATCH: on the runner itself, speculative (K, auto) tokens differ from its K=0 tokens")

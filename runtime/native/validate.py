@@ -31,6 +31,29 @@ from .build import NativeError, build_runner, log_progress, runner_command
 class NativeResult:
     tokens: list[int]
     stats: dict  # GenerationStats.as_dict() fields + decode_methods_s, runner_s, runner_per_round_s
+    argmax: list[int] | None = None  # a score request's answer: the target's argmax after each token
+
+# validate --arch arm64 on a quantized bundle: the share of teacher-forced positions where ARM's target
+# argmax must equal x86's (int8 kernels may round differently; more disagreement is a broken bundle).
+TOP1_AGREEMENT_FLOOR = 0.99
+
+
+def score_request(tokens) -> dict:
+    """A request for the target's teacher-forced argmax after each token (no generation)."""
+    return {"score": [int(t) for t in tokens]}
+
+
+def teacher_forced_argmax(backend, tokens: list[int]) -> list[int]:
+    """The Python pte backend's side of a score request: verify calls of up to K + 1 tokens from position 0."""
+    import torch
+
+    out = []
+    for start in range(0, len(tokens), backend.k + 1):
+        chunk = torch.tensor(tokens[start:start + backend.k + 1], dtype=torch.long)
+        logits, _ = backend.verify(chunk, start)
+        out.extend(int(i) for i in logits.argmax(dim=-1))
+    backend.rollback(0)
+    return out
 
 
 def request(prompt, *, k: int | str = "auto", max_new_tokens: int, sampling=None, max_k: int | None = None,
@@ -71,7 +94,10 @@ def run_requests(bundle_dir: str | Path, requests: list[dict], *, runner: Path |
     for line in done.stdout.splitlines():
         if line.strip():
             doc = json.loads(line)
-            results.append(NativeResult(doc["tokens"], doc["stats"]))
+            if "argmax" in doc:
+                results.append(NativeResult([], {}, doc["argmax"]))
+            else:
+                results.append(NativeResult(doc["tokens"], doc["stats"]))
     if done.returncode != 0:
         raise NativeError(runner_error(done.returncode, done.stderr), done.returncode, results)
     if len(results) != len(requests):
@@ -257,6 +283,18 @@ def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_pro
             "python_runner_s_per_round": (python_decode - python_methods) / python_rounds if python_rounds else 0.0,
             "native_tokens": [r.tokens for r in n_nat],
         })
+    top1 = None
+    if arch != "native":
+        # ARM's target against x86's on the same text (each prompt + x86's greedy output), position by position.
+        sequences = [p + g.tokens for p, (g, _) in zip(prompts, python[2 * len(prompts):3 * len(prompts)])]
+        sequences = [seq[:backend.max_seq_len] for seq in sequences]
+        log_progress(f"top-1 agreement: {sum(map(len, sequences))} teacher-forced positions on {arch} and x86", progress)
+        arm = run_requests(bundle_dir, [score_request(seq) for seq in sequences], runner=exe, arch=arch)
+        x86 = [teacher_forced_argmax(backend, seq) for seq in sequences]
+        same = sum(a == b for r, ref in zip(arm, x86) for a, b in zip(r.argmax, ref))
+        total = sum(len(ref) for ref in x86)
+        top1 = {"positions": total, "agreeing": same, "agreement": same / total if total else 1.0,
+                "first_disagreement": [first_divergence(r.argmax, ref) for r, ref in zip(arm, x86)]}
     by_case = {row["case"]: row["native_tokens"] for row in rows}
     greedy_plain = by_case["greedy K=0"]
     recipe = manifest.quantization.recipe_for("pte")
@@ -281,9 +319,12 @@ def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_pro
         "native_speculative_equals_plain": by_case[f"greedy K={k}"] == greedy_plain,
         "native_auto_equals_plain": by_case["greedy K=auto"] == greedy_plain,
         "native_coupled_auto_equals_plain": by_case["coupled K=auto"] == by_case["coupled K=0"],
+        # arch != native: the target's teacher-forced argmax on the runner's arch against x86's.
+        "top1_agreement": top1,
     }
     report["tokens_identical"] = all(row["token_identical"] and row["k_histograms_identical"] for row in rows)
     report["ok"] = ((report["tokens_identical"] or not tokens_must_match)
+                    and (top1 is None or top1["agreement"] >= TOP1_AGREEMENT_FLOOR)
                     and report["native_speculative_equals_plain"] and report["native_auto_equals_plain"]
                     and report["native_coupled_auto_equals_plain"])
     return report

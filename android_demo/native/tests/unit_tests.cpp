@@ -539,7 +539,9 @@ void test_manifest() {
   std::ofstream(dir / "manifest.json", std::ios::trunc) << "[2]";
   CHECK_THROWS(read_manifest(bundle), RunnerError, "not a bundle manifest (expected a JSON object)");
   std::ofstream(dir / "manifest.json", std::ios::trunc) << "{\"schema_version\": 99}";
-  CHECK_THROWS(read_manifest(bundle), RunnerError, "bundle schema_version 99 is not supported; this runner reads schema_version 2");
+  CHECK_THROWS(read_manifest(bundle), RunnerError, "bundle schema_version 99 is not supported; this runner reads schema_version 3");
+  std::ofstream(dir / "manifest.json", std::ios::trunc) << "{\"schema_version\": 2}";
+  CHECK_THROWS(read_manifest(bundle), RunnerError, "bundle schema_version 2 is not supported (schema 2 programs carry no runtime metadata");
   std::filesystem::remove_all(dir);
 }
 
