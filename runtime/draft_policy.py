@@ -15,7 +15,12 @@ first rejection, or the bonus token after k acceptances. By linearity of expecta
 
 (the same as sum over m = 0..k of P(exactly m accepted) * (m + 1), which is how the tests check it).
 The policy picks the k in 0..max_k with the largest E(k) / cost(k), where cost(0) = decode and
-cost(k) = min(k * draft_step, draft_call[k]) + verify[k + 1]; ties go to the smaller k.
+cost(k) = min(k * draft_step, draft_call[k]) + verify[k + 1]; ties go to the smaller k. Drafting
+must beat plain decoding by `margin` (5%): the acceptance estimate is noisy, and where drafting
+barely pays on paper (a fast .pte), rounds drafted on a lucky estimate lose more than a near-tie
+could win. While plain decoding wins, a probe round drafts anyway every probe_every plain rounds;
+each probe that leaves plain decoding ahead doubles that wait (up to 16x), and a drafting win
+resets it, so a drafter that does not pay on this device costs less and less.
 
 Portability: the decision uses IEEE double +, -, *, / and comparisons only, each in a fixed order,
 so android_demo/native/draft_policy.cpp built with -ffp-contract=off (no fused a*b+c, which
@@ -40,6 +45,9 @@ class DraftPolicyError(MtpEdgeError, ValueError):
 class CostTableError(DraftPolicyError):
     """A cost table with a missing, unknown or impossible entry; the message names the field."""
 
+
+# While probes keep losing to plain decoding, the wait between them doubles up to this many times probe_every.
+MAX_PROBE_BACKOFF = 16
 
 # The calls a backend can time, as observe_call names them.
 CALLS = ("decode", "verify", "draft_step", "draft_call")
@@ -277,8 +285,9 @@ class Plan:
         return self.tokens / self.seconds
 
 
-def best_plan(costs: CostTable, acceptance: Sequence[float] | AcceptanceEstimate, max_k: int) -> Plan:
-    """The round with the most expected tokens per second among k = 0..max_k; ties go to the smaller k."""
+def best_plan(costs: CostTable, acceptance: Sequence[float] | AcceptanceEstimate, max_k: int, margin: float = 0.0) -> Plan:
+    """The round with the most expected tokens per second among k = 0..max_k; ties go to the smaller k.
+    A k > 0 must beat plain decoding's rate by the factor 1 + margin."""
     rates = acceptance.rates() if isinstance(acceptance, AcceptanceEstimate) else tuple(acceptance)
     if not 0 <= max_k <= min(costs.max_k, len(rates)):
         raise DraftPolicyError(
@@ -287,8 +296,10 @@ def best_plan(costs: CostTable, acceptance: Sequence[float] | AcceptanceEstimate
     for i, a in enumerate(rates[:max_k], 1):
         if not 0.0 <= a <= 1.0:  # also rejects NaN
             raise DraftPolicyError(f"acceptance[{i}] = {a!r} is not a probability in [0, 1].")
+    if not (isinstance(margin, (int, float)) and 0.0 <= margin < math.inf):
+        raise DraftPolicyError(f"margin must be a finite number >= 0, got {margin!r}.")
     best = Plan(0, "none", 1.0, costs.decode)
-    best_rate = 1.0 / costs.decode
+    best_rate = (1.0 / costs.decode) * (1.0 + margin)
     tokens, survive = 1.0, 1.0
     for k in range(1, max_k + 1):
         # E(k) built on E(k - 1) in the same order as expected_tokens, so both agree bit for bit.
@@ -301,8 +312,8 @@ def best_plan(costs: CostTable, acceptance: Sequence[float] | AcceptanceEstimate
     return best
 
 
-def choose_k(costs: CostTable, acceptance: Sequence[float] | AcceptanceEstimate, max_k: int) -> int:
-    return best_plan(costs, acceptance, max_k).k
+def choose_k(costs: CostTable, acceptance: Sequence[float] | AcceptanceEstimate, max_k: int, margin: float = 0.0) -> int:
+    return best_plan(costs, acceptance, max_k, margin).k
 
 
 class DraftPolicy:
@@ -311,7 +322,9 @@ class DraftPolicy:
     Call next_plan() (or next_k()) once before each round, then observe() with what the round did,
     and observe_call() with any timings. Probing: when k = 0 looks best for `probe_every` rounds
     in a row, the next round drafts `probe_k` tokens anyway, so a drafter that starts doing better
-    (the text got easier) is noticed. Counted in rounds, not time, so seeded runs repeat.
+    (the text got easier) is noticed; each probe after which plain decoding still wins doubles the
+    wait (at most MAX_PROBE_BACKOFF times probe_every), a drafting win resets it. Counted in rounds,
+    not time, so seeded runs repeat. margin: drafting must beat plain decoding by this fraction.
     frozen: timings never change the costs, so decisions depend only on the seeded tokens.
     """
 
@@ -325,6 +338,7 @@ class DraftPolicy:
         probe_k: int = 2,
         timing_weight: float = 0.1,
         frozen: bool = False,
+        margin: float = 0.05,
     ):
         self.max_k = costs.max_k if max_k is None else max_k
         if not 0 <= self.max_k <= costs.max_k:
@@ -345,15 +359,20 @@ class DraftPolicy:
         self.probe_k = min(probe_k, self.max_k)
         self.timing_weight = timing_weight
         self.frozen = frozen
+        if not (isinstance(margin, (int, float)) and 0.0 <= margin < math.inf):
+            raise DraftPolicyError(f"margin must be a finite number >= 0, got {margin!r}.")
+        self.margin = float(margin)
+        self.probe_interval = probe_every  # plain rounds until the next probe; doubles while probes lose
         self.plain_streak = 0  # rounds in a row where k = 0 won
         self.histogram = [0] * (self.max_k + 1)  # rounds per k handed out, probes included
         self.probe_rounds = 0
 
     def next_plan(self) -> Plan:
-        plan = best_plan(self.costs, self.acceptance, self.max_k)
+        plan = best_plan(self.costs, self.acceptance, self.max_k, self.margin)
         if plan.k == 0 and self.probe_k > 0 and self.probe_every > 0:
-            if self.plain_streak >= self.probe_every:
+            if self.plain_streak >= self.probe_interval:
                 self.plain_streak = 0
+                self.probe_interval = min(2 * self.probe_interval, MAX_PROBE_BACKOFF * self.probe_every)
                 self.probe_rounds += 1
                 k = self.probe_k
                 seconds, mode = self.costs.round_seconds(k)
@@ -362,6 +381,7 @@ class DraftPolicy:
                 self.plain_streak += 1
         elif plan.k > 0:
             self.plain_streak = 0
+            self.probe_interval = self.probe_every
         self.histogram[plan.k] += 1
         return plan
 

@@ -212,12 +212,12 @@ def test_probes_turn_drafting_back_on_after_acceptance_improves():
 def test_policy_stats_count_rounds():
     costs = CostTable(decode=1.0, draft_step=0.5, verify={2: 3.0, 3: 4.0})
     policy = DraftPolicy(costs, probe_every=3, probe_k=1)
-    ks = [policy.next_k() for _ in range(8)]
-    assert ks == [0, 0, 0, 1, 0, 0, 0, 1]
+    ks = [policy.next_k() for _ in range(12)]
+    assert ks == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0]  # a probe that loses doubles the wait for the next
     stats = policy.stats()
-    assert stats["rounds"] == 8
-    assert stats["k_histogram"] == {0: 6, 1: 2}
-    assert stats["plain_rounds"] == 6 and stats["probe_rounds"] == 2
+    assert stats["rounds"] == 12
+    assert stats["k_histogram"] == {0: 10, 1: 2}
+    assert stats["plain_rounds"] == 10 and stats["probe_rounds"] == 2
     assert CostTable.from_json(stats["costs"]) == costs
     json.dumps(stats)  # ready for a log line
 
@@ -342,11 +342,12 @@ def scenario(rng: random.Random) -> tuple[list[str], list[tuple]]:
     decay = rng.choice([1.0, 0.5, 0.75, rng.uniform(0.5, 1.0)])
     probe_every, probe_k = rng.randint(0, 5), rng.randint(1, 3)
     weight, frozen = rng.choice([1.0, rng.uniform(0.01, 1.0)]), rng.random() < 0.3
+    margin = rng.choice([0.0, 0.05, rng.uniform(0.0, 0.3)])
 
     h = float.hex
     lines = [" ".join(["costs", h(costs.decode), h(costs.draft_step), *map(h, costs.verify.values())])]
     lines += [f"call {k} {h(s)}" for k, s in costs.draft_call.items()]
-    lines.append(f"policy {max_k} {h(pa)} {h(pr)} {h(decay)} {probe_every} {probe_k} {h(weight)} {int(frozen)}")
+    lines.append(f"policy {max_k} {h(pa)} {h(pr)} {h(decay)} {probe_every} {probe_k} {h(weight)} {int(frozen)} {h(margin)}")
     policy = DraftPolicy(
         costs,
         max_k,
@@ -355,6 +356,7 @@ def scenario(rng: random.Random) -> tuple[list[str], list[tuple]]:
         probe_k=probe_k,
         timing_weight=weight,
         frozen=frozen,
+        margin=margin,
     )
 
     def drafter():
@@ -438,12 +440,12 @@ def test_cpp_port_reports_malformed_tables(driver):
         driver,
         [
             "costs 1 0 1 -1",
-            "policy -1 1 1 1 1 1 1 0",
+            "policy -1 1 1 1 1 1 1 0 0",
             "costs 1 0 1",
             "call 2 0.1",
-            "policy -1 1 1 1 1 1 1 0",
+            "policy -1 1 1 1 1 1 1 0 0",
             "costs 1 0 1 1",
-            "policy -1 1 1 1 1 1 1 0",
+            "policy -1 1 1 1 1 1 1 0 0",
             "observe 3 0",
         ],
     )

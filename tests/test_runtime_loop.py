@@ -147,3 +147,31 @@ def test_bad_sampling(kwargs, message):
     with pytest.raises(GenerationError) as info:
         SamplingConfig(**kwargs)
     assert message in str(info.value)
+
+
+def test_two_threads_on_one_backend_run_one_after_the_other(backend_for):
+    """Generations from two threads on one backend object give exactly their single-threaded tokens."""
+    import threading
+
+    backend = backend_for(64)
+    prompts = [[2, 3, 5, 7], [11, 13]]
+    alone = [generate(backend, p, k=3, max_new_tokens=24).tokens for p in prompts]
+    results = [[] for _ in prompts]
+
+    def worker(i):
+        for _ in range(3):
+            results[i].append(generate(backend, prompts[i], k=3, max_new_tokens=24).tokens)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [[a] * 3 for a in alone]
+
+
+def test_a_generation_inside_a_generation_on_one_backend_is_refused(backend_for):
+    backend = backend_for(64)
+    with pytest.raises(GenerationError, match="from inside a generation on that same backend"):
+        generate(backend, [2, 3], k=2, max_new_tokens=4, on_token=lambda t: generate(backend, [4], max_new_tokens=2))
+    assert generate(backend, [2, 3], max_new_tokens=3).tokens  # the lock was released

@@ -2,7 +2,9 @@
 // same order of operations; change both together.
 #include "draft_policy.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "errors.h"
@@ -178,7 +180,7 @@ double expected_tokens(const std::vector<double>& acceptance, int k) {
   return tokens;
 }
 
-Plan best_plan(const CostTable& costs, const std::vector<double>& acceptance, int max_k) {
+Plan best_plan(const CostTable& costs, const std::vector<double>& acceptance, int max_k, double margin) {
   if (max_k < 0 || max_k > costs.max_k() || max_k > static_cast<int>(acceptance.size())) {
     throw RunnerError("max_k = " + std::to_string(max_k) + " but the cost table covers K <= " +
                       std::to_string(costs.max_k()) + " and the acceptance " + std::to_string(acceptance.size()) +
@@ -190,9 +192,12 @@ Plan best_plan(const CostTable& costs, const std::vector<double>& acceptance, in
                         " is not a probability in [0, 1].");
     }
   }
+  if (!(margin >= 0.0 && margin < std::numeric_limits<double>::infinity())) {
+    throw RunnerError("margin must be a finite number >= 0, got " + number(margin) + ".");
+  }
   Plan best;
   best.seconds = costs.decode;
-  double best_rate = 1.0 / costs.decode;
+  double best_rate = (1.0 / costs.decode) * (1.0 + margin);
   double tokens = 1.0, survive = 1.0;
   for (int k = 1; k <= max_k; ++k) {
     survive = survive * acceptance[k - 1];
@@ -208,17 +213,19 @@ Plan best_plan(const CostTable& costs, const std::vector<double>& acceptance, in
   return best;
 }
 
-int choose_k(const CostTable& costs, const std::vector<double>& acceptance, int max_k) {
-  return best_plan(costs, acceptance, max_k).k;
+int choose_k(const CostTable& costs, const std::vector<double>& acceptance, int max_k, double margin) {
+  return best_plan(costs, acceptance, max_k, margin).k;
 }
 
 DraftPolicy::DraftPolicy(const CostTable& costs, const DraftPolicyOptions& options)
     : costs_(costs),
       max_k_(options.max_k < 0 ? costs.max_k() : options.max_k),
       probe_every_(options.probe_every),
+      probe_interval_(options.probe_every),
       probe_k_(options.probe_k),
       timing_weight_(options.timing_weight),
-      frozen_(options.frozen) {
+      frozen_(options.frozen),
+      margin_(options.margin) {
   costs_.validate();
   if (max_k_ > costs_.max_k()) {
     throw RunnerError("max_k = " + std::to_string(max_k_) + " but the cost table covers K <= " +
@@ -227,6 +234,9 @@ DraftPolicy::DraftPolicy(const CostTable& costs, const DraftPolicyOptions& optio
   if (probe_every_ < 0 || probe_k_ < 1) {
     throw RunnerError("probe_every must be >= 0 (0 = never) and probe_k >= 1; got " + std::to_string(probe_every_) +
                       ", " + std::to_string(probe_k_) + ".");
+  }
+  if (!(margin_ >= 0.0 && margin_ < std::numeric_limits<double>::infinity())) {
+    throw RunnerError("margin must be a finite number >= 0, got " + number(margin_) + ".");
   }
   if (!(timing_weight_ > 0.0 && timing_weight_ <= 1.0)) {
     throw RunnerError("timing_weight must be in (0, 1], got " + number(timing_weight_) + ".");
@@ -242,10 +252,11 @@ DraftPolicy::DraftPolicy(const CostTable& costs, const DraftPolicyOptions& optio
 
 Plan DraftPolicy::next_plan() {
   const std::vector<double> rates = acceptance_.rates();
-  Plan plan = best_plan(costs_, rates, max_k_);
+  Plan plan = best_plan(costs_, rates, max_k_, margin_);
   if (plan.k == 0 && probe_k_ > 0 && probe_every_ > 0) {
-    if (plain_streak_ >= probe_every_) {
+    if (plain_streak_ >= probe_interval_) {
       plain_streak_ = 0;
+      probe_interval_ = std::min(2 * probe_interval_, kMaxProbeBackoff * probe_every_);
       ++probe_rounds_;
       plan.k = probe_k_;
       plan.seconds = costs_.round_seconds(plan.k, &plan.mode);
@@ -256,6 +267,7 @@ Plan DraftPolicy::next_plan() {
     }
   } else if (plan.k > 0) {
     plain_streak_ = 0;
+    probe_interval_ = probe_every_;
   }
   ++histogram_[plan.k];
   return plan;

@@ -3,7 +3,8 @@
 // Each round it picks the k in 0..max_k with the most expected tokens per second,
 //   E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k       (a_i: draft i accepted given 1..i-1 were)
 //   cost(0) = decode,  cost(k) = min(k * draft_step, draft_call[k]) + verify[k + 1],
-// ties to the smaller k, and drafts probe_k tokens anyway after probe_every plain rounds in a row.
+// ties to the smaller k, k > 0 only when it beats plain decoding by `margin`, and drafts probe_k tokens
+// anyway after probe_every plain rounds in a row (a wait that doubles while probes keep losing).
 // The derivation is in the Python module's docstring.
 //
 // Same decisions as Python from the same inputs: only double +, -, *, / and comparisons, in the
@@ -63,8 +64,12 @@ struct Plan {
   bool probe = false;
 };
 
-Plan best_plan(const CostTable& costs, const std::vector<double>& acceptance, int max_k);
-int choose_k(const CostTable& costs, const std::vector<double>& acceptance, int max_k);
+// A k > 0 must beat plain decoding's rate by the factor 1 + margin.
+Plan best_plan(const CostTable& costs, const std::vector<double>& acceptance, int max_k, double margin = 0.0);
+int choose_k(const CostTable& costs, const std::vector<double>& acceptance, int max_k, double margin = 0.0);
+
+// While probes keep losing to plain decoding, the wait between them doubles up to this many times probe_every.
+constexpr int kMaxProbeBackoff = 16;
 
 struct DraftPolicyOptions {
   int max_k = -1;  // -1: the cost table's K
@@ -75,6 +80,7 @@ struct DraftPolicyOptions {
   int probe_k = 2;
   double timing_weight = 0.1;
   bool frozen = false;  // timings never change the costs
+  double margin = 0.05;  // drafting must beat plain decoding by this fraction
   // Where the estimate starts (the runner's last live generation), instead of the prior; used
   // when it covers max_k positions, as DraftPolicy(acceptance=...) in Python.
   std::optional<AcceptanceEstimate> acceptance;
@@ -103,9 +109,11 @@ class DraftPolicy {
   AcceptanceEstimate acceptance_;
   int max_k_;
   int probe_every_;
+  int probe_interval_;  // plain rounds until the next probe; doubles while probes lose
   int probe_k_;
   double timing_weight_;
   bool frozen_;
+  double margin_;
   int plain_streak_ = 0;
   std::vector<long long> histogram_;
   long long probe_rounds_ = 0;

@@ -4,7 +4,10 @@
 #include <chrono>
 #include <cstring>
 #include <limits>
+#include <atomic>
+#include <mutex>
 #include <set>
+#include <thread>
 #include <unordered_set>
 
 #include <executorch/extension/module/module.h>
@@ -31,42 +34,12 @@ double seconds_since(Clock::time_point start) {
 
 const char* kMethods[] = {"prefill", "verify", "draft"};
 
-// When a draft stops before its next step (speculative.EarlyStop), judged from the drafter's top
-// probability p at that step, before anything is drawn from it. Fixed: p < p_min. From the
-// policy's costs: stop when no longer draft (up to the plan's k) gains more expected tokens than
-// the time it adds is worth at the planned round's tokens per second.
+// --draft-p-min (speculative.EarlyStop): a draft stops before a step whose drafter top probability
+// p is below p_min, judged before anything is drawn from it. k = auto does not stop drafts on its own
+// (a cost-based rule stopped drafts that paid: see the Python docstring).
 struct EarlyStop {
   double p_min = 0.0;
-  std::vector<double> round_cost;  // seconds of a round with n drafts, n = 0..plan.k
-  double draft_step = 0.0;
-  std::vector<double> acceptance;  // a_1..a_k of the policy
-  double rate = 0.0;               // expected tokens per second of the planned round
-
-  // EarlyStop.from_policy, in its order of operations: n * draft_step + verify[n + 1].
-  static EarlyStop from_policy(const DraftPolicy& policy, const Plan& plan) {
-    const CostTable& costs = policy.costs();
-    EarlyStop out;
-    out.round_cost.push_back(costs.decode);
-    for (int n = 1; n <= plan.k; ++n) out.round_cost.push_back(static_cast<double>(n) * costs.draft_step + costs.verify.at(n + 1));
-    out.draft_step = costs.draft_step;
-    const std::vector<double> rates = policy.acceptance().rates();
-    out.acceptance.assign(rates.begin(), rates.begin() + std::min<size_t>(rates.size(), static_cast<size_t>(plan.k)));
-    out.rate = plan.tokens / plan.seconds;
-    return out;
-  }
-
-  bool stops(int64_t step, double survival, double p) const {
-    if (p < p_min) return true;
-    if (round_cost.empty()) return false;
-    double gain = 0.0, s = survival * p;
-    for (size_t m = static_cast<size_t>(step) + 1; m < round_cost.size(); ++m) {
-      gain = gain + s;
-      const double added = round_cost[m] - round_cost[static_cast<size_t>(step)] - draft_step;
-      if (!(gain < added * rate)) return false;
-      if (m < acceptance.size()) s = s * acceptance[m];  // a_{m+1}: the next draft survives
-    }
-    return true;
-  }
+  bool stops(double p) const { return p < p_min; }
 };
 
 // speculative._top_probability: the largest entry of the drafter's processed distribution over
@@ -205,6 +178,32 @@ std::string stats_json(const GenerationStats& s) {
 struct Runner::Impl {
   Manifest m;
   std::unique_ptr<Module> module;
+
+  // The cache holds one sequence: calls from several threads run one after the other, never
+  // interleaved (speculative.one_generation_per_backend). A generation started from inside one on
+  // the same runner (an on_token callback) would deadlock, and is refused; measure_costs, which
+  // generate calls itself, runs inside the caller's turn.
+  std::mutex busy;
+  std::atomic<std::thread::id> owner{};
+  struct Turn {
+    Impl& s;
+    bool locked = false;
+    Turn(Impl& impl, bool nested_ok) : s(impl) {
+      if (s.owner.load() == std::this_thread::get_id()) {
+        if (nested_ok) return;
+        throw RunnerError("generate was called on a runner from inside a generation on that same runner (an on_token callback?); "
+                          "open a second runner, or generate after this one returns.");
+      }
+      s.busy.lock();
+      locked = true;
+      s.owner.store(std::this_thread::get_id());
+    }
+    ~Turn() {
+      if (!locked) return;
+      s.owner.store(std::thread::id());
+      s.busy.unlock();
+    }
+  };
 
   std::vector<int64_t> prefill_tokens, verify_tokens, one_token, start_pos, logits_at, position, validated_length;
   std::vector<float> draft_hidden_in;
@@ -427,6 +426,7 @@ void Runner::check_request(const std::vector<int64_t>& prompt, int64_t k, int64_
 
 std::vector<int64_t> Runner::score(const std::vector<int64_t>& tokens) {
   Impl& s = *impl_;
+  const Impl::Turn turn(s, /*nested_ok=*/false);
   const Manifest& m = s.m;
   const int64_t total = static_cast<int64_t>(tokens.size());
   if (total < 1 || total > m.max_seq_len) {
@@ -448,6 +448,7 @@ std::vector<int64_t> Runner::score(const std::vector<int64_t>& tokens) {
 
 CostTable Runner::measure_costs(int64_t max_k, int repeats) {
   Impl& s = *impl_;
+  const Impl::Turn turn(s, /*nested_ok=*/true);
   const Manifest& m = s.m;
   if (max_k < 0 || max_k > (m.has_drafter ? m.k : 0) || max_k + 1 > m.max_seq_len) {
     throw RunnerError("measure_costs: max_k = " + std::to_string(max_k) + " is outside 0.." + std::to_string(m.has_drafter ? m.k : 0) +
@@ -498,6 +499,7 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, int64_t k, int64
 
 Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOptions& options,
                             const std::function<void(int64_t)>& on_token) {
+  const Impl::Turn turn(*impl_, /*nested_ok=*/false);
   const SamplingConfig& sampling = options.sampling;
   const int64_t max_new_tokens = options.max_new_tokens;
   check_request(prompt, options.k, max_new_tokens, sampling);
@@ -599,13 +601,7 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
       early_stop.emplace();
       early_stop->p_min = *options.draft_p_min;
     }
-    int64_t k_wanted = k;
-    if (policy) {
-      const Plan plan = policy->next_plan();
-      k_wanted = plan.k;
-      // A probe drafts all its tokens: it exists to measure acceptance (speculative.py).
-      if (!options.draft_p_min && plan.k > 0 && !plan.probe) early_stop = EarlyStop::from_policy(*policy, plan);
-    }
+    const int64_t k_wanted = policy ? policy->next_plan().k : k;
     // A round emits at most k_round + 1 tokens and writes positions position..position + k_round:
     // shrink K so that neither the token budget nor the cache can overflow.
     const int64_t k_round = std::min({k_wanted, remaining - 1, m.max_seq_len - 1 - position});
@@ -616,18 +612,13 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
     draft_probs.clear();
     int64_t token = out.back();
     const float* step_hidden = hidden.data();
-    double survival = 1.0;
     for (int64_t j = 0; j < k_round; ++j) {
       // A step is timed with the work around its call (the stop test, drawing the token), as in speculative.draft.
       const auto call = Clock::now();
       s.draft(token, step_hidden, position, position);
-      if (early_stop) {
-        const double p = top_probability(s.candidate_logits.data(), C, sampling);
-        if (early_stop->stops(j, survival, p)) {
-          timer("draft_step", 1, call);
-          break;
-        }
-        survival *= p;
+      if (early_stop && early_stop->stops(top_probability(s.candidate_logits.data(), C, sampling))) {
+        timer("draft_step", 1, call);
+        break;
       }
       if (sampling.coupled()) {  // the noise of the position this draft would take
         token = coupled_draft(s.candidate_ids.data(), s.candidate_logits.data(), C, s.draft_argmax, sampling, sampling.seed,

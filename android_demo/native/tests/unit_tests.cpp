@@ -503,7 +503,7 @@ void test_draft_policy() {
 
   // The policy over rounds (frozen, probe every 2 plain rounds with 2 drafts): Python's
   //   p = DraftPolicy(costs, 3, probe_every=2, probe_k=2, frozen=True); p.next_plan();
-  //   3 x p.observe(1, 0); 6 x p.next_plan()
+  //   3 x p.observe(1, 0); 8 x p.next_plan()
   DraftPolicyOptions options;
   options.probe_every = 2;
   options.probe_k = 2;
@@ -513,13 +513,12 @@ void test_draft_policy() {
   CHECK_PLAN(policy.next_plan(), 1, DraftMode::kSteps, 1.5, 0x1.599999999999ap+0, false);  // prior rates 1/2
   for (int i = 0; i < 3; ++i) policy.observe(1, 0);
   const double probe_tokens = 0x1.4f226c6a0a49ap+0, probe_seconds = 0x1.b333333333334p+0;
-  for (int round = 0; round < 2; ++round) {
-    CHECK_PLAN(policy.next_plan(), 0, DraftMode::kNone, 1.0, 1.0, false);
-    CHECK_PLAN(policy.next_plan(), 0, DraftMode::kNone, 1.0, 1.0, false);
+  for (int wait : {2, 4}) {  // a probe after which plain decoding still wins doubles the wait for the next
+    for (int i = 0; i < wait; ++i) CHECK_PLAN(policy.next_plan(), 0, DraftMode::kNone, 1.0, 1.0, false);
     CHECK_PLAN(policy.next_plan(), 2, DraftMode::kSteps, probe_tokens, probe_seconds, true);
   }
-  CHECK_EQ(policy.histogram(), (std::vector<long long>{4, 1, 2, 0}));
-  CHECK_EQ(policy.plain_rounds(), 4LL);
+  CHECK_EQ(policy.histogram(), (std::vector<long long>{6, 1, 2, 0}));
+  CHECK_EQ(policy.plain_rounds(), 6LL);
   CHECK_EQ(policy.probe_rounds(), 2LL);
   policy.observe_call("decode", 1, 5.0);  // frozen: timings change nothing
   CHECK_EQ(policy.costs().decode, 1.0);
