@@ -121,3 +121,16 @@ def test_a_policy_must_fit_the_backend(backend_for):
     with pytest.raises(GenerationError) as info:
         generate(backend, [2, 3], k="auto", policy=DraftPolicy(costs), max_new_tokens=3)
     assert f"verifies at most {backend.max_draft}" in str(info.value)
+
+
+def test_the_next_generation_starts_from_the_last_acceptance(backend_for):
+    """A live generation leaves its acceptance estimate to the next one on the same backend; a frozen
+    (seeded rejection-rule) run starts from the prior, so that it repeats."""
+    from mtp_edge.runtime.tuning import starting_acceptance
+
+    backend = backend_for(48)
+    first = generate(backend, [2, 3, 5], k="auto", max_new_tokens=20)
+    bound = min(backend.max_draft, backend.max_seq_len - 2)
+    assert list(starting_acceptance(backend, bound, frozen=False).rates()) == first.stats.policy["acceptance"]
+    assert starting_acceptance(backend, bound, frozen=True) is None
+    assert first.stats.policy["acceptance"] != [0.5] * bound  # it learned something to pass on

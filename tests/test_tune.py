@@ -14,7 +14,7 @@ from mtp_edge.runtime.commands.demo import DEMO_EXPORT
 from mtp_edge.runtime.commands.tune import tune_bundle
 from mtp_edge.runtime.draft_policy import best_plan, CostTable
 from mtp_edge.runtime.speculative import generate
-from mtp_edge.runtime.tuning import TUNING_FILE, TuningError, machine_id, read_tuning
+from mtp_edge.runtime.tuning import TUNING_FILE, TuningError, machine_id, read_tuned_acceptance, read_tuning
 
 pytestmark = pytest.mark.xdist_group("shipped-demo")  # the demo test's bundle, exported once per run
 
@@ -40,6 +40,8 @@ def test_tune_writes_a_cost_for_every_method_and_length(tuned):
         assert costs.decode > 0 and costs.draft_step > 0
         assert sorted(costs.verify) == [2, 3, 4, 5]  # every verify length 2..K+1 of a K=4 bundle
         assert read_tuning(bundle, name) == costs
+        # A generation on this bundle starts its acceptance estimate from tune's, as pseudo-rounds.
+        assert read_tuned_acceptance(bundle, name) == entry["acceptance"] == report["backends"][name]["acceptance"]
 
 
 def test_tune_predicts_every_k_and_chooses_the_best_predicted(tuned):
