@@ -248,7 +248,7 @@ def generate(
     k: draft tokens per round (0 = the target alone), or "auto": a DraftPolicy picks each round's
     draft length (at most max_k, default the backend's K) from measured costs (runtime/tuning.py)
     and the acceptance so far; pass `policy` to supply your own. draft_p_min: stop a draft before a
-    step whose top probability is below it (with "auto" and no value, the policy's costs decide).
+    step whose top probability is below it (no value: no draft stops early).
     """
     check_request(backend, prompt, k, max_new_tokens)
     if draft_p_min is not None and not 0.0 <= draft_p_min <= 1.0:

@@ -10,7 +10,7 @@
 // max_k (default the bundle's K), from the cost table `costs` (frozen: the same decisions as a
 // Python run given that table) or, without one, from warm-up timings kept current by the calls
 // (seeded rejection-rule sampling: the fixed default table). draft_p_min: stop a draft before a
-// step whose top probability is below it (auto without it: the cost table decides). rule:
+// step whose top probability is below it (without it no draft stops early). rule:
 // "rejection" or "coupled" (sampling only). Sampling defaults to greedy. One result line per
 // request, flushed as soon as it is done: {"tokens": [...], "stats": {...}} with the Python
 // GenerationStats.as_dict() fields (k_histogram, plain_rounds, early_stops, policy) plus

@@ -53,7 +53,7 @@ typedef struct {
   double prefill_s, decode_s;
   double decode_methods_s; /* of decode_s, time inside ExecuTorch methods */
   char stop_reason[16];    /* "eos", "max_new_tokens" or "cache_full" */
-  int64_t early_stops;     /* drafts cut short by draft_p_min or the policy's cost rule */
+  int64_t early_stops;     /* drafts cut short by draft_p_min */
   int64_t plain_rounds;    /* rounds that drafted nothing */
   int64_t max_drafted;     /* the longest draft of a round (the K histogram has max_drafted + 1 entries) */
   /* k = MTP_K_AUTO on a bundle with a drafter (auto_k = 1); zeros otherwise: */

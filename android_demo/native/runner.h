@@ -33,8 +33,7 @@ struct GenerateOptions {
   // k = auto: the longest draft a round may make; -1: the bundle's K.
   int64_t max_k = -1;
   // Stop a draft before a step whose top probability (the drafter's processed distribution over its
-  // candidates) is below it. None: with k = auto the policy's costs decide (EarlyStop.from_policy),
-  // with a fixed k no draft stops early.
+  // candidates) is below it. None: no draft stops early.
   std::optional<double> draft_p_min;
   // k = auto: the cost table to decide from, frozen (timings never change it), so the decisions
   // depend on the tokens alone: a Python run given the same table makes the same ones. None: seeded
@@ -68,7 +67,7 @@ struct GenerationStats {
   // Of decode_s, the time spent inside ExecuTorch method calls; the rest is the runner's own
   // work (sampling, the accept rule, copies, bookkeeping).
   double decode_methods_s = 0.0;
-  int64_t early_stops = 0;            // drafts cut short by draft_p_min or the policy's cost rule
+  int64_t early_stops = 0;            // drafts cut short by draft_p_min
   std::vector<int64_t> k_histogram;   // rounds per draft length actually drafted (index = drafted)
   std::optional<PolicyStats> policy;  // k = auto only
 
