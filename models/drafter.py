@@ -79,11 +79,19 @@ class Gemma4Drafter(nn.Module):
         final hidden [1, 1, hidden] (input to the LM head) and the projected hidden
         [1, 1, backbone] that feeds the next step.
         """
+        return self.step(token_embedding, last_hidden, position, kv, self.step_context(position, validated_length, kv, token_embedding.dtype))
+
+    def step_context(self, position: torch.Tensor, validated_length: torch.Tensor, kv: dict, dtype: torch.dtype) -> tuple[dict, dict]:
+        """(RoPE tables, attention masks) of a draft step: the same for every step of a round, whose
+        position and validated length stay constant, so a multi-step graph builds them once."""
         d = self.cfg.decoder
-        x = self.pre_projection(torch.cat([token_embedding, last_hidden], dim=-1))
-        rope = self.rotary(position, x.dtype)
         key_len = next(iter(kv.values()))[0].shape[2]
-        masks = validated_masks(validated_length, key_len, d.sliding_window)
+        return self.rotary(position, dtype), validated_masks(validated_length, key_len, d.sliding_window)
+
+    def step(self, token_embedding, last_hidden, position, kv, context) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.cfg.decoder
+        rope, masks = context
+        x = self.pre_projection(torch.cat([token_embedding, last_hidden], dim=-1))
         for i, layer in enumerate(self.layers):
             layer_type = d.layer_types[i]
             # Every drafter layer is KV-shared: it reads the target's K/V as one part, writes nothing.
@@ -109,6 +117,26 @@ class Gemma4Drafter(nn.Module):
         ids, logits = self.candidates(h)
         ids, logits = ids.reshape(-1), logits.reshape(-1)
         return ids, logits, projected.reshape(-1), ids.gather(0, logits.argmax().view(1))
+
+    def greedy_chain(self, embed, token: torch.Tensor, last_hidden: torch.Tensor, position: torch.Tensor,
+                     validated_length: torch.Tensor, kv: dict, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k greedy draft steps in one graph, each step's argmax the next step's token: the exported
+        draft_chain_k method. embed(token [1, 1]) is the target's scaled embedding [1, 1, backbone].
+
+        Returns (draft ids [k] i64, each step's top candidate probability [k]): the probabilities let
+        a runtime cut the chain where --draft-p-min would have stopped (greedy stays exact either way).
+        """
+        context = self.step_context(position, validated_length, kv, last_hidden.dtype)
+        ids, top = [], []
+        for _ in range(k):
+            h, last_hidden = self.step(embed(token.view(1, 1)), last_hidden, position, kv, context)
+            candidate_ids, logits = self.candidates(h)
+            candidate_ids, logits = candidate_ids.reshape(-1), logits.reshape(-1)
+            best = logits.argmax().view(1)
+            token = candidate_ids.gather(0, best)
+            ids.append(token)
+            top.append(torch.softmax(logits, dim=-1).gather(0, best))
+        return torch.cat(ids), torch.cat(top)
 
     def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary (the assistant applies no softcap)."""

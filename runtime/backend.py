@@ -30,6 +30,9 @@ class Backend(Protocol):
     max_seq_len: int  # cache positions; nothing is ever written at or past it
     max_draft: int  # largest K the backend can verify (K + 1 tokens per verify)
     has_drafter: bool
+    # Optional: the draft lengths a backend drafts greedily in one call (draft_chain); absent or empty:
+    # only step by step.
+    draft_chains: frozenset[int]
 
     def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the prompt [T] from position 0: (logits [vocab] at the last prompt position, its hidden [backbone])."""
@@ -39,6 +42,11 @@ class Backend(Protocol):
 
     def draft(self, token: int, hidden: torch.Tensor, position: int, validated_length: int) -> DraftOutput:
         """One drafter step from the last token at `position`, reading K/V of positions < validated_length."""
+
+    def draft_chain(self, token: int, hidden: torch.Tensor, position: int, validated_length: int, k: int
+                    ) -> tuple[list[int], torch.Tensor]:
+        """Optional, for k in draft_chains: k greedy draft steps in one call, each step's argmax feeding
+        the next; (the k draft ids, each step's top candidate probability [k])."""
 
     def rollback(self, length: int) -> None:
         """Declare the cache valid for positions < length; later reads must mask the stale tail."""

@@ -52,6 +52,7 @@ class GenerationStats:
     decode_s: float = 0.0
     stop_reason: str = ""  # "eos", "max_new_tokens" or "cache_full"
     early_stops: int = 0  # drafts cut short by draft_p_min
+    draft_calls: int = 0  # rounds drafted by one draft_chain call (greedy) rather than step by step
     policy: dict | None = None  # k="auto": the draft lengths chosen, plain rounds, the cost table used
     round_log: list[Round] = field(default_factory=list)
 
@@ -174,6 +175,24 @@ def draft(
     return drafts, probs
 
 
+def draft_in_one_call(
+    backend: Backend, last: int, hidden: torch.Tensor, position: int, k: int,
+    early_stop: EarlyStop | None = None, timer: Callable[[str, int, float], None] | None = None,
+) -> tuple[list[int], list[torch.Tensor | None]]:
+    """k greedy drafts from one backend call (draft_chain). It cannot stop early, but an early stop
+    still cuts the drafts it would have stopped before, so the verify pays for the rest only."""
+    started = time.perf_counter()
+    drafts, top = backend.draft_chain(last, hidden, position, position, k)
+    if early_stop is not None:
+        for i, p in enumerate(top.tolist()):
+            if early_stop.stops(p):
+                drafts = drafts[:i]
+                break
+    if timer is not None:
+        timer("draft_call", k, time.perf_counter() - started)
+    return drafts, [None] * len(drafts)
+
+
 def _top_probability(candidate_logits: torch.Tensor, sampling: SamplingConfig) -> float:
     if sampling.greedy:
         return float(torch.softmax(candidate_logits.double(), dim=-1).max())
@@ -182,14 +201,18 @@ def _top_probability(candidate_logits: torch.Tensor, sampling: SamplingConfig) -
 
 def speculative_decode(
     backend: Backend, last: int, hidden: torch.Tensor, position: int, k: int, sampling: SamplingConfig, rng: SplitMix64,
-    early_stop: EarlyStop | None = None, timer: Callable[[str, int, float], None] | None = None,
+    early_stop: EarlyStop | None = None, timer: Callable[[str, int, float], None] | None = None, one_call: bool = False,
 ) -> tuple[list[int], int, int, torch.Tensor]:
-    """One round: draft up to k tokens, verify [last, d1..dn] in one target pass, accept.
+    """One round: draft up to k tokens (one_call: greedy, in one draft_chain call), verify
+    [last, d1..dn] in one target pass, accept.
 
     Returns (new tokens: the accepted drafts then the target's next token, how many drafts were
     made, how many accepted, the target hidden state that produced the final new token).
     """
-    drafts, draft_probs = draft(backend, last, hidden, position, k, sampling, rng, early_stop, timer)
+    if one_call:
+        drafts, draft_probs = draft_in_one_call(backend, last, hidden, position, k, early_stop, timer)
+    else:
+        drafts, draft_probs = draft(backend, last, hidden, position, k, sampling, rng, early_stop, timer)
     started = time.perf_counter()  # timed with the accept rule, as draft steps are with theirs
     target_logits, target_hidden = backend.verify(torch.tensor([last, *drafts], dtype=torch.long), position)
     if sampling.coupled:  # verify row j chooses the token at position + 1 + j
@@ -263,7 +286,7 @@ def generate(
 
             # A seeded run under the rejection rule draws different tokens for different draft
             # lengths: its policy must not follow live timings, or the run would not repeat.
-            policy, source = make_policy(backend, bound, frozen=sampling.depends_on_draft_lengths)
+            policy, source = make_policy(backend, bound, frozen=sampling.depends_on_draft_lengths, greedy=sampling.greedy)
         else:
             if policy.max_k > bound:
                 raise GenerationError(f"the given draft policy drafts up to {policy.max_k} tokens, but this backend verifies at most "
@@ -278,6 +301,8 @@ def generate(
     eos = set(eos_ids)
     out: list[int] = []
     timer = policy.observe_call if policy is not None else None
+    # One-call drafts are greedy: sampling needs each step's distribution on the runtime side.
+    chains = getattr(backend, "draft_chains", frozenset()) if sampling.greedy else frozenset()
 
     def emit(new: list[int]) -> bool:
         """Stream tokens out; True when an EOS ended the generation (it is emitted, as transformers does)."""
@@ -311,14 +336,16 @@ def generate(
             break
         early_stop = None if draft_p_min is None else EarlyStop(p_min=draft_p_min)
         if policy is not None:
-            k_wanted = policy.next_plan().k
-        else:
-            k_wanted = k
+            plan = policy.next_plan()
+            k_wanted, one_call = plan.k, plan.draft_mode == "call"
+        else:  # a fixed K drafts in one call where it can, unless asked to stop drafts early
+            k_wanted, one_call = k, draft_p_min is None
         # A round emits at most k_round + 1 tokens and writes positions position..position + k_round:
         # shrink K so that neither the token budget nor the cache can overflow.
         k_round = min(k_wanted, remaining - 1, backend.max_seq_len - 1 - position)
+        one_call = one_call and sampling.greedy and k_round in chains
         new, drafted, accepted, hidden = speculative_decode(
-            backend, out[-1], hidden, position, k_round, sampling, rng, early_stop, timer)
+            backend, out[-1], hidden, position, k_round, sampling, rng, early_stop, timer, one_call)
         if policy is not None:
             policy.observe(drafted, accepted)
 
@@ -326,6 +353,7 @@ def generate(
         stats.drafted += drafted
         stats.accepted += accepted
         stats.early_stops += drafted < k_round
+        stats.draft_calls += one_call
         stats.round_log.append(Round(position, drafted, accepted))
         # Validated now: the old last token and the accepted drafts; the new last token is not cached yet.
         position += accepted + 1

@@ -20,6 +20,7 @@ import platform
 import sys
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -146,7 +147,8 @@ def _timed(fn, repeats: int) -> float:
 
 
 def measure_costs(backend, max_k: int, repeats: int = 2) -> CostTable:
-    """Time decode, verify at every length 2..max_k+1 and one draft step, from position 0 of an
+    """Time decode, verify at every length 2..max_k+1, one draft step and each one-call draft
+    (draft_chain) of 2..max_k tokens the backend has, from position 0 of an
     empty cache (the caller prefills afterwards, which overwrites these positions). Fastest of
     `repeats` after one untimed call of each, to skip first-call costs."""
     tokens = torch.zeros(max_k + 1, dtype=torch.long)
@@ -156,15 +158,19 @@ def measure_costs(backend, max_k: int, repeats: int = 2) -> CostTable:
     for n in range(2, max_k + 2):
         backend.verify(tokens[:n], 0)
         verify[n] = _timed(lambda n=n: backend.verify(tokens[:n], 0), repeats)
-    draft_step = 0.0
+    draft_step, draft_call = 0.0, {}
     if max_k > 0 and backend.has_drafter:
         _, hidden = backend.verify(tokens[:2], 0)
         backend.rollback(2)
         draft = lambda: backend.draft(0, hidden[-1], 2, validated_length=2)  # noqa: E731
         draft()
         draft_step = _timed(draft, repeats)
+        for k in sorted(set(getattr(backend, "draft_chains", ())) & set(range(2, max_k + 1))):
+            chain = lambda k=k: backend.draft_chain(0, hidden[-1], 2, 2, k)  # noqa: E731
+            chain()
+            draft_call[k] = _timed(chain, repeats)
     backend.rollback(0)
-    return CostTable(decode=decode, draft_step=draft_step, verify=verify)
+    return CostTable(decode=decode, draft_step=draft_step, verify=verify, draft_call=draft_call)
 
 
 def cost_table(backend, max_k: int, *, frozen: bool) -> tuple[CostTable, str]:
@@ -188,7 +194,10 @@ def cost_table(backend, max_k: int, *, frozen: bool) -> tuple[CostTable, str]:
 
 def remember(backend, policy: DraftPolicy) -> None:
     """Keep a live generation's cost table and acceptance for the next generation on the same backend."""
-    _measured[backend] = policy.costs
+    costs, before = policy.costs, _measured.get(backend)
+    if not costs.draft_call and before is not None and before.draft_call:  # a sampling run weighed no one-call draft
+        costs = replace(costs, draft_call={k: s for k, s in before.draft_call.items() if k <= costs.max_k})
+    _measured[backend] = costs
     _acceptance[backend] = policy.acceptance
 
 
@@ -214,8 +223,12 @@ def starting_acceptance(backend, max_k: int, *, frozen: bool) -> AcceptanceEstim
     return AcceptanceEstimate(len(rates), accepted=tuple(w * a for a in rates), rejected=tuple(w * (1.0 - a) for a in rates))
 
 
-def make_policy(backend, max_k: int, *, frozen: bool = False) -> tuple[DraftPolicy, str]:
+def make_policy(backend, max_k: int, *, frozen: bool = False, greedy: bool = True) -> tuple[DraftPolicy, str]:
+    """The policy a generation starts with. Sampling drafts step by step (its accept rule needs each
+    step's distribution), so its policy weighs no one-call draft."""
     costs, source = cost_table(backend, max_k, frozen=frozen)
+    if not greedy and costs.draft_call:
+        costs = replace(costs, draft_call={})
     max_k = min(max_k, costs.max_k)
     acceptance = starting_acceptance(backend, max_k, frozen=frozen)
     return DraftPolicy(costs, max_k, acceptance=acceptance, frozen=frozen), source

@@ -76,9 +76,11 @@ def auto_cases():
 
     from mtp_edge.runtime.draft_policy import CostTable
 
+    # call: the seconds per token of a one-call draft (draft_call[n] = call * n), or none in the table.
     costs = st.builds(
-        lambda decode, step, per_token, k: CostTable(decode, step, {n: decode + per_token * (n - 1) for n in range(2, k + 2)}),
-        st.floats(0.5, 2.0), st.floats(0.0, 0.5), st.floats(0.0, 1.5), st.integers(1, 6),
+        lambda decode, step, per_token, k, call: CostTable(decode, step, {n: decode + per_token * (n - 1) for n in range(2, k + 2)},
+                                                           {} if call is None else {n: call * n for n in range(2, k + 1)}),
+        st.floats(0.5, 2.0), st.floats(0.0, 0.5), st.floats(0.0, 1.5), st.integers(1, 6), st.none() | st.floats(0.0, 0.5),
     )
     return dict(seed=st.integers(0, 10_000), prompt_len=st.integers(1, 12), max_new_tokens=st.integers(1, 40), costs=costs,
                 history=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=8), frozen=st.booleans(),

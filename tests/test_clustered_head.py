@@ -46,34 +46,38 @@ def bundle(tiny_dirs, shared_export):
 SHARED_BUNDLE = pytest.mark.xdist_group("tiny-xnnpack")
 
 
-def _draft_graph(target, drafter):
-    module, inputs = method_modules(target, drafter, K, CHUNK)["draft"]
+DRAFT_METHODS = ["draft", f"draft_chain_{K}"]  # one step; K greedy steps in one call
+
+
+def _draft_graph(target, drafter, method="draft"):
+    module, inputs = method_modules(target, drafter, K, CHUNK)[method]
     with torch.no_grad():
         return torch.export.export(module.eval(), inputs, strict=False)
 
 
-def test_draft_step_computes_no_vocabulary_sized_tensor(pair):
+@pytest.mark.parametrize("method", DRAFT_METHODS)
+def test_draft_step_computes_no_vocabulary_sized_tensor(pair, method):
     target, drafter = pair
     vocab = drafter.cfg.decoder.vocab_size
-    shapes = aten_shapes(_draft_graph(target, drafter))
+    shapes = aten_shapes(_draft_graph(target, drafter, method))
     assert len(shapes) > 50  # the whole step was visited, every op of it
     assert vocabulary_sized(shapes, vocab) == []
     assert (drafter.cfg.num_candidates,) in [s for _, s in shapes]
     # The same check on the full head finds the vocabulary: it can see what it must rule out.
     clustered, drafter.masked_embedding = drafter.masked_embedding, None
     try:
-        assert vocabulary_sized(aten_shapes(_draft_graph(target, drafter)), vocab)
+        assert vocabulary_sized(aten_shapes(_draft_graph(target, drafter, method)), vocab)
     finally:
         drafter.masked_embedding = clustered
 
 
 @SHARED_BUNDLE
-@pytest.mark.parametrize("fmt", ["pte", "onnx"])
+@pytest.mark.parametrize("fmt", ["pte", *(f"pte:{m}" for m in DRAFT_METHODS[1:]), "onnx"])
 def test_exported_draft_steps_hold_no_vocabulary_sized_tensor(bundle, fmt):
     manifest = read_manifest(bundle)
     vocab = manifest.vocab_size
-    if fmt == "pte":
-        shapes = pte_shapes(bundle / "model.pte", "draft")
+    if fmt.startswith("pte"):
+        shapes = pte_shapes(bundle / "model.pte", fmt.partition(":")[2] or "draft")
         # Non-constant values include the cache buffers and the outputs: the check reads real tensors.
         d = manifest.drafter_config
         candidates = d.centroid_top_k * vocab // d.num_centroids

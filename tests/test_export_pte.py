@@ -61,12 +61,14 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def test_manifest_describes_the_bundle(bundle, pte):
     manifest = read_manifest(bundle).to_json()
     assert manifest["schema_version"] == SCHEMA_VERSION
-    assert set(manifest["methods"]) == {"prefill", "verify", "draft"}
+    assert set(manifest["methods"]) == {"prefill", "verify", "draft", *(f"draft_chain_{k}" for k in range(2, K + 1))}
     sig = manifest["methods"]
     assert sig["prefill"]["inputs"][0] == {"name": "tokens", "shape": [1, CHUNK], "dtype": "int64"}
     assert sig["verify"]["outputs"][0] == {"name": "logits", "shape": [K + 1, 512], "dtype": "float32"}
     assert sig["verify"]["lengths"] == [1, K + 1]  # any token count up to K + 1 (the shapes give the longest)
     assert [o["name"] for o in sig["draft"]["outputs"]] == ["candidate_ids", "candidate_logits", "hidden", "argmax_id"]
+    assert sig[f"draft_chain_{K}"]["outputs"] == [{"name": "draft_ids", "shape": [K], "dtype": "int64"},
+                                                  {"name": "top_probs", "shape": [K], "dtype": "float32"}]
     cache = manifest["cache"]
     assert cache["max_seq_len"] == MAX_SEQ and cache["buffer_length"] == MAX_SEQ + max(K, CHUNK - 1)
     assert all(b["shape"][2] == cache["buffer_length"] for b in cache["buffers"])

@@ -39,6 +39,8 @@ COUPLED_TOP_K = SamplingConfig(temperature=1.3, top_k=20, seed=5, rule="coupled"
 COSTS = CostTable(decode=1.0, draft_step=0.05, verify={2: 1.3, 3: 1.6, 4: 1.9})
 # Drafting almost free: K = 3 every round.
 CHEAP = CostTable(decode=1.0, draft_step=0.0005, verify={2: 1.002, 3: 1.004, 4: 1.006})
+# Drafting almost free in one call (draft_chain_k), not step by step: the plans of 2 and 3 tokens are "call".
+CALLS = CostTable(decode=1.0, draft_step=0.05, verify={2: 1.002, 3: 1.004, 4: 1.006}, draft_call={2: 0.001, 3: 0.001})
 
 
 @pytest.fixture(scope="session")
@@ -107,8 +109,8 @@ def _assert_same(ours, theirs):
         s = b.stats
         assert (a.stats["stop_reason"], a.stats["rounds"], a.stats["drafted"], a.stats["accepted"], a.stats["new_tokens"]) == (
             s.stop_reason, s.rounds, s.drafted, s.accepted, s.new_tokens), f"generation {i}"
-        assert (a.stats["k_histogram"], a.stats["plain_rounds"], a.stats["early_stops"]) == (
-            _histogram(s.k_histogram), s.k_histogram.get(0, 0), s.early_stops), f"generation {i}"
+        assert (a.stats["k_histogram"], a.stats["plain_rounds"], a.stats["early_stops"], a.stats["draft_calls"]) == (
+            _histogram(s.k_histogram), s.k_histogram.get(0, 0), s.early_stops, s.draft_calls), f"generation {i}"
         if s.policy is None:
             assert a.stats["policy"] is None, f"generation {i}"
         else:  # the same plans, the same acceptance estimate bit for bit, the same (frozen) table
@@ -189,6 +191,93 @@ def test_tiny_pair_auto_without_a_table(runner, tiny_bundle):
     assert all(r.stats["policy"]["cost_source"] == "default" and r.stats["policy"]["frozen"] for r in seeded)
 
 
+def _chained(stats) -> int:
+    """Rounds that drafted 2 or more tokens: those a greedy run with chains for 2..K drafts in one call."""
+    return sum(n for d, n in stats["k_histogram"].items() if int(d) >= 2)
+
+
+@TINY
+def test_tiny_pair_drafts_in_one_call(runner, tiny_bundle):
+    """The export's draft_chain_2..K (k greedy drafter steps in one call): greedy rounds of a fixed K use
+    them, natively as in Python, with the tokens of plain decoding; sampling never does. K = auto uses them
+    where its plan says "call" (a frozen table that makes calls cheap), and a shrunk round the chain of its
+    own length; a draft_p_min cuts a one-call draft before the first step whose top probability is below it."""
+    assert PteBackend(tiny_bundle).draft_chains == frozenset(range(2, K + 1))
+    manifest = json.loads((tiny_bundle / MANIFEST).read_text())
+    assert all(f"draft_chain_{n}" in manifest["methods"] for n in range(2, K + 1))
+    prompts = [_rand(40 + n, n) for n in (1, 7, 12)]
+    n = len(prompts)
+    ours, theirs = _both(runner, tiny_bundle, prompts, [(K, GREEDY), (2, GREEDY), (K, SAMPLING), (0, GREEDY)], 2 * MAX_SEQ)
+    _assert_same(ours, theirs)
+    greedy, greedy2, sampled, plain = (ours[i * n:(i + 1) * n] for i in range(4))
+    for r in greedy + greedy2:  # every round of 2+ tokens was one call (no draft_p_min: none stops early)
+        assert r.stats["draft_calls"] == _chained(r.stats) and r.stats["early_stops"] == 0
+    assert sum(r.stats["draft_calls"] for r in greedy) > 0
+    assert [r.tokens for r in greedy] == [r.tokens for r in greedy2] == [r.tokens for r in plain]
+    assert all(r.stats["draft_calls"] == 0 for r in sampled + plain)
+
+    # K = auto deciding from one frozen table on both sides: the same plans ("call" included), tokens, early stops.
+    cases = [(GREEDY, None, None), (GREEDY, None, 2), (GREEDY, 0.2, None), (SAMPLING, None, None), (COUPLED, None, None)]
+    auto, theirs = _both_auto(runner, tiny_bundle, prompts, cases, 2 * MAX_SEQ, costs=CALLS)
+    _assert_same(auto, theirs)
+    greedy, greedy2, stopped, sampled, coupled = (auto[i * n:(i + 1) * n] for i in range(5))
+    for r in greedy + greedy2:
+        assert r.stats["draft_calls"] == _chained(r.stats) > 0
+        assert r.stats["policy"]["costs"]["draft_call"] == {"2": 0.001, "3": 0.001}
+    assert [r.tokens for r in greedy] == [r.tokens for r in greedy2] == [r.tokens for r in plain]
+    assert all(int(d) <= 2 for r in greedy2 for d in r.stats["k_histogram"])
+    assert sum(r.stats["draft_calls"] for r in stopped) > 0 and sum(r.stats["early_stops"] for r in stopped) > 0
+    assert [r.tokens for r in stopped] == [r.tokens for r in plain]
+    assert all(r.stats["draft_calls"] == 0 for r in sampled + coupled)  # sampling drafts step by step
+    assert sum(r.stats["drafted"] for r in sampled + coupled) > 0
+
+
+@TINY
+def test_tiny_pair_measures_its_one_call_drafts(runner, tiny_bundle):
+    """Without a table the warm-up times each draft_chain_k (draft_call) and a greedy run weighs them; a
+    coupled-rule run (sampling: steps only) weighs none but leaves them in the runner's table for the next
+    greedy run, as tuning.make_policy / remember do. The tokens stay those of plain decoding."""
+    prompt = _rand(50, 5)
+    requests = [validate.request(prompt, k="auto", max_new_tokens=30, sampling=s) for s in (GREEDY, COUPLED, GREEDY)]
+    requests += [validate.request(prompt, k=0, max_new_tokens=30)]
+    first, coupled, again, plain = validate.run_requests(tiny_bundle, requests, runner=runner, timeout=300)
+    for r in (first, again):
+        assert r.tokens == plain.tokens and r.stats["policy"]["cost_source"] == "measured"
+        assert sorted(r.stats["policy"]["costs"]["draft_call"]) == ["2", "3"]
+        assert all(s > 0 for s in r.stats["policy"]["costs"]["draft_call"].values())
+    assert coupled.stats["policy"]["costs"]["draft_call"] == {} and coupled.stats["draft_calls"] == 0
+
+
+@pytest.fixture
+def chainless_bundle(bundle_copy) -> Path:
+    """The tiny bundle as an export from before draft_chain_k: its manifest lists no such method (the
+    manifest is not hashed, and its K, context and vocabulary still match the program)."""
+    path = bundle_copy / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["methods"] = {name: sig for name, sig in manifest["methods"].items() if not name.startswith("draft_chain_")}
+    path.write_text(json.dumps(manifest))
+    return bundle_copy
+
+
+@TINY
+def test_a_bundle_without_one_call_drafts_drafts_step_by_step(runner, tiny_bundle, chainless_bundle):
+    assert PteBackend(chainless_bundle).draft_chains == frozenset()
+    prompts = [_rand(60 + n, n) for n in (3, 8)]
+    n = len(prompts)
+    ours, theirs = _both(runner, chainless_bundle, prompts, [(K, GREEDY), (0, GREEDY)], 2 * MAX_SEQ)
+    _assert_same(ours, theirs)
+    assert all(r.stats["draft_calls"] == 0 for r in ours) and sum(_chained(r.stats) for r in ours[:n]) > 0
+    assert [r.tokens for r in ours[:n]] == [r.tokens for r in ours[n:]]
+    # A table that plans "call" still works: the rounds draft step by step, as in Python.
+    auto, theirs = _both_auto(runner, chainless_bundle, prompts, [(GREEDY, None, None)], 2 * MAX_SEQ, costs=CALLS)
+    _assert_same(auto, theirs)
+    assert all(r.stats["draft_calls"] == 0 for r in auto) and sum(_chained(r.stats) for r in auto) > 0
+    assert [r.tokens for r in auto] == [r.tokens for r in ours[n:]]
+    measured = validate.run_requests(chainless_bundle, [validate.request(prompts[0], k="auto", max_new_tokens=20)], runner=runner)[0]
+    assert measured.stats["policy"]["costs"]["draft_call"] == {} and measured.stats["draft_calls"] == 0
+    assert measured.tokens == ours[n].tokens[:20]
+
+
 @pytest.mark.xdist_group("shipped-demo")
 def test_shipped_pair_native_tokens_equal_python(runner, shipped_bundle):
     from mtp_edge.models.shipped import heldout_prompts
@@ -199,6 +288,8 @@ def test_shipped_pair_native_tokens_equal_python(runner, shipped_bundle):
     _assert_same(ours, theirs)
     assert [r.tokens for r in ours[:3]] == [r.tokens for r in ours[6:9]]
     assert sum(r.stats["accepted"] for r in ours[:3]) > 0  # the trained drafter is accepted
+    if PteBackend(shipped_bundle).draft_chains:  # an export with draft_chain_k: greedy rounds drafted in one call
+        assert all(r.stats["draft_calls"] == _chained(r.stats) for r in ours[:3]) and sum(r.stats["draft_calls"] for r in ours[:3]) > 0
     # K = auto from one frozen table measured here: the same decisions natively, greedy still K = 0's tokens.
     backend = PteBackend(shipped_bundle)
     costs = validate.frozen_costs(shipped_bundle, backend, backend.max_draft)[0]

@@ -174,11 +174,13 @@ def test_shipped_programs_record_what_they_quantized(shipped_pte):
 
 
 def test_shipped_programs_gather_candidate_rows_only(shipped_pte):
-    """emb4 / emb8 LM-head rows are gathered per candidate: no draft step activation is vocabulary-sized."""
+    """emb4 (or fp32) LM-head rows are gathered per candidate: no draft activation is vocabulary-sized."""
     recipe, bundle = shipped_pte
-    shapes = pte_shapes(bundle / "model.pte", "draft")
-    assert len(shapes) > 20
-    assert vocabulary_sized(shapes, read_manifest(bundle).vocab_size) == []
+    manifest = read_manifest(bundle)
+    for method in ("draft", f"draft_chain_{manifest.k}"):  # one step; K greedy steps in one call
+        shapes = pte_shapes(bundle / "model.pte", method)
+        assert len(shapes) > 20
+        assert vocabulary_sized(shapes, manifest.vocab_size) == [], method
 
 
 @pytest.mark.parametrize("recipe", PTE_RECIPES + ["target=none+emb4:16,drafter=8da4w", "target=8da4w,drafter=none+emb8"])

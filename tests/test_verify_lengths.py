@@ -66,7 +66,8 @@ def _rand(seed: int, n: int) -> torch.Tensor:
 
 def test_one_verify_method_takes_every_length(bundle):
     manifest = read_manifest(bundle)
-    assert set(manifest.methods) == {"prefill", "verify", "draft"}  # no decode: verify takes one token too
+    # No decode: verify takes one token too. draft_chain_k: k greedy draft steps in one call.
+    assert set(manifest.methods) == {"prefill", "verify", "draft", *(f"draft_chain_{k}" for k in range(2, K + 1))}
     assert set(inspect_program(bundle / PROGRAM_FILE)) == set(manifest.methods)
     verify = manifest.methods["verify"]
     assert verify.lengths == (1, K + 1)  # the shapes give the longest
@@ -128,6 +129,74 @@ def test_adaptive_greedy_speculative_equals_plain(pte, eager, drafter):
 def test_greedy_auto_equals_plain_on_pte(pte, **case):
     """k="auto" on the .pte: any cost table and acceptance history, plain decoding's tokens."""
     assert_greedy_auto_is_plain(pte, **case)
+
+
+def test_a_one_call_draft_is_the_draft_steps(pte):
+    """draft_chain_k: the k greedy tokens of k draft steps fed their own argmax, and each step's top
+    candidate probability, in one call."""
+    assert pte.draft_chains == frozenset(range(2, K + 1))
+    prompt = _rand(4, 6)
+    logits, hidden = pte.prefill(prompt)
+    position, first = len(prompt), int(logits.argmax())
+    for k in sorted(pte.draft_chains):
+        token, h, steps, tops = first, hidden, [], []
+        for _ in range(k):
+            out = pte.draft(token, h, position, position)
+            token, h = out.greedy_token(), out.hidden
+            steps.append(token)
+            tops.append(float(torch.softmax(out.candidate_logits.double(), -1).max()))
+        ids, top = pte.draft_chain(first, hidden, position, position, k)
+        assert ids == steps
+        torch.testing.assert_close(top.double(), torch.tensor(tops, dtype=torch.float64), atol=1e-5, rtol=1e-4)
+
+
+def test_greedy_rounds_draft_in_one_call(pte):
+    """A greedy fixed-K round drafts with one draft_chain call, not K draft steps; an early stop
+    (--draft-p-min) or sampling drafts step by step. The tokens are plain decoding's."""
+    from mtp_edge.runtime.sampling import SamplingConfig
+
+    prompt = _rand(5, 4).tolist()
+    plain = generate(pte, prompt, k=0, max_new_tokens=12)
+    pte.calls.clear()
+    assert generate(pte, prompt, k=K, max_new_tokens=12).tokens == plain.tokens
+    names = [name for name, _ in pte.calls]
+    # Steps only where the budget's end shrinks a round to one draft (no chain of one).
+    assert f"draft_chain_{K}" in names and names.count("draft") <= 2, names
+    pte.calls.clear()
+    assert generate(pte, prompt, k=K, draft_p_min=0.0, max_new_tokens=12).tokens == plain.tokens
+    assert "draft" in {name for name, _ in pte.calls} and not any(n.startswith("draft_chain") for n, _ in pte.calls)
+    pte.calls.clear()
+    generate(pte, prompt, k=K, max_new_tokens=12, sampling=SamplingConfig(temperature=0.8, seed=3))
+    assert not any(n.startswith("draft_chain") for n, _ in pte.calls)
+
+
+def test_auto_weighs_one_call_drafts(pte):
+    """k="auto" measures every draft_chain length in its warm-up and drafts in one call where the
+    table says it is cheaper than steps: here a one-call draft costs nothing."""
+    from mtp_edge.runtime import tuning
+
+    tuning._measured.pop(pte, None)
+    prompt = _rand(6, 5).tolist()
+    plain = generate(pte, prompt, k=0, max_new_tokens=16)
+    measured = generate(pte, prompt, k="auto", max_new_tokens=16)
+    assert measured.tokens == plain.tokens
+    assert set(measured.stats.policy["costs"]["draft_call"]) == {str(k) for k in range(2, K + 1)}
+    costs = CostTable(decode=1.0, draft_step=0.5, verify={2: 1.01, 3: 1.02, 4: 1.03}, draft_call={2: 0.0, 3: 0.0})
+    policy = DraftPolicy(costs, K, acceptance=AcceptanceEstimate(K, prior_accept=9.0), frozen=True)
+    pte.calls.clear()
+    assert generate(pte, prompt, k="auto", policy=policy, max_new_tokens=16).tokens == plain.tokens
+    assert f"draft_chain_{K}" in {name for name, _ in pte.calls}
+
+
+def test_a_bundle_without_one_call_drafts_drafts_step_by_step(bundle_copy):
+    """Bundles exported before draft_chain (or whose manifest lists none) keep drafting step by step."""
+    _edit_manifest(bundle_copy, lambda m: [m["methods"].pop(f"draft_chain_{k}") for k in range(2, K + 1)])
+    backend = Recording(bundle_copy)
+    assert backend.draft_chains == frozenset()
+    prompt = _rand(7, 4).tolist()
+    plain = generate(backend, prompt, k=0, max_new_tokens=10)
+    assert generate(backend, prompt, k=K, max_new_tokens=10).tokens == plain.tokens
+    assert "draft" in {name for name, _ in backend.calls}
 
 
 @pytest.fixture

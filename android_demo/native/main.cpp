@@ -14,7 +14,8 @@
 // "rejection" or "coupled" (sampling only). Sampling defaults to greedy. One result line per
 // request, flushed as soon as it is done: {"tokens": [...], "stats": {...}} with the Python
 // GenerationStats.as_dict() fields (k_histogram, plain_rounds, early_stops, policy) plus
-// decode_methods_s / runner_s / runner_per_round_s (the runner's own time, methods excluded).
+// draft_calls (rounds drafted by one draft_chain_k call) and decode_methods_s / runner_s /
+// runner_per_round_s (the runner's own time, methods excluded).
 // {"score": [ids]} instead asks for the target's argmax after each id, teacher-forced (Runner::score):
 // answered {"argmax": [...]}; validate --arch arm64 compares ARM's with x86's.
 // Any error: one line "error: ..." on stderr and exit code 2, after the results already written.

@@ -1,5 +1,6 @@
 #include "manifest.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -71,6 +72,12 @@ void check_signature(const Value& methods, const std::string& name, const std::s
 }
 
 }  // namespace
+
+std::string draft_chain_name(int64_t k) { return "draft_chain_" + std::to_string(k); }
+
+bool Manifest::has_draft_chain(int64_t n) const {
+  return std::find(draft_chains.begin(), draft_chains.end(), n) != draft_chains.end();
+}
 
 Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
   Manifest m;
@@ -181,6 +188,14 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
       const int64_t N = m.draft_candidates;
       check_signature(methods, "draft", path, {{{1}, i64}, {{H}, f32}, {{1}, i64}, {{1}, i64}},
                       {{{N}, i64}, {{N}, f32}, {{H}, f32}, {{1}, i64}});
+      // One-call greedy drafts (export.pte.draft_chain_lengths: 2..K; one token is a draft step), each
+      // taking the draft step's inputs. Only the lengths listed are used: an older bundle has none.
+      for (int64_t n = 2; n <= K; ++n) {
+        const std::string name = draft_chain_name(n);
+        if (methods.find(name) == nullptr) continue;
+        check_signature(methods, name, path, {{{1}, i64}, {{H}, f32}, {{1}, i64}, {{1}, i64}}, {{{n}, i64}, {{n}, f32}});
+        m.draft_chains.push_back(n);
+      }
     }
   } catch (const json::TypeError& e) {
     throw RunnerError(path + ": " + e.what() + "; the manifest is damaged or from another mtp-edge version, export the bundle again.");

@@ -2,7 +2,7 @@
 //
 // Same checks as the Python `read_manifest`, for the files this runner reads: the schema
 // version, the program artifact present and unmodified (size + sha256), the methods' signatures
-// (prefill, verify, draft; verify's token counts 1..K+1). The ONNX artifacts a bundle may also hold are
+// (prefill, verify, draft, draft_chain_2..K when present; verify's token counts 1..K+1). The ONNX artifacts a bundle may also hold are
 // not hashed: the runner never reads them.
 #pragma once
 
@@ -37,7 +37,15 @@ struct Manifest {
   int64_t pad_token = 0;       // what padded prefill / verify slots hold
   std::vector<int64_t> eos_token_ids;
   bool has_drafter = false;
+  // Lengths k in 2..K with a draft_chain_k method (k greedy drafter steps in one call), ascending.
+  // Bundles exported before these methods have none: the runner then drafts step by step.
+  std::vector<int64_t> draft_chains;
+
+  bool has_draft_chain(int64_t n) const;
 };
+
+// The method that drafts k greedy tokens in one call (export.pte.draft_chain_name).
+std::string draft_chain_name(int64_t k);
 
 // Reads and checks <bundle_dir>/manifest.json; throws RunnerError naming the problem and the fix.
 // verify_hash = false skips the sha256 (the size is still checked).

@@ -148,6 +148,7 @@ std::string stats_json(const GenerationStats& s) {
   out += ", \"decode_s\": " + number(s.decode_s);
   out += ", \"stop_reason\": " + json::quote(s.stop_reason);
   out += ", \"early_stops\": " + std::to_string(s.early_stops);
+  out += ", \"draft_calls\": " + std::to_string(s.draft_calls);
   out += ", \"acceptance_rate\": " + number(s.acceptance_rate());
   out += ", \"tokens_per_target_call\": " + number(s.tokens_per_target_call());
   out += ", \"prefill_tokens_per_s\": " + number(s.prefill_tokens_per_s());
@@ -217,6 +218,9 @@ struct Runner::Impl {
   std::vector<int64_t> candidate_ids;
   std::vector<float> candidate_logits, draft_hidden_out;
   int64_t draft_argmax = 0;
+  // Outputs of the last draft_chain call: the draft ids and each step's top candidate probability.
+  std::vector<int64_t> chain_ids;
+  std::vector<float> chain_top_probs;
 
   double methods_s = 0.0;  // running total of time inside Module::execute
   // The cost table measured on this runner (warm-up once, then kept current by every generation
@@ -277,17 +281,52 @@ struct Runner::Impl {
     copy_out(outputs[1], hidden, n * m.hidden_size, "verify hidden");
   }
 
-  // One drafter step from `token` at the constant `position`, reading K/V of positions < validated.
-  void draft(int64_t token, const float* hidden_in, int64_t pos, int64_t validated) {
+  // The inputs of draft and draft_chain_k: the last token, its hidden, the constant position of the
+  // round and the validated length.
+  std::vector<EValue> draft_inputs(int64_t token, const float* hidden_in, int64_t pos, int64_t validated) {
     one_token[0] = token;
     std::memcpy(draft_hidden_in.data(), hidden_in, sizeof(float) * m.hidden_size);
     position[0] = pos;
     validated_length[0] = validated;
-    auto outputs = run("draft", {*draft_token_t, *draft_hidden_t, *position_t, *validated_length_t});
+    return {*draft_token_t, *draft_hidden_t, *position_t, *validated_length_t};
+  }
+
+  // One drafter step from `token` at the constant `position`, reading K/V of positions < validated.
+  void draft(int64_t token, const float* hidden_in, int64_t pos, int64_t validated) {
+    auto outputs = run("draft", draft_inputs(token, hidden_in, pos, validated));
     copy_out(outputs[0], candidate_ids, m.draft_candidates, "draft candidate_ids");
     copy_out(outputs[1], candidate_logits, m.draft_candidates, "draft candidate_logits");
     copy_out(outputs[2], draft_hidden_out, m.hidden_size, "draft hidden");
     draft_argmax = outputs[3].toTensor().const_data_ptr<int64_t>()[0];
+  }
+
+  // n greedy drafter steps in one call (draft_chain_n, n in m.draft_chains), each step's argmax the
+  // next step's token: the same drafts as n greedy draft() steps, without a runtime round trip each.
+  void draft_chain(int64_t token, const float* hidden_in, int64_t pos, int64_t validated, int64_t n) {
+    if (!m.has_draft_chain(n)) {
+      throw RunnerError("this bundle has no one-call draft of " + std::to_string(n) + " tokens; draft step by step.");
+    }
+    const std::string name = draft_chain_name(n);
+    auto outputs = run(name.c_str(), draft_inputs(token, hidden_in, pos, validated));
+    copy_out(outputs[0], chain_ids, n, "draft_chain draft_ids");
+    copy_out(outputs[1], chain_top_probs, n, "draft_chain top_probs");
+  }
+
+  // k greedy drafts from one draft_chain_k call into `drafts` (speculative.draft_in_one_call). The
+  // call cannot stop early, but an early stop still cuts the drafts before the first step it would
+  // have stopped at (each step's top probability comes out of the call), so the verify pays for the
+  // rest only.
+  void draft_in_one_call(int64_t token, const float* hidden_in, int64_t pos, int64_t k, const std::optional<EarlyStop>& early_stop,
+                         std::vector<int64_t>& drafts) {
+    draft_chain(token, hidden_in, pos, pos, k);
+    int64_t kept = k;
+    for (int64_t j = 0; early_stop && j < k; ++j) {
+      if (early_stop->stops(static_cast<double>(chain_top_probs[j]))) {
+        kept = j;
+        break;
+      }
+    }
+    drafts.assign(chain_ids.begin(), chain_ids.begin() + kept);
   }
 };
 
@@ -346,7 +385,9 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
   }
   auto names = s.module->method_names();
   check_program_metadata(*s.module, m, names.ok() ? &*names : nullptr);
-  for (const std::string name : kMethods) {
+  std::vector<std::string> wanted(std::begin(kMethods), std::end(kMethods));
+  for (int64_t n : m.draft_chains) wanted.push_back(draft_chain_name(n));  // only those the manifest lists
+  for (const std::string& name : wanted) {
     if (name == "draft" && !m.has_drafter) continue;
     if (!names.ok() || names->count(name) == 0) {
       throw RunnerError(m.program_path + ": the program lacks method " + name + " listed in manifest.json; re-export the bundle.");
@@ -480,6 +521,13 @@ CostTable Runner::measure_costs(int64_t max_k, int repeats) {
     auto draft = [&] { s.draft(0, hidden.data(), 2, 2); };
     draft();
     costs.draft_step = timed(draft);
+    // Each one-call draft the loop may use, from the draft step's inputs (tuning.measure_costs).
+    for (int64_t n : m.draft_chains) {
+      if (n > max_k) break;
+      auto chain = [&] { s.draft_chain(0, hidden.data(), 2, 2, n); };
+      chain();
+      costs.draft_call[static_cast<int>(n)] = timed(chain);
+    }
   }
   // A time can round to 0 on a coarse clock; the table needs target calls > 0.
   const double tick = 1e-9;
@@ -538,9 +586,13 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
     } else {
       // Warm-up calls before the prompt is prefilled (which overwrites the positions they wrote).
       if (!s.measured || s.measured->max_k() < bound) s.measured = measure_costs(bound);
-      policy_options.max_k = static_cast<int>(std::min<int64_t>(bound, s.measured->max_k()));
+      CostTable costs = *s.measured;
+      // Sampling drafts step by step (its accept rule needs each step's distribution), so its policy
+      // weighs no one-call draft (tuning.make_policy(greedy=False)).
+      if (!sampling.greedy()) costs.draft_call.clear();
+      policy_options.max_k = static_cast<int>(std::min<int64_t>(bound, costs.max_k()));
       policy_options.acceptance = s.last_acceptance;  // as tuning.starting_acceptance
-      policy.emplace(*s.measured, policy_options);
+      policy.emplace(costs, policy_options);
       cost_source = "measured";
     }
   } else if (k == kAutoK) {
@@ -601,38 +653,55 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
       early_stop.emplace();
       early_stop->p_min = *options.draft_p_min;
     }
-    const int64_t k_wanted = policy ? policy->next_plan().k : k;
+    int64_t k_wanted = k;
+    bool one_call = !options.draft_p_min;  // a fixed K drafts in one call where it can, unless asked to stop drafts early
+    if (policy) {
+      const Plan plan = policy->next_plan();
+      k_wanted = plan.k;
+      one_call = plan.mode == DraftMode::kCall;
+    }
     // A round emits at most k_round + 1 tokens and writes positions position..position + k_round:
     // shrink K so that neither the token budget nor the cache can overflow.
     const int64_t k_round = std::min({k_wanted, remaining - 1, m.max_seq_len - 1 - position});
+    // One-call drafts are greedy: sampling needs each step's distribution on the runner's side. A
+    // shrunk round uses the chain of its own length, if the bundle has one.
+    one_call = one_call && sampling.greedy() && m.has_draft_chain(k_round);
 
-    // Draft up to k_round tokens at the constant position, each step fed the drafter's own projected
-    // hidden; a step may stop the draft, judged from its distribution before anything is drawn.
     drafts.clear();
     draft_probs.clear();
-    int64_t token = out.back();
-    const float* step_hidden = hidden.data();
-    for (int64_t j = 0; j < k_round; ++j) {
-      // A step is timed with the work around its call (the stop test, drawing the token), as in speculative.draft.
+    if (one_call) {
       const auto call = Clock::now();
-      s.draft(token, step_hidden, position, position);
-      if (early_stop && early_stop->stops(top_probability(s.candidate_logits.data(), C, sampling))) {
+      s.draft_in_one_call(out.back(), hidden.data(), position, k_round, early_stop, drafts);
+      draft_probs.resize(drafts.size());  // greedy acceptance reads no draft distribution
+      timer("draft_call", k_round, call);
+      stats.draft_calls += 1;
+    } else {
+      // Draft up to k_round tokens at the constant position, each step fed the drafter's own projected
+      // hidden; a step may stop the draft, judged from its distribution before anything is drawn.
+      int64_t token = out.back();
+      const float* step_hidden = hidden.data();
+      for (int64_t j = 0; j < k_round; ++j) {
+        // A step is timed with the work around its call (the stop test, drawing the token), as in speculative.draft.
+        const auto call = Clock::now();
+        s.draft(token, step_hidden, position, position);
+        if (early_stop && early_stop->stops(top_probability(s.candidate_logits.data(), C, sampling))) {
+          timer("draft_step", 1, call);
+          break;
+        }
+        if (sampling.coupled()) {  // the noise of the position this draft would take
+          token = coupled_draft(s.candidate_ids.data(), s.candidate_logits.data(), C, s.draft_argmax, sampling, sampling.seed,
+                                position + 1 + j);
+          draft_probs.emplace_back();
+        } else {
+          auto picked = draft_token(s.candidate_ids.data(), s.candidate_logits.data(), C, s.draft_argmax, sampling, rng);
+          token = picked.first;
+          draft_probs.push_back(std::move(picked.second));
+        }
+        drafts.push_back(token);
+        draft_hidden = s.draft_hidden_out;
+        step_hidden = draft_hidden.data();
         timer("draft_step", 1, call);
-        break;
       }
-      if (sampling.coupled()) {  // the noise of the position this draft would take
-        token = coupled_draft(s.candidate_ids.data(), s.candidate_logits.data(), C, s.draft_argmax, sampling, sampling.seed,
-                              position + 1 + j);
-        draft_probs.emplace_back();
-      } else {
-        auto picked = draft_token(s.candidate_ids.data(), s.candidate_logits.data(), C, s.draft_argmax, sampling, rng);
-        token = picked.first;
-        draft_probs.push_back(std::move(picked.second));
-      }
-      drafts.push_back(token);
-      draft_hidden = s.draft_hidden_out;
-      step_hidden = draft_hidden.data();
-      timer("draft_step", 1, call);
     }
     const int64_t drafted = static_cast<int64_t>(drafts.size());
 
@@ -679,7 +748,14 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
     stats.policy = std::move(p);
     // Keep a live-updated table and acceptance for the next generation, as tuning.remember does.
     if (!policy->frozen()) {
-      s.measured = policy->costs();
+      CostTable costs = policy->costs();
+      // A sampling run weighed no one-call draft: keep the measured ones for the next greedy run.
+      if (costs.draft_call.empty() && s.measured) {
+        for (const auto& [n, seconds] : s.measured->draft_call) {
+          if (n <= costs.max_k()) costs.draft_call[n] = seconds;
+        }
+      }
+      s.measured = costs;
       s.last_acceptance = policy->acceptance();
     }
   }

@@ -4,8 +4,12 @@
 // same loop (prefill, then rounds of draft -> verify -> accept -> rollback), the same stop rules
 // and statistics, so that a prompt, K and sampling seed give the very tokens the Python runtime
 // gives. K is fixed, or "auto" (kAutoK): a DraftPolicy (draft_policy.h) picks each round's draft
-// length from a cost table and the acceptance so far, as speculative.generate(k="auto") does. ExecuTorch types stay out of this header (the state lives behind Impl), so a JNI bridge
-// or the C API in mtp_edge_runner.h can include it without the ExecuTorch include paths.
+// length from a cost table and the acceptance so far, as speculative.generate(k="auto") does. A
+// greedy round of k >= 2 tokens drafts them in one draft_chain_k call where the bundle has one (a
+// fixed K unless draft_p_min is given; k = auto where the plan's draft mode is "call"); older
+// bundles, sampling and k = 1 draft step by step. ExecuTorch types stay out of this header (the
+// state lives behind Impl), so a JNI bridge or the C API in mtp_edge_runner.h can include it
+// without the ExecuTorch include paths.
 #pragma once
 
 #include <cstdint>
@@ -68,6 +72,7 @@ struct GenerationStats {
   // work (sampling, the accept rule, copies, bookkeeping).
   double decode_methods_s = 0.0;
   int64_t early_stops = 0;            // drafts cut short by draft_p_min
+  int64_t draft_calls = 0;            // rounds drafted by one draft_chain_k call instead of k steps
   std::vector<int64_t> k_histogram;   // rounds per draft length actually drafted (index = drafted)
   std::optional<PolicyStats> policy;  // k = auto only
 
@@ -116,9 +121,10 @@ class Runner {
   // cache; the next generate prefills again.
   std::vector<int64_t> score(const std::vector<int64_t>& tokens);
 
-  // runtime/tuning.py's measure_costs: times decode, verify of 2..max_k + 1 tokens and one draft
-  // step from position 0 (fastest of `repeats` after one untimed call each); a prefill overwrites
-  // those positions afterwards.
+  // runtime/tuning.py's measure_costs: times decode, verify of 2..max_k + 1 tokens, one draft
+  // step and each one-call draft (draft_chain_k, k = 2..max_k, where the bundle has it: draft_call)
+  // from position 0 (fastest of `repeats` after one untimed call each); a prefill overwrites those
+  // positions afterwards.
   CostTable measure_costs(int64_t max_k, int repeats = 2);
 
  private:
@@ -135,7 +141,7 @@ const CostTable& default_costs();
 CostTable cost_table_from_json(const json::Value& value);
 std::string cost_table_json(const CostTable& costs);
 
-// The stats object of a result line, as GenerationStats.as_dict() (plus decode_methods_s,
+// The stats object of a result line, as GenerationStats.as_dict() (plus draft_calls, decode_methods_s,
 // runner_s and runner_per_round_s): k_histogram {"drafted": rounds}, plain_rounds, early_stops,
 // and policy (null unless k = auto) {rounds, k_histogram, plain_rounds, probe_rounds, acceptance,
 // costs, frozen, cost_source}.

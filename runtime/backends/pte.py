@@ -17,7 +17,7 @@ import torch
 
 from mtp_edge.export.bundle import BundleError, read_manifest
 from mtp_edge.export.manifest import PROGRAM_METADATA, SCHEMA_VERSION, program_metadata
-from mtp_edge.export.pte import PAD_TOKEN
+from mtp_edge.export.pte import PAD_TOKEN, draft_chain_name
 
 from ..backend import DraftOutput
 from ..errors import GenerationError
@@ -44,6 +44,8 @@ class PteBackend:
         self.max_draft = self.k
         self.method_seconds = 0.0  # inside ExecuTorch method calls since the backend was opened
         self.has_drafter = "draft" in m.methods
+        # Lengths with a one-call greedy draft (draft_chain_k); bundles exported before them have none.
+        self.draft_chains = frozenset(k for k in range(2, self.k + 1) if draft_chain_name(k) in m.methods)
         self.eos_ids = m.eos_token_ids
         self.validated_length = 0
 
@@ -145,6 +147,22 @@ class PteBackend:
             self._pos(validated_length),
         )
         return DraftOutput(ids, logits, projected, int(best[0]))
+
+    def draft_chain(self, token: int, hidden: torch.Tensor, position: int, validated_length: int, k: int
+                    ) -> tuple[list[int], torch.Tensor]:
+        """k greedy draft tokens in one call (draft_chain_k), and each step's top candidate probability."""
+        if k not in self.draft_chains:
+            raise GenerationError(f"this bundle has no one-call draft of {k} tokens (it has {sorted(self.draft_chains)}); draft step by step.")
+        if not 0 <= position < self.max_seq_len or not 0 < validated_length <= self.max_seq_len:
+            raise GenerationError(f"draft position {position} / validated length {validated_length} outside the exported context of {self.max_seq_len}.")
+        ids, top = self._run(
+            draft_chain_name(k),
+            torch.tensor([token], dtype=torch.long),
+            hidden.reshape(-1).to(self.dtype).contiguous(),
+            self._pos(position),
+            self._pos(validated_length),
+        )
+        return [int(t) for t in ids], top
 
     def rollback(self, length: int) -> None:
         # The cache is static: later passes mask positions >= their own, the drafter those >= validated_length.

@@ -41,11 +41,13 @@ def measure_cost_table(backend, prompt: list[int], max_k: int, repeats: int) -> 
 
     decode = median(lambda: backend.verify(tokens[:1], start))
     verify = {n: median(lambda n=n: backend.verify(tokens[:n], start)) for n in range(2, max_k + 2)}
-    draft_step = 0.0
+    draft_step, draft_call = 0.0, {}
     if max_k > 0:
         draft_step = median(lambda: backend.draft(int(prompt[-1]), hidden, start, validated_length=start))
+        for k in sorted(set(getattr(backend, "draft_chains", ())) & set(range(2, max_k + 1))):  # greedy one-call drafts
+            draft_call[k] = median(lambda k=k: backend.draft_chain(int(prompt[-1]), hidden, start, start, k))
     backend.rollback(start)
-    return CostTable(decode=decode, draft_step=draft_step, verify=verify)
+    return CostTable(decode=decode, draft_step=draft_step, verify=verify, draft_call=draft_call)
 
 
 def acceptance_per_position(rounds, max_k: int) -> list[float]:
@@ -76,7 +78,8 @@ def tune_backend(backend, prompts: list[list[int]], *, max_new_tokens: int = 64,
     """Cost table, acceptance, and predicted (and measured) tok/s for K = 0..max and "auto" on one backend."""
     max_k = backend.max_draft
     say = (lambda m: print(f"[tune] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
-    say(f"{type(backend).__name__}: timing decode, verify 2..{max_k + 1} and a draft step ({repeats} calls each)")
+    chains = f", one-call drafts of {', '.join(map(str, sorted(backend.draft_chains)))}" if getattr(backend, "draft_chains", None) else ""
+    say(f"{type(backend).__name__}: timing decode, verify 2..{max_k + 1}, a draft step{chains} ({repeats} calls each)")
     costs = measure_cost_table(backend, prompts[0], max_k, repeats)
     runs = {}
     if acceptance is None:

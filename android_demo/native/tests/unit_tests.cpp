@@ -1,6 +1,6 @@
 // Unit tests of the runner's pieces that need no model: sha256, the JSON reader, the sampling
 // arithmetic and the draft policy (through their public headers only), and the manifest reader's
-// first checks. Registered with CTest, one test per group (CMakeLists.txt, MTP_EDGE_BUILD_TESTS):
+// first checks and method signatures (draft_chain_k). Registered with CTest, one test per group (CMakeLists.txt, MTP_EDGE_BUILD_TESTS):
 //
 //   cmake --build BUILD --target mtp_edge_unit_tests && ctest --test-dir BUILD --output-on-failure
 //   BUILD/mtp_edge_unit_tests [GROUP]     one group, or all of them; --list prints the group names
@@ -544,6 +544,61 @@ void test_manifest() {
   std::filesystem::remove_all(dir);
 }
 
+// A schema 3 manifest of a K = 3 bundle (hidden 8, 16 draft candidates) whose methods are `methods`
+// plus prefill, verify and draft, over a stand-in program file; the runner's sizes are made up.
+std::string tensor_json(const char* name, const std::string& shape, const char* dtype) {
+  return std::string("{\"name\": \"") + name + "\", \"shape\": " + shape + ", \"dtype\": \"" + dtype + "\"}";
+}
+
+std::string draft_chain_json(int k, int outputs_of) {
+  const std::string n = "[" + std::to_string(outputs_of) + "]";
+  return "\"draft_chain_" + std::to_string(k) + "\": {\"inputs\": [" + tensor_json("token", "[1]", "int64") + ", " +
+         tensor_json("hidden", "[8]", "float32") + ", " + tensor_json("position", "[1]", "int64") + ", " +
+         tensor_json("validated_length", "[1]", "int64") + "], \"outputs\": [" + tensor_json("draft_ids", n, "int64") + ", " +
+         tensor_json("top_probs", n, "float32") + "]}";
+}
+
+void write_bundle(const std::filesystem::path& dir, const std::string& extra_methods) {
+  std::ofstream(dir / "model.pte", std::ios::trunc) << "program";
+  const std::string methods =
+      "\"prefill\": {\"inputs\": [" + tensor_json("tokens", "[1, 4]", "int64") + ", " + tensor_json("start_pos", "[1]", "int64") + ", " +
+      tensor_json("logits_at", "[1]", "int64") + "], \"outputs\": [" + tensor_json("logits", "[32]", "float32") + ", " +
+      tensor_json("hidden", "[8]", "float32") + "]}, \"verify\": {\"lengths\": [1, 4], \"inputs\": [" +
+      tensor_json("tokens", "[1, 4]", "int64") + ", " + tensor_json("start_pos", "[1]", "int64") + "], \"outputs\": [" +
+      tensor_json("logits", "[4, 32]", "float32") + ", " + tensor_json("hidden", "[4, 8]", "float32") + "]}, \"draft\": {\"inputs\": [" +
+      tensor_json("token", "[1]", "int64") + ", " + tensor_json("hidden", "[8]", "float32") + ", " + tensor_json("position", "[1]", "int64") +
+      ", " + tensor_json("validated_length", "[1]", "int64") + "], \"outputs\": [" + tensor_json("candidate_ids", "[16]", "int64") + ", " +
+      tensor_json("candidate_logits", "[16]", "float32") + ", " + tensor_json("hidden", "[8]", "float32") + ", " +
+      tensor_json("argmax_id", "[1]", "int64") + "]}" + extra_methods;
+  std::ofstream(dir / "manifest.json", std::ios::trunc)
+      << "{\"schema_version\": 3, \"artifacts\": {\"program\": {\"file\": \"model.pte\", \"bytes\": 7, \"sha256\": \"" +
+             sha256_of("program") + "\"}}, \"k\": 3, \"prefill_chunk\": 4, \"cache\": {\"max_seq_len\": 40, \"buffer_length\": 48}, "
+             "\"target_config\": {\"vocab_size\": 32, \"hidden_size\": 8}, \"eos_token_ids\": [1], \"methods\": {" + methods + "}}";
+}
+
+// The one-call drafts (draft_chain_k, k = 2..K): found with their signatures checked, optional (an
+// older bundle has none), and only within 2..K.
+void test_manifest_draft_chains() {
+  const auto dir = fresh_dir("chains");
+  const std::string bundle = dir.string();
+  write_bundle(dir, "");
+  Manifest m = read_manifest(bundle);
+  CHECK(m.has_drafter);
+  CHECK_EQ(m.draft_candidates, int64_t{16});
+  CHECK(m.draft_chains.empty());
+  CHECK(!m.has_draft_chain(2));
+  write_bundle(dir, ", " + draft_chain_json(2, 2) + ", " + draft_chain_json(3, 3) + ", " + draft_chain_json(4, 4));
+  m = read_manifest(bundle);
+  CHECK_EQ(m.draft_chains, (std::vector<int64_t>{2, 3}));  // draft_chain_4 is beyond K = 3: never used
+  CHECK(m.has_draft_chain(3) && !m.has_draft_chain(1) && !m.has_draft_chain(4));
+  CHECK_EQ(draft_chain_name(3), std::string("draft_chain_3"));
+  write_bundle(dir, ", " + draft_chain_json(3, 3));  // lengths may have gaps: each is used where present
+  CHECK_EQ(read_manifest(bundle).draft_chains, (std::vector<int64_t>{3}));
+  write_bundle(dir, ", " + draft_chain_json(3, 2));
+  CHECK_THROWS(read_manifest(bundle), RunnerError, "method draft_chain_3 outputs draft_ids is int64[2], this runner expects int64[3]");
+  std::filesystem::remove_all(dir);
+}
+
 struct Group {
   const char* name;
   void (*run)();
@@ -554,7 +609,10 @@ const Group kGroups[] = {
     {"json", test_json},
     {"sampling", test_sampling},
     {"draft_policy", test_draft_policy},
-    {"manifest", test_manifest},
+    {"manifest", [] {
+       test_manifest();
+       test_manifest_draft_chains();
+     }},
 };
 
 }  // namespace
