@@ -457,11 +457,15 @@ class BundleManifest:
                                   "damaged, export the bundle again.") from None
 
         none = lambda v: v  # noqa: E731
+        onnx = part("onnx", lambda d: {role: OnnxGraph.from_json(g) for role, g in d.items()}, {})
+        if "onnx" in formats and any(role not in onnx for role in ("target", "drafter")):
+            raise BundleError(f"{origin}: its 'onnx' entry lists no target / drafter graph for format onnx; the manifest is "
+                              "damaged, export the bundle again.")
         return cls(
             target_config=part("target_config", decoder_config_from_json),
             drafter_config=part("drafter_config", drafter_config_from_json),
             formats=tuple(formats),
-            onnx=part("onnx", lambda d: {role: OnnxGraph.from_json(g) for role, g in d.items()}, {}),
+            onnx=onnx,
             methods=part("methods", lambda d: {name: MethodSignature.from_json(s) for name, s in d.items()}, {}),
             backend=data.get("backend"),
             cache=part("cache", CacheLayout.from_json),
@@ -472,7 +476,7 @@ class BundleManifest:
             pad_token_id=data.get("pad_token_id"),
             tokenizer=data.get("tokenizer"),
             quantization=part("quantization", Quantization.from_json, Quantization()),
-            source=Sources.from_json(data["source"]) if data.get("source") else None,
+            source=part("source", Sources.from_json) if data.get("source") else None,
             runtime=part("runtime", RuntimeContract.from_json, RuntimeContract()),
             versions=part("versions", none, {}),
             sizes=part("sizes", none, {}),

@@ -208,8 +208,15 @@ class CostTable:
 class AcceptanceEstimate:
     """Conditional acceptance per draft position, from decayed counts on top of a Beta prior.
 
-    rate(i) = (prior_accept + accepted[i]) / (prior_accept + prior_reject + accepted[i] + rejected[i]).
-    Only the observed counts decay, so a position not seen for a while drifts back towards the
+    rate(1) = (prior_accept + accepted[1]) / (prior_accept + prior_reject + accepted[1] + rejected[1]);
+    a later position's prior mean is the rate of the position before it, with the same weight
+    n = prior_accept + prior_reject:
+    rate(i) = (n * rate(i - 1) + accepted[i]) / (n + accepted[i] + rejected[i]).
+    Why chained: a position is only judged in rounds that draft that deep. A flat prior (0.5) held
+    positions never drafted at 0.5, so once one short draft beat plain decoding the policy had no
+    reason to draft deeper and never learned that deeper drafts pay (ONNX greedy settled on K = 1
+    where K = 4 paid 1.6x); the drafter's own record at the position before is the better guess.
+    Only the observed counts decay, so a position not seen for a while drifts back towards its
     prior rather than to certainty. Positions are 1-based; the tuples hold 1..max_k.
     """
 
@@ -236,9 +243,16 @@ class AcceptanceEstimate:
             object.__setattr__(self, name, tuple(float(c) for c in counts))
 
     def rates(self) -> tuple[float, ...]:
-        """a_1..a_max_k."""
+        """a_1..a_max_k (one operation at a time, in the order draft_policy.cpp computes them)."""
         pa, pr = self.prior_accept, self.prior_reject
-        return tuple((pa + acc) / (pa + pr + acc + rej) for acc, rej in zip(self.accepted, self.rejected))
+        weight = pa + pr
+        out = []
+        for i, (acc, rej) in enumerate(zip(self.accepted, self.rejected)):
+            if i == 0:
+                out.append((pa + acc) / (pa + pr + acc + rej))
+            else:
+                out.append((weight * out[i - 1] + acc) / (weight + acc + rej))
+        return tuple(out)
 
     def observed(self, drafted: int, accepted: int) -> AcceptanceEstimate:
         """The estimate after a round that drafted `drafted` tokens and accepted the first `accepted`.

@@ -152,7 +152,9 @@ def test_a_round_accepts_its_prefix_rejects_the_next_and_leaves_the_rest_unobser
     est = AcceptanceEstimate(4, decay=1.0).observed(3, 1)
     assert est.accepted == (1.0, 0.0, 0.0, 0.0)
     assert est.rejected == (0.0, 1.0, 0.0, 0.0)
-    assert est.rates() == (2 / 3, 1 / 3, 0.5, 0.5)
+    # Positions 3 and 4 were never judged: each takes the rate of the position before as its prior mean.
+    a2 = (2 * (2 / 3)) / 3  # prior mean a1 = 2/3 with weight 2, then one rejection: 4/9
+    assert est.rates() == (2 / 3, a2, a2, a2)
     full = AcceptanceEstimate(4, decay=1.0).observed(2, 2)  # all accepted: nothing rejected
     assert full.accepted == (1.0, 1.0, 0.0, 0.0) and full.rejected == (0.0,) * 4
     with pytest.raises(DraftPolicyError, match="accepted of"):

@@ -147,9 +147,15 @@ AcceptanceEstimate::AcceptanceEstimate(int max_k_, double prior_accept_, double 
 }
 
 std::vector<double> AcceptanceEstimate::rates() const {
+  // A later position's prior mean is the rate of the one before (draft_policy.py: AcceptanceEstimate).
   std::vector<double> out(accepted.size());
+  const double weight = prior_accept + prior_reject;
   for (size_t i = 0; i < accepted.size(); ++i) {
-    out[i] = (prior_accept + accepted[i]) / (prior_accept + prior_reject + accepted[i] + rejected[i]);
+    if (i == 0) {
+      out[i] = (prior_accept + accepted[i]) / (prior_accept + prior_reject + accepted[i] + rejected[i]);
+    } else {
+      out[i] = (weight * out[i - 1] + accepted[i]) / (weight + accepted[i] + rejected[i]);
+    }
   }
   return out;
 }
