@@ -24,7 +24,9 @@ schema version, that every artifact is there and that none was modified since ex
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
+import glob
 import hashlib
 import os
 import shutil
@@ -145,7 +147,7 @@ def write_bundle(
             info = export_pte(
                 target, drafter, tmp / PROGRAM_FILE, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
                 backend=settings.backend, quantized=not recipes["pte"].is_none, consume=True, progress=progress,
-                metadata=program_metadata(k=k, max_seq_len=max_seq_len, vocab_size=target.cfg.vocab_size,
+                draft_chains=settings.draft_chains, metadata=program_metadata(k=k, max_seq_len=max_seq_len, vocab_size=target.cfg.vocab_size,
                                           prefill_chunk=prefill_chunk, pad_token=PAD_TOKEN, eos_ids=target.cfg.eos_token_ids),
             )
             artifacts["program"] = Artifact.of(tmp, PROGRAM_FILE)
@@ -212,17 +214,41 @@ def _copy_hashed(src: Path, dst: Path, block: int = 1 << 20) -> str:
 @contextlib.contextmanager
 def _staged(out_dir: Path):
     """A hidden sibling folder to write a bundle into: renamed onto out_dir when the block ends,
-    removed if it fails, so out_dir never holds a half-written bundle."""
+    removed if it fails, so out_dir never holds a half-written bundle. A full disk is a BundleError
+    naming the folder (nothing is left behind)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         yield tmp
         _replace_dir(tmp, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise BundleError(f"{out_dir}: {e.strerror} while writing the bundle; nothing was written. Free space on "
+                              "that disk or choose another output folder.") from e
         raise
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Remove the staging folders (.NAME.partial-PID, .NAME.old-PID) that killed exports into out_dir
+    left behind: those whose process is gone. A live one belongs to an export still running."""
+    for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*-*"):
+        kind, _, pid = path.name.removeprefix(f".{out_dir.name}.").partition("-")
+        if kind in ("partial", "old") and pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _check_output_dir(out_dir: Path) -> None:

@@ -270,8 +270,10 @@ def method_io(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return DRAFT_CHAIN_IO if name.startswith("draft_chain_") else METHOD_IO[name]
 
 
-def method_modules(target: Gemma4Target, drafter: Gemma4Drafter, k: int, prefill_chunk: int) -> dict[str, tuple[nn.Module, tuple]]:
-    """Method name -> (module, example inputs); dynamic_shapes(k) gives the dynamic dims."""
+def method_modules(target: Gemma4Target, drafter: Gemma4Drafter, k: int, prefill_chunk: int,
+                   draft_chains: tuple[int, ...] | None = None) -> dict[str, tuple[nn.Module, tuple]]:
+    """Method name -> (module, example inputs); dynamic_shapes(k) gives the dynamic dims.
+    draft_chains: the draft_chain_n lengths (default every length 2..k)."""
     i64 = dict(dtype=torch.long)
     hidden = torch.zeros(target.cfg.hidden_size, dtype=target.embed_tokens.weight.dtype)
     draft_inputs = (torch.zeros(1, **i64), hidden, torch.zeros(1, **i64), torch.ones(1, **i64))
@@ -279,7 +281,8 @@ def method_modules(target: Gemma4Target, drafter: Gemma4Drafter, k: int, prefill
         "prefill": (PrefillMethod(target), (torch.zeros(1, prefill_chunk, **i64), torch.zeros(1, **i64), torch.zeros(1, **i64))),
         "verify": (VerifyMethod(target), (torch.zeros(1, k + 1, **i64), torch.zeros(1, **i64))),
         "draft": (DraftMethod(target, drafter), draft_inputs),
-        **{draft_chain_name(n): (DraftChainMethod(target, drafter, n), draft_inputs) for n in draft_chain_lengths(k)},
+        **{draft_chain_name(n): (DraftChainMethod(target, drafter, n), draft_inputs)
+           for n in (draft_chain_lengths(k) if draft_chains is None else draft_chains)},
     }
 
 
@@ -443,6 +446,7 @@ def export_pte(
     backend: str = "xnnpack",
     quantized: bool = False,
     methods: tuple[str, ...] | None = None,
+    draft_chains: tuple[int, ...] | None = None,
     metadata: dict[str, int | list[int]] | None = None,
     consume: bool = False,
     progress: bool = True,
@@ -451,8 +455,8 @@ def export_pte(
 
     `metadata`: constant methods to add (manifest.program_metadata: K, context, vocabulary, ...).
 
-    `methods` keeps a subset of prefill / verify / draft (default all three): a draft-only program
-    is what `bench head` times.
+    `methods` keeps a subset of prefill / verify / draft / draft_chain_n (default all): a draft-only
+    program is what `bench head` times. `draft_chains`: the draft_chain_n lengths (default 2..k).
 
     consume=True releases the modules' weights once the methods are traced (the modules are left
     without them), so that lowering and constant propagation can free each weight as they replace
@@ -483,7 +487,7 @@ def export_pte(
         )
     out_path = Path(out_path)
     started = time.perf_counter()
-    modules = method_modules(target, drafter, k, prefill_chunk)
+    modules = method_modules(target, drafter, k, prefill_chunk, draft_chains)
     if methods is not None:
         unknown = sorted(set(methods) - set(modules))
         if unknown or not methods:

@@ -41,6 +41,28 @@ def parse_formats(text: str | tuple | list) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in names)
 
 
+def parse_draft_chains(value: str | tuple | list | None, k: int) -> tuple[int, ...] | None:
+    """"all" / None -> None (every length 2..k); "none" / "" -> (); "2,4" or (2, 4) -> (2, 4)."""
+    given = value
+    if value is None or value == "all":
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text in ("", "none"):
+            return ()
+        try:
+            value = [int(v) for v in text.split(",")]
+        except ValueError:
+            value = None
+    lengths = tuple(sorted(set(value))) if isinstance(value, (tuple, list)) else None
+    if lengths is None or any(isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= k for n in lengths):
+        raise ExportSettingsError(
+            f"draft_chains={given!r}: the one-call draft lengths must be 'all', 'none' or lengths from 2 to k={k} "
+            "(comma-separated, e.g. --draft-chains 2,4)."
+        )
+    return lengths
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """How a target + drafter pair is exported into a bundle.
@@ -54,6 +76,12 @@ class ExportSettings:
         quantize: DEFAULT (each format's default recipe), "none" (fp32) or a recipe string (see module doc).
         onnx_external_data: None keeps an ONNX graph's weights inside it unless they approach protobuf's
             2 GB limit; True / False force the choice for both graphs.
+        draft_chains: the lengths the .pte gets a one-call greedy draft method for (draft_chain_n,
+            2 <= n <= k): None for every length 2..k, () for none (rounds then draft step by step), or
+            some of them. Each is another method to lower (the draft step unrolled n times), which
+            costs export time (the test suite's export of the shipped pair's demo bundle, k=4: 245 s
+            without, 398 s with 2..4, two exports sharing the 2 cores); a round whose length has none
+            drafts step by step.
     """
 
     k: int = 4
@@ -63,6 +91,7 @@ class ExportSettings:
     formats: tuple[str, ...] = ("pte",)
     quantize: str = DEFAULT
     onnx_external_data: bool | None = None
+    draft_chains: tuple[int, ...] | None = None
 
     def __post_init__(self):
         for name, least, what in (("k", 1, "the largest draft length the bundle verifies"),
@@ -89,6 +118,8 @@ class ExportSettings:
                 parse_recipe(self.quantize)
             except RecipeError as e:  # its message says what is wrong and how to write it
                 raise RecipeError(f"quantize={self.quantize!r}: {e}") from None
+        if self.draft_chains is not None:
+            object.__setattr__(self, "draft_chains", parse_draft_chains(self.draft_chains, self.k))
         if self.onnx_external_data not in (None, True, False):
             raise ExportSettingsError(f"onnx_external_data={self.onnx_external_data!r}: pass None (decide by size), True or False.")
 
@@ -96,14 +127,21 @@ class ExportSettings:
     def from_args(cls, args) -> ExportSettings:
         """From the parsed `mtp-edge export` / `optimum-cli export mtp-edge` arguments (runtime.commands.cli)."""
         return cls(k=args.k, max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, backend=args.backend,
-                   formats=args.format, quantize=args.quantize)
+                   formats=args.format, quantize=args.quantize, draft_chains=args.draft_chains)
 
     @classmethod
     def from_json(cls, d: dict) -> ExportSettings:
-        return cls(**{**d, "formats": tuple(d.get("formats", ("pte",)))})
+        chains = d.get("draft_chains")
+        return cls(**{**d, "formats": tuple(d.get("formats", ("pte",))), "draft_chains": None if chains is None else tuple(chains)})
 
     def to_json(self) -> dict:
-        return {**asdict(self), "formats": list(self.formats)}
+        d = {**asdict(self), "formats": list(self.formats)}
+        return {**d, "draft_chains": None if self.draft_chains is None else list(self.draft_chains)}
+
+    @property
+    def draft_chain_lengths(self) -> tuple[int, ...]:
+        """The lengths the .pte drafts in one call: draft_chains, or every length 2..k."""
+        return tuple(range(2, self.k + 1)) if self.draft_chains is None else self.draft_chains
 
     def recipes(self, target_dir: str | Path) -> dict:
         """Format -> quantize.recipes.PairRecipe. With DEFAULT the .pte's default depends on how many

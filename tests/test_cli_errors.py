@@ -204,3 +204,26 @@ def test_optimum_cli_errors_are_one_line(args, message, tmp_path):
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"optimum-cli export mtp-edge: error: {message.format(tmp=tmp_path)}"), done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("chains", ["5", "1", "2,x", "0,2"])
+def test_export_refuses_draft_chains_out_of_range_before_any_work(chains, tmp_path, capsys):
+    """--draft-chains takes all, none or lengths 2..k: any other is one line, and no folder is written."""
+    pair = Path(__file__).resolve().parents[1] / "models" / "default_pair"
+    out = tmp_path / "out"
+    code = main(["export", "--model", str(pair / "target"), "--drafter", str(pair / "drafter"), "--out", str(out),
+                 "--k", "4", "--draft-chains", chains])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"draft_chains={chains!r}" in err and "lengths from 2 to k=4" in err and "--draft-chains 2,4" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("chains, lengths", [("all", (2, 3, 4)), ("none", ()), ("4,2", (2, 4)), (" 3 ", (3,))])
+def test_export_draft_chains_name_the_one_call_lengths(chains, lengths):
+    from mtp_edge.export.settings import ExportSettings
+
+    settings = ExportSettings.from_args(build_parser().parse_args(
+        ["export", "--model", ".", "--drafter", ".", "--out", "x", "--draft-chains", chains]))
+    assert settings.draft_chain_lengths == lengths
+    assert ExportSettings.from_json(settings.to_json()) == settings  # what the bundle cache keys on

@@ -33,12 +33,19 @@ def _rand(seed: int, n: int, high: int = 512) -> torch.Tensor:
     return torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(seed))
 
 
+# The XNNPACK bundle has no one-call drafts (draft_chains=()): lowering them doubled its export time
+# in the suite, and the shipped pair's demo bundle (test_quantize, test_native_runner) holds them
+# lowered to XNNPACK; the portable bundle, which the native runner and the fuzzer share, has them all.
+XNNPACK_CHAINS: tuple[int, ...] = ()
+
+
 @pytest.fixture(scope="module", params=[pytest.param("xnnpack", marks=pytest.mark.xdist_group("tiny-xnnpack")),
                                         pytest.param("portable", marks=pytest.mark.xdist_group("tiny-portable"))])
 def bundle(request, tiny_dirs, shared_export):
     formats = "pte,onnx" if request.param == "xnnpack" else "pte"
+    chains = XNNPACK_CHAINS if request.param == "xnnpack" else None
     return shared_export(tiny_dirs, ExportSettings(k=K, max_seq_len=MAX_SEQ, prefill_chunk=CHUNK, backend=request.param,
-                                                   formats=formats, quantize="none"))
+                                                   formats=formats, quantize="none", draft_chains=chains))
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +68,16 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def test_manifest_describes_the_bundle(bundle, pte):
     manifest = read_manifest(bundle).to_json()
     assert manifest["schema_version"] == SCHEMA_VERSION
-    assert set(manifest["methods"]) == {"prefill", "verify", "draft", *(f"draft_chain_{k}" for k in range(2, K + 1))}
+    chains = XNNPACK_CHAINS if manifest["backend"] == "xnnpack" else range(2, K + 1)
+    assert set(manifest["methods"]) == {"prefill", "verify", "draft", *(f"draft_chain_{k}" for k in chains)}
     sig = manifest["methods"]
     assert sig["prefill"]["inputs"][0] == {"name": "tokens", "shape": [1, CHUNK], "dtype": "int64"}
     assert sig["verify"]["outputs"][0] == {"name": "logits", "shape": [K + 1, 512], "dtype": "float32"}
     assert sig["verify"]["lengths"] == [1, K + 1]  # any token count up to K + 1 (the shapes give the longest)
     assert [o["name"] for o in sig["draft"]["outputs"]] == ["candidate_ids", "candidate_logits", "hidden", "argmax_id"]
-    assert sig[f"draft_chain_{K}"]["outputs"] == [{"name": "draft_ids", "shape": [K], "dtype": "int64"},
-                                                  {"name": "top_probs", "shape": [K], "dtype": "float32"}]
+    if K in chains:
+        assert sig[f"draft_chain_{K}"]["outputs"] == [{"name": "draft_ids", "shape": [K], "dtype": "int64"},
+                                                      {"name": "top_probs", "shape": [K], "dtype": "float32"}]
     cache = manifest["cache"]
     assert cache["max_seq_len"] == MAX_SEQ and cache["buffer_length"] == MAX_SEQ + max(K, CHUNK - 1)
     assert all(b["shape"][2] == cache["buffer_length"] for b in cache["buffers"])

@@ -296,6 +296,9 @@ def add_export_arguments(p: argparse.ArgumentParser, *, positional_output: bool)
     p.add_argument("--quantize", default=DEFAULT, metavar="RECIPE",
                    help="none, or e.g. target=8da4w+emb4,drafter=8da8w (see README: Quantization); default: the format's "
                         "default recipe (.pte: 8da4w+emb4 for E2B-size targets, 8da8w+emb8 for small ones; ONNX: none)")
+    p.add_argument("--draft-chains", default="all", metavar="LENGTHS",
+                   help="the draft lengths the .pte drafts greedily in one call: all (2..k, default), none (faster "
+                        "export; rounds draft step by step), or some, e.g. 2,4")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON document")
 
 

@@ -76,7 +76,8 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
 
         export=True: drafter=DIR (required), format="pte" | "onnx" | "pte,onnx", quantize="default"
         (each format's default recipe) | "none" (fp32) | a recipe string, max_seq_len=1024, k=4,
-        prefill_chunk=32, pte_backend="xnnpack" | "portable" (together an ExportSettings), progress=True.
+        prefill_chunk=32, pte_backend="xnnpack" | "portable", draft_chains=None (every length 2..k) | "none" |
+        (2, 4) (together an ExportSettings), progress=True.
         Both: backend="pte" | "onnx" (default: the bundle's first format), threads (ONNX Runtime). Hub
         options are accepted and unused.
         """
@@ -105,8 +106,8 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
     @classmethod
     def _export(cls, model_id: str | Path, config: PretrainedConfig | None = None, *, drafter: str | Path | None = None,
                 format: str = "pte", quantize: str = DEFAULT, max_seq_len: int = 1024, k: int = 4,
-                prefill_chunk: int = 32, pte_backend: str = "xnnpack", backend: str | None = None,
-                threads: int | None = None, progress: bool = True, **hub_kwargs) -> "MtpEdgeModelForCausalLM":
+                prefill_chunk: int = 32, pte_backend: str = "xnnpack", draft_chains: str | tuple | None = None,
+                backend: str | None = None, threads: int | None = None, progress: bool = True, **hub_kwargs) -> "MtpEdgeModelForCausalLM":
         from mtp_edge.models.config import check_pair, drafter_config_from_folder, target_config_from_folder
 
         _check_unused(hub_kwargs)
@@ -115,7 +116,7 @@ class MtpEdgeModelForCausalLM(OptimizedModel):
         if not Path(drafter).is_dir():
             raise MtpEdgeModelError(f"drafter={drafter}: not a local folder; pass the drafter checkpoint folder.")
         settings = ExportSettings(k=k, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk, backend=pte_backend,
-                                  formats=format, quantize=quantize)  # checked before any config is read
+                                  formats=format, quantize=quantize, draft_chains=draft_chains)  # checked before any config is read
         # Configs only: a drafter made for another target is refused before any weight is read.
         check_pair(target_config_from_folder(model_id), drafter_config_from_folder(drafter))
         owned = tempfile.TemporaryDirectory(prefix="mtp-edge-export-")
