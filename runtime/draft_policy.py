@@ -18,7 +18,14 @@ The policy picks the k in 0..max_k with the largest E(k) / cost(k), where cost(0
 cost(k) = min(k * draft_step, draft_call[k]) + verify[k + 1]; ties go to the smaller k. Drafting
 must beat plain decoding by `margin` (5%): the acceptance estimate is noisy, and where drafting
 barely pays on paper (a fast .pte), rounds drafted on a lucky estimate lose more than a near-tie
-could win. While plain decoding wins, a probe round drafts anyway every probe_every plain rounds;
+could win. Between draft lengths the policy is sticky: it keeps the previous round's k > 0 unless
+another k > 0 beats it by `stickiness` (5%), because switching costs what no table entry shows: the
+.pte's one verify method re-plans its XNNPACK operators for each new token count and each draft
+length is another method with its own weights to bring into cache (shipped pair, one run, machine
+busy: [chain_2, verify(3)] then [chain_4, verify(5)] in alternation took 0.76 ms per pair of rounds
+more than each round repeated, against 3.2 ms for a k = 2 round), and near-ties between lengths,
+which a noisy acceptance estimate flips every few rounds, would pay it again and again.
+While plain decoding wins, a probe round drafts anyway every probe_every plain rounds;
 each probe that leaves plain decoding ahead doubles that wait (up to 16x), and a drafting win
 resets it, so a drafter that does not pay on this device costs less and less.
 
@@ -48,6 +55,9 @@ class CostTableError(DraftPolicyError):
 
 # While probes keep losing to plain decoding, the wait between them doubles up to this many times probe_every.
 MAX_PROBE_BACKOFF = 16
+
+# A live timing counts as at most this many times the entry it updates (CostTable.measured).
+MAX_TIMING_JUMP = 2.0
 
 # The calls a backend can time, as observe_call names them.
 CALLS = ("decode", "verify", "draft_step", "draft_call")
@@ -131,6 +141,10 @@ class CostTable:
         method/n_tokens: "decode" (1), "verify" (n tokens; n = 1 is a decode, as a k = 0 round
         calls verify), "draft_step" (n steps timed together) or "draft_call" (one call drafting n).
         weight: the new measurement's share, in (0, 1]; 1 keeps the latest timing only.
+        A timing above MAX_TIMING_JUMP times its entry counts as that much: one stall of the machine
+        (seen here: a forced-plain policy drafted 3 rounds in 60 after single slow decodes) must not
+        flip the choice for the next ten rounds, while a cost that really grew still gets there, by
+        at most weight x MAX_TIMING_JUMP per call.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0.0 <= seconds < math.inf:
             raise DraftPolicyError(f"a measured {method} call took {seconds!r} seconds; expected a finite number >= 0.")
@@ -140,6 +154,8 @@ class CostTable:
             raise DraftPolicyError(f"n_tokens must be a whole number >= 1, got {n_tokens!r}.")
 
         def ema(old: float, new: float) -> float:
+            if old > 0.0 and new > MAX_TIMING_JUMP * old:
+                new = MAX_TIMING_JUMP * old
             return old + weight * (new - old)
 
         if method == "verify" and n_tokens == 1:
@@ -334,7 +350,8 @@ class DraftPolicy:
     """Picks k each round from live costs and acceptance, probing now and then while plain decoding wins.
 
     Call next_plan() (or next_k()) once before each round, then observe() with what the round did,
-    and observe_call() with any timings. Probing: when k = 0 looks best for `probe_every` rounds
+    and observe_call() with any timings. stickiness: a k > 0 keeps being drafted while no other
+    k > 0 beats its expected rate by this fraction (module docstring: switching costs). Probing: when k = 0 looks best for `probe_every` rounds
     in a row, the next round drafts `probe_k` tokens anyway, so a drafter that starts doing better
     (the text got easier) is noticed; each probe after which plain decoding still wins doubles the
     wait (at most MAX_PROBE_BACKOFF times probe_every), a drafting win resets it. Counted in rounds,
@@ -353,6 +370,7 @@ class DraftPolicy:
         timing_weight: float = 0.1,
         frozen: bool = False,
         margin: float = 0.05,
+        stickiness: float = 0.05,
     ):
         self.max_k = costs.max_k if max_k is None else max_k
         if not 0 <= self.max_k <= costs.max_k:
@@ -376,6 +394,10 @@ class DraftPolicy:
         if not (isinstance(margin, (int, float)) and 0.0 <= margin < math.inf):
             raise DraftPolicyError(f"margin must be a finite number >= 0, got {margin!r}.")
         self.margin = float(margin)
+        if not (isinstance(stickiness, (int, float)) and 0.0 <= stickiness < math.inf):
+            raise DraftPolicyError(f"stickiness must be a finite number >= 0, got {stickiness!r}.")
+        self.stickiness = float(stickiness)
+        self.last_k = 0  # the previous round's draft length
         self.probe_interval = probe_every  # plain rounds until the next probe; doubles while probes lose
         self.plain_streak = 0  # rounds in a row where k = 0 won
         self.histogram = [0] * (self.max_k + 1)  # rounds per k handed out, probes included
@@ -383,21 +405,29 @@ class DraftPolicy:
 
     def next_plan(self) -> Plan:
         plan = best_plan(self.costs, self.acceptance, self.max_k, self.margin)
+        if plan.k > 0 and 0 < self.last_k <= self.max_k and plan.k != self.last_k:
+            kept = self._plan(self.last_k)
+            # Rates compared as best_plan compares them: tokens / seconds, one division each.
+            if plan.tokens / plan.seconds <= (kept.tokens / kept.seconds) * (1.0 + self.stickiness):
+                plan = kept
         if plan.k == 0 and self.probe_k > 0 and self.probe_every > 0:
             if self.plain_streak >= self.probe_interval:
                 self.plain_streak = 0
                 self.probe_interval = min(2 * self.probe_interval, MAX_PROBE_BACKOFF * self.probe_every)
                 self.probe_rounds += 1
-                k = self.probe_k
-                seconds, mode = self.costs.round_seconds(k)
-                plan = Plan(k, mode, expected_tokens(self.acceptance.rates(), k), seconds, probe=True)
+                plan = replace(self._plan(self.probe_k), probe=True)
             else:
                 self.plain_streak += 1
         elif plan.k > 0:
             self.plain_streak = 0
             self.probe_interval = self.probe_every
         self.histogram[plan.k] += 1
+        self.last_k = plan.k
         return plan
+
+    def _plan(self, k: int) -> Plan:
+        seconds, mode = self.costs.round_seconds(k)
+        return Plan(k, mode, expected_tokens(self.acceptance.rates(), k), seconds)
 
     def next_k(self) -> int:
         return self.next_plan().k

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mtp_edge.runtime.commands.arguments import ExistingPath, WholeNumber, model_spec
+from mtp_edge.runtime.commands.arguments import ExistingPath, WholeNumber, model_spec, whole_numbers
 from mtp_edge.runtime.commands.cli import PROG, build_parser, draft_length, main
 
 BIN = Path(sys.executable).parent
@@ -46,6 +46,8 @@ def _bad_values(action: argparse.Action) -> list[str]:
         values.append(MISSING)
     elif kind is draft_length:
         values += ["often", "-1", "1.5"]
+    elif kind is whole_numbers:
+        values += ["often", "512,0", ""]
     else:
         raise AssertionError(f"{action.option_strings or action.dest}: type {kind!r} is new here; give _bad_values "
                              "and _valid_value a value of it")
@@ -62,7 +64,7 @@ def _valid_value(action: argparse.Action, tmp: Path) -> str:
         return "tiny"
     if isinstance(kind, WholeNumber):
         return str(max(kind.minimum, 1))
-    return {int: "1", float: "0.5", draft_length: "auto"}.get(kind, str(tmp / "out"))
+    return {int: "1", float: "0.5", draft_length: "auto", whole_numbers: "512"}.get(kind, str(tmp / "out"))
 
 
 def _name(action: argparse.Action) -> str:

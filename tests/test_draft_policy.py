@@ -239,8 +239,16 @@ def test_live_timings_move_the_costs_unless_frozen():
 
 def test_measured_is_an_exponential_moving_average():
     costs = CostTable(decode=1.0, draft_step=0.1, verify={2: 2.0})
-    assert costs.measured("decode", 1, 3.0, 0.25).decode == 1.5
-    assert costs.measured("verify", 1, 3.0, 0.25).decode == 1.5  # a k = 0 round verifies 1 token
+    assert costs.measured("decode", 1, 2.0, 0.25).decode == 1.25
+    assert costs.measured("verify", 1, 2.0, 0.25).decode == 1.25  # a k = 0 round verifies 1 token
+    # A stall counts as twice the entry: one slow call moves it by weight x 2 at most...
+    assert costs.measured("decode", 1, 50.0, 0.25).decode == 1.25
+    assert costs.measured("decode", 1, 0.5, 0.25).decode == 0.875  # (faster calls count in full)
+    # ...and a cost that really grew still gets there, call by call.
+    grown = costs
+    for _ in range(60):
+        grown = grown.measured("decode", 1, 10.0, 0.25)
+    assert 9.9 < grown.decode <= 10.0
     assert costs.measured("verify", 2, 4.0, 0.5).verify[2] == 3.0
     assert costs.measured("draft_step", 4, 0.8, 1.0).draft_step == 0.2  # 4 steps timed together
     seeded = costs.measured("draft_call", 1, 0.05, 0.1)  # the first timing of a call length seeds it
@@ -345,11 +353,12 @@ def scenario(rng: random.Random) -> tuple[list[str], list[tuple]]:
     probe_every, probe_k = rng.randint(0, 5), rng.randint(1, 3)
     weight, frozen = rng.choice([1.0, rng.uniform(0.01, 1.0)]), rng.random() < 0.3
     margin = rng.choice([0.0, 0.05, rng.uniform(0.0, 0.3)])
+    stickiness = rng.choice([0.0, 0.05, rng.uniform(0.0, 0.3)])
 
     h = float.hex
     lines = [" ".join(["costs", h(costs.decode), h(costs.draft_step), *map(h, costs.verify.values())])]
     lines += [f"call {k} {h(s)}" for k, s in costs.draft_call.items()]
-    lines.append(f"policy {max_k} {h(pa)} {h(pr)} {h(decay)} {probe_every} {probe_k} {h(weight)} {int(frozen)} {h(margin)}")
+    lines.append(f"policy {max_k} {h(pa)} {h(pr)} {h(decay)} {probe_every} {probe_k} {h(weight)} {int(frozen)} {h(margin)} {h(stickiness)}")
     policy = DraftPolicy(
         costs,
         max_k,
@@ -359,6 +368,7 @@ def scenario(rng: random.Random) -> tuple[list[str], list[tuple]]:
         timing_weight=weight,
         frozen=frozen,
         margin=margin,
+        stickiness=stickiness,
     )
 
     def drafter():
@@ -442,12 +452,12 @@ def test_cpp_port_reports_malformed_tables(driver):
         driver,
         [
             "costs 1 0 1 -1",
-            "policy -1 1 1 1 1 1 1 0 0",
+            "policy -1 1 1 1 1 1 1 0 0 0",
             "costs 1 0 1",
             "call 2 0.1",
-            "policy -1 1 1 1 1 1 1 0 0",
+            "policy -1 1 1 1 1 1 1 0 0 0",
             "costs 1 0 1 1",
-            "policy -1 1 1 1 1 1 1 0 0",
+            "policy -1 1 1 1 1 1 1 0 0 0",
             "observe 3 0",
         ],
     )
@@ -456,3 +466,44 @@ def test_cpp_port_reports_malformed_tables(driver):
         "error cost table: draft_call[2] is out of range; lengths are 1..1.",
         "error a round reports 0 accepted of 3 drafted; need 0 <= accepted <= drafted <= 2.",
     ]
+
+
+def test_draft_lengths_are_sticky_until_another_beats_them_by_the_stickiness():
+    """Near-ties between draft lengths keep the previous k (switching costs a re-planned verify and
+    another draft method); a clear winner still takes over, and stickiness=0 is best_plan alone."""
+    costs = CostTable(decode=1.0, draft_step=0.05, verify={2: 1.1, 3: 1.2, 4: 1.3})
+
+    def policy(rates, stickiness):
+        p = DraftPolicy(costs, 3, acceptance=AcceptanceEstimate(3, accepted=tuple(100 * a for a in rates),
+                                                                    rejected=tuple(100 * (1 - a) for a in rates)),
+                        stickiness=stickiness, probe_every=0)
+        return p
+
+    def rate(rates, k):
+        seconds, _ = costs.round_seconds(k)
+        return expected_tokens(AcceptanceEstimate(3, accepted=tuple(100 * a for a in rates),
+                                                  rejected=tuple(100 * (1 - a) for a in rates)).rates(), k) / seconds
+
+    p = policy([0.8, 0.6, 0.5], 0.05)
+    first = p.next_k()
+    assert first == choose_k(costs, p.acceptance, 3, 0.05)
+    # Shift the estimate until best_plan alone would pick another k by less than 5%: the policy keeps k.
+    nudged = None
+    for a2 in [x / 100 for x in range(40, 100)]:
+        rates = [0.8, a2, 0.5]
+        alone = best_plan(costs, AcceptanceEstimate(3, accepted=tuple(100 * a for a in rates),
+                                                    rejected=tuple(100 * (1 - a) for a in rates)), 3, 0.05).k
+        if alone != first and rate(rates, alone) <= rate(rates, first) * 1.05:
+            nudged = rates
+            break
+    assert nudged is not None
+    sticky, loose = policy(nudged, 0.05), policy(nudged, 0.0)
+    sticky.last_k = loose.last_k = first
+    assert sticky.next_k() == first
+    assert loose.next_k() != first
+    # A clear winner (the estimate moved a long way) takes over despite the stickiness.
+    far = policy([0.8, 0.99, 0.99], 0.05)
+    far.last_k = 1
+    assert far.next_k() == choose_k(costs, far.acceptance, 3, 0.05) != 1
+    with pytest.raises(DraftPolicyError, match="stickiness must be a finite number >= 0"):
+        DraftPolicy(costs, 3, stickiness=-0.1)

@@ -96,7 +96,11 @@ CostTable CostTable::measured(const std::string& method, int n_tokens, double se
     throw RunnerError("the timing weight must be in (0, 1], got " + number(weight) + ".");
   }
   if (n_tokens < 1) throw RunnerError("n_tokens must be a whole number >= 1, got " + std::to_string(n_tokens) + ".");
-  auto ema = [weight](double old_value, double new_value) { return old_value + weight * (new_value - old_value); };
+  // A stall counts as at most kMaxTimingJump times the entry (runtime/draft_policy.py: CostTable.measured).
+  auto ema = [weight](double old_value, double new_value) {
+    if (old_value > 0.0 && new_value > kMaxTimingJump * old_value) new_value = kMaxTimingJump * old_value;
+    return old_value + weight * (new_value - old_value);
+  };
 
   CostTable out = *this;
   const std::string kind = (method == "verify" && n_tokens == 1) ? "decode" : method;
@@ -231,7 +235,8 @@ DraftPolicy::DraftPolicy(const CostTable& costs, const DraftPolicyOptions& optio
       probe_k_(options.probe_k),
       timing_weight_(options.timing_weight),
       frozen_(options.frozen),
-      margin_(options.margin) {
+      margin_(options.margin),
+      stickiness_(options.stickiness) {
   costs_.validate();
   if (max_k_ > costs_.max_k()) {
     throw RunnerError("max_k = " + std::to_string(max_k_) + " but the cost table covers K <= " +
@@ -243,6 +248,9 @@ DraftPolicy::DraftPolicy(const CostTable& costs, const DraftPolicyOptions& optio
   }
   if (!(margin_ >= 0.0 && margin_ < std::numeric_limits<double>::infinity())) {
     throw RunnerError("margin must be a finite number >= 0, got " + number(margin_) + ".");
+  }
+  if (!(stickiness_ >= 0.0 && stickiness_ < std::numeric_limits<double>::infinity())) {
+    throw RunnerError("stickiness must be a finite number >= 0, got " + number(stickiness_) + ".");
   }
   if (!(timing_weight_ > 0.0 && timing_weight_ <= 1.0)) {
     throw RunnerError("timing_weight must be in (0, 1], got " + number(timing_weight_) + ".");
@@ -259,14 +267,16 @@ DraftPolicy::DraftPolicy(const CostTable& costs, const DraftPolicyOptions& optio
 Plan DraftPolicy::next_plan() {
   const std::vector<double> rates = acceptance_.rates();
   Plan plan = best_plan(costs_, rates, max_k_, margin_);
+  if (plan.k > 0 && last_k_ > 0 && last_k_ <= max_k_ && plan.k != last_k_) {
+    const Plan kept = plan_for(last_k_, rates);
+    if (plan.tokens / plan.seconds <= (kept.tokens / kept.seconds) * (1.0 + stickiness_)) plan = kept;
+  }
   if (plan.k == 0 && probe_k_ > 0 && probe_every_ > 0) {
     if (plain_streak_ >= probe_interval_) {
       plain_streak_ = 0;
       probe_interval_ = std::min(2 * probe_interval_, kMaxProbeBackoff * probe_every_);
       ++probe_rounds_;
-      plan.k = probe_k_;
-      plan.seconds = costs_.round_seconds(plan.k, &plan.mode);
-      plan.tokens = expected_tokens(rates, plan.k);
+      plan = plan_for(probe_k_, rates);
       plan.probe = true;
     } else {
       ++plain_streak_;
@@ -276,6 +286,16 @@ Plan DraftPolicy::next_plan() {
     probe_interval_ = probe_every_;
   }
   ++histogram_[plan.k];
+  last_k_ = plan.k;
+  return plan;
+}
+
+Plan DraftPolicy::plan_for(int k, const std::vector<double>& rates) const {
+  Plan plan;
+  plan.k = k;
+  plan.seconds = costs_.round_seconds(k, &plan.mode);
+  plan.tokens = expected_tokens(rates, k);
+  plan.probe = false;
   return plan;
 }
 

@@ -70,6 +70,8 @@ int choose_k(const CostTable& costs, const std::vector<double>& acceptance, int 
 
 // While probes keep losing to plain decoding, the wait between them doubles up to this many times probe_every.
 constexpr int kMaxProbeBackoff = 16;
+// A live timing counts as at most this many times the entry it updates (CostTable::measured).
+constexpr double kMaxTimingJump = 2.0;
 
 struct DraftPolicyOptions {
   int max_k = -1;  // -1: the cost table's K
@@ -81,6 +83,9 @@ struct DraftPolicyOptions {
   double timing_weight = 0.1;
   bool frozen = false;  // timings never change the costs
   double margin = 0.05;  // drafting must beat plain decoding by this fraction
+  // A k > 0 keeps being drafted while no other k > 0 beats it by this fraction (switching costs:
+  // runtime/draft_policy.py).
+  double stickiness = 0.05;
   // Where the estimate starts (the runner's last live generation), instead of the prior; used
   // when it covers max_k positions, as DraftPolicy(acceptance=...) in Python.
   std::optional<AcceptanceEstimate> acceptance;
@@ -105,6 +110,8 @@ class DraftPolicy {
   bool frozen() const { return frozen_; }
 
  private:
+  Plan plan_for(int k, const std::vector<double>& rates) const;
+
   CostTable costs_;
   AcceptanceEstimate acceptance_;
   int max_k_;
@@ -114,6 +121,8 @@ class DraftPolicy {
   double timing_weight_;
   bool frozen_;
   double margin_;
+  double stickiness_;
+  int last_k_ = 0;  // the previous round's draft length
   int plain_streak_ = 0;
   std::vector<long long> histogram_;
   long long probe_rounds_ = 0;

@@ -8,6 +8,7 @@
     export_cost.py `export-measured`: write_bundle in a fresh process (wall time, peak RSS, per-stage RSS)
     recipes.py     `recipes`: the shipped pair per quantization recipe and backend
     head.py        `head`: the clustered vs the full LM head of one draft step
+    long_context.py `long-context`: prefill and decode cost per token as the prompt grows, spec == plain there
 
 This module holds the `mtp-edge bench` subcommands (runtime/commands/cli.py mounts them); it and
 timing.py import no torch, so `mtp-edge --help` and the children of run_in_child start light.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mtp_edge.runtime.commands.arguments import BUNDLE_DIR, DRAFTER_DIR, TARGET_DIR
+from mtp_edge.runtime.commands.arguments import BUNDLE_DIR, DRAFTER_DIR, TARGET_DIR, WholeNumber, whole_numbers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--fill-chunks", type=int, default=4, help="prefill chunks in the cache before the timed calls")
 
+    p = add("long-context", _long_context, "prefill and decode cost per token as the prompt grows (one bundle, "
+            "one backend), and speculative == plain there; exit 1 if not")
+    p.add_argument("bundle", metavar="BUNDLE_DIR", type=BUNDLE_DIR)
+    p.add_argument("--backend", choices=("pte", "onnx"), help="default: the bundle's first format")
+    p.add_argument("--lengths", type=whole_numbers, metavar="N,N,...",
+                   help="prompt lengths (default 512, 2048 and the longest the context allows)")
+    p.add_argument("--new-tokens", type=WholeNumber(1), default=32)
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+
     p = add("recipes", _recipes, "the shipped pair: speed and quality per quantization recipe and backend")
     p.add_argument("recipes", nargs="+", metavar="RECIPE")
     p.add_argument("--formats", default="pte,onnx")
@@ -115,10 +125,16 @@ def run(args) -> int:
         from .adaptive import format_adaptive
 
         print(format_adaptive(report))
+    elif args.what == "long-context" and not args.json:
+        from .long_context import format_long_context
+
+        print(format_long_context(report))
     elif args.json:
         print(json.dumps(report, default=str))
     else:
         print(json.dumps(report, indent=2, default=str))
+    if args.what == "long-context" and not report["speculative_equals_plain"]:
+        return 1  # a broken guarantee, as `validate` reports one
     return 0
 
 
@@ -171,6 +187,12 @@ def _methods(args) -> dict:
     from .methods import bench_methods
 
     return bench_methods(args.bundle, args.backend, threads=args.threads, repeats=args.repeats, fill_chunks=args.fill_chunks)
+
+
+def _long_context(args) -> dict:
+    from .long_context import bench_long_context
+
+    return bench_long_context(args.bundle, args.backend, lengths=args.lengths, new_tokens=args.new_tokens, threads=args.threads)
 
 
 def _recipes(args) -> dict:

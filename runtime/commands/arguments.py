@@ -93,3 +93,17 @@ class WholeNumber:
 
     def __repr__(self) -> str:
         return f"WholeNumber({self.minimum})"
+
+
+def whole_numbers(text: str) -> tuple[int, ...]:
+    """type= for a list of counts: comma-separated whole numbers >= 1 (e.g. prompt lengths 512,2048)."""
+    try:
+        values = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"takes whole numbers >= 1, comma-separated (e.g. 512,2048), got {text!r}.")
+    return values
+
+
+whole_numbers.__name__ = "list of whole numbers"

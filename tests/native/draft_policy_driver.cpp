@@ -7,7 +7,7 @@
 // One command a line; numbers are C hex floats (0x1.8p-1) so both sides read the same bits:
 //   costs <decode> <draft_step> <verify_2> ... <verify_K+1>    a new cost table
 //   call <k> <seconds>                                         add draft_call[k] to it
-//   policy <max_k> <prior_accept> <prior_reject> <decay> <probe_every> <probe_k> <timing_weight> <frozen 0|1> <margin>
+//   policy <max_k> <prior_accept> <prior_reject> <decay> <probe_every> <probe_k> <timing_weight> <frozen 0|1> <margin> <stickiness>
 //   next                      prints "<k> <mode> <probe 0|1> <tokens> <seconds>" (hex floats)
 //   plan <max_k> <a_1> ... <a_n>   best_plan on the cost table and these rates; prints as next does
 //   observe <drafted> <accepted>
@@ -73,6 +73,7 @@ int main() {
         options.timing_weight = read_double(in);
         options.frozen = read_int(in) != 0;
         options.margin = read_double(in);
+        options.stickiness = read_double(in);
         policy = std::make_unique<DraftPolicy>(costs, options);
       } else if (command == "plan") {
         const int max_k = read_int(in);
