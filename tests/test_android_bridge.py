@@ -21,7 +21,7 @@ import pytest
 
 from mtp_edge.export.bundle import MANIFEST, PROGRAM_FILE
 from mtp_edge.export.manifest import SCHEMA_VERSION
-from mtp_edge.runtime.native import build
+from mtp_edge.runtime.native import build, validate
 from mtp_edge.runtime.backends.pte import PteBackend
 from mtp_edge.runtime.draft_policy import DraftPolicy
 from mtp_edge.runtime.speculative import generate
@@ -195,3 +195,37 @@ def test_jvm_errors_are_java_exceptions(jni_library, java_classes, tiny_bundle, 
     assert "draft_p_min must be a probability in [0, 1], got 1.5." in bad[2]["message"]
     assert "K (draft tokens per round) must be >= 0 or auto, got -2." in bad[3]["message"]
     assert "exception" not in answers[19] and answers[19]["stats"]["auto_k"] and answers[19]["tokens"]
+
+
+def test_jvm_text_in_and_out(jni_library, java_classes, tiny_bundle, tmp_path):  # noqa: F811
+    """generateText / encode / decode through Java: the shipped tokenizer.json beside a copy of the tiny
+    bundle (the runner reads one there when the manifest lists none). The prompt's ids and the text of
+    the new ids are Python's; the text streams in whole characters (an emoji crosses JNI intact); a
+    bundle without a tokenizer throws the runner's message and still generates from ids."""
+    import base64
+
+    from mtp_edge.runtime.tokenizer import TextCodec
+    from test_native_text import SHIPPED_TOKENIZER
+
+    bundle = tmp_path / "with-tokenizer"
+    shutil.copytree(tiny_bundle, bundle)
+    shutil.copy(SHIPPED_TOKENIZER, bundle / "tokenizer.json")
+    codec = TextCodec(SHIPPED_TOKENIZER)
+    prompt, emoji = "# the value of the", "naïve 😀 日本"
+    assert max(codec.encode(prompt)) < 512  # the tiny model's vocabulary
+    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    emoji_ids = codec.encode(emoji)
+    answers = _jvm(jni_library, java_classes, [
+        f"open {bundle}", f"text {K} 24 {b64(prompt)}", f"encode {b64(emoji)}", "decode " + " ".join(map(str, emoji_ids)),
+        f"open {tiny_bundle}", f"text {K} 4 {b64(prompt)}", _gen([2, 5, 7], K, 4, GREEDY), "close"])
+    assert all("exception" not in a for a in answers[:4]), answers
+    text = answers[1]
+    assert text["prompt_tokens"] == codec.encode(prompt)
+    assert text["text"] == codec.decode(text["tokens"]) and len(text["tokens"]) == 24
+    assert "".join(text["pieces"]) == text["text"] and text["piece_tokens"][:len(text["tokens"])] == text["tokens"]
+    ids = validate.run_requests(tiny_bundle, [validate.request(codec.encode(prompt), k=K, max_new_tokens=24)],
+                                runner=jni_library.with_name("mtp_edge_runner"))[0]
+    assert text["tokens"] == ids.tokens  # the same generation as from ids
+    assert answers[2]["ids"] == emoji_ids and answers[3]["text"] == codec.decode(emoji_ids) == "<bos>" + emoji
+    assert answers[5].get("exception") == EXCEPTION and "no tokenizer.json" in answers[5]["message"]
+    assert "exception" not in answers[6] and answers[6]["tokens"]

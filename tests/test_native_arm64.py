@@ -91,6 +91,16 @@ def test_validate_arch_arm64_command(arm64_runner, tiny_bundle):
     assert report["native_speculative_equals_plain"] and report["native_auto_equals_plain"]
 
 
+@ARM64
+def test_arm64_text_round_trip(arm64_runner):
+    """The tokenizer built for aarch64 (mtp_edge_text: HFTokenizer, PCRE2, nlohmann/json) under qemu:
+    the held-out prompts of the shipped pair encode to Python's ids and decode back to Python's text."""
+    from test_native_text import SHIPPED_TOKENIZER, assert_same_as_python, heldout_texts, random_ids
+
+    argv, env, _ = build.runner_command(arm64_runner.with_name("mtp_edge_text"), "arm64")
+    assert_same_as_python(argv, SHIPPED_TOKENIZER, heldout_texts(), random_ids(4, 4096, 20), env=env)
+
+
 def test_missing_tools_name_the_apt_line(monkeypatch):
     monkeypatch.setattr(arm64.shutil, "which", lambda name: None)  # no cross compiler, no qemu, no apt-get
     with pytest.raises(build.NativeError) as e:

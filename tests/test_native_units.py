@@ -21,7 +21,7 @@ from mtp_edge.runtime.native import build
 pytestmark = [pytest.mark.native, pytest.mark.xdist_group("tiny-portable")]
 
 # The groups of tests/unit_tests.cpp, each one CTest test (android_demo/native/CMakeLists.txt).
-UNIT_GROUPS = ["sha256", "json", "sampling", "draft_policy", "manifest"]
+UNIT_GROUPS = ["sha256", "json", "sampling", "draft_policy", "manifest", "utf8"]
 
 
 @pytest.fixture(scope="module")

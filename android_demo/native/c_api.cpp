@@ -16,6 +16,7 @@
 struct mtp_runner {
   std::unique_ptr<mtp_edge::Runner> runner;
   std::optional<mtp_edge::GenerationStats> last;  // the last successful generation's
+  std::string last_text;                          // its text (mtp_runner_generate_text only)
 };
 
 namespace {
@@ -38,6 +39,17 @@ size_t copy_values(const std::vector<U>& values, T* into, size_t capacity) {
     for (size_t i = 0; i < n; ++i) into[i] = static_cast<T>(values[i]);
   }
   return values.size();
+}
+
+// Copies `text` into a caller's buffer of `size` bytes (NUL-terminated, cut if it must be); returns
+// the full length.
+size_t copy_text(const std::string& text, char* buffer, size_t size) {
+  if (buffer != nullptr && size > 0) {
+    const size_t n = std::min(size - 1, text.size());
+    std::memcpy(buffer, text.data(), n);
+    buffer[n] = '\0';
+  }
+  return text.size();
 }
 
 const mtp_edge::PolicyStats* last_policy(const mtp_runner* runner) {
@@ -73,80 +85,108 @@ int64_t mtp_runner_max_seq_len(const mtp_runner* runner) { return runner->runner
 
 int64_t mtp_runner_vocab_size(const mtp_runner* runner) { return runner->runner->manifest().vocab_size; }
 
+}  // extern "C"
+
+namespace {
+
+// mtp_runner_generate's work for an already-encoded prompt; throws RunnerError.
+void generate(mtp_runner* runner, const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,
+              const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens, size_t* out_len, mtp_stats* stats,
+              const std::function<void(int64_t)>& callback) {
+  mtp_edge::GenerateOptions options;
+  options.k = k;
+  options.max_new_tokens = max_new_tokens;
+  if (sampling != nullptr) {
+    options.sampling.temperature = sampling->temperature;
+    options.sampling.top_k = sampling->top_k;
+    options.sampling.top_p = sampling->top_p;
+    options.sampling.seed = sampling->seed;
+    if (sampling->rule != MTP_RULE_REJECTION && sampling->rule != MTP_RULE_COUPLED) {
+      throw mtp_edge::RunnerError("sampling rule " + std::to_string(sampling->rule) +
+                                  " is unknown; choose MTP_RULE_REJECTION (0) or MTP_RULE_COUPLED (1).");
+    }
+    options.sampling.rule = sampling->rule == MTP_RULE_COUPLED ? mtp_edge::SamplingRule::kCoupled
+                                                               : mtp_edge::SamplingRule::kRejection;
+  }
+  if (draft != nullptr) {
+    if (draft->max_k < -1) throw mtp_edge::RunnerError("max_k must be >= 0 (or -1: the bundle's K), got " + std::to_string(draft->max_k) + ".");
+    options.max_k = draft->max_k;
+    if (draft->draft_p_min >= 0.0) {
+      options.draft_p_min = draft->draft_p_min;
+    } else if (draft->draft_p_min != draft->draft_p_min) {  // NaN
+      throw mtp_edge::RunnerError("draft_p_min must be a probability in [0, 1] (or < 0: none), got NaN.");
+    }
+    if (draft->costs_json != nullptr) {
+      mtp_edge::json::Value doc;
+      try {
+        doc = mtp_edge::json::Value::parse(draft->costs_json);
+      } catch (const mtp_edge::json::ParseError& e) {
+        throw mtp_edge::RunnerError(std::string("cost table: not valid JSON (") + e.what() + ").");
+      }
+      options.costs = mtp_edge::cost_table_from_json(doc);
+    }
+  }
+  auto result = runner->runner->generate(prompt, options, callback);
+  std::copy(result.tokens.begin(), result.tokens.end(), out_tokens);
+  if (out_len != nullptr) *out_len = result.tokens.size();
+  const auto& s = result.stats;
+  if (stats != nullptr) {
+    std::memset(stats, 0, sizeof *stats);
+    stats->prompt_tokens = s.prompt_tokens;
+    stats->new_tokens = s.new_tokens;
+    stats->rounds = s.rounds;
+    stats->drafted = s.drafted;
+    stats->accepted = s.accepted;
+    stats->prefill_s = s.prefill_s;
+    stats->decode_s = s.decode_s;
+    stats->decode_methods_s = s.decode_methods_s;
+    set_text(stats->stop_reason, sizeof stats->stop_reason, s.stop_reason);
+    stats->early_stops = s.early_stops;
+    stats->plain_rounds = s.plain_rounds();
+    stats->max_drafted = s.k_histogram.empty() ? 0 : static_cast<int64_t>(s.k_histogram.size()) - 1;
+    if (s.policy) {
+      stats->auto_k = 1;
+      stats->costs_frozen = s.policy->frozen ? 1 : 0;
+      stats->probe_rounds = s.policy->probe_rounds;
+      set_text(stats->cost_source, sizeof stats->cost_source, s.policy->cost_source);
+    }
+  }
+  runner->last = s;
+}
+
+// Null arguments and a too-small out_tokens, checked before any work; a message or nullptr.
+const char* bad_arguments(const char* call, mtp_runner* runner, bool prompt_ok, int64_t* out_tokens, size_t out_capacity,
+                          int64_t max_new_tokens, std::string& message) {
+  if (runner == nullptr || !prompt_ok || out_tokens == nullptr) {
+    message = std::string(call) + ": runner, prompt and out_tokens must not be NULL";
+  } else if (max_new_tokens > 0 && out_capacity < static_cast<size_t>(max_new_tokens)) {
+    message = std::string(call) + ": out_capacity is smaller than max_new_tokens";
+  } else {
+    return nullptr;
+  }
+  return message.c_str();
+}
+
+}  // namespace
+
+extern "C" {
+
 int mtp_runner_generate(mtp_runner* runner, const int64_t* prompt, size_t prompt_len, int64_t k, int64_t max_new_tokens,
                         const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens, size_t out_capacity,
                         size_t* out_len, mtp_stats* stats, mtp_token_callback on_token, void* user_data, char* error,
                         size_t error_size) {
   try {
-    if (runner == nullptr || (prompt == nullptr && prompt_len > 0) || out_tokens == nullptr) {
-      set_error(error, error_size, "mtp_runner_generate: runner, prompt and out_tokens must not be NULL");
+    std::string message;
+    if (bad_arguments("mtp_runner_generate", runner, prompt != nullptr || prompt_len == 0, out_tokens, out_capacity,
+                      max_new_tokens, message)) {
+      set_error(error, error_size, message.c_str());
       return 1;
-    }
-    if (max_new_tokens > 0 && out_capacity < static_cast<size_t>(max_new_tokens)) {
-      set_error(error, error_size, "mtp_runner_generate: out_capacity is smaller than max_new_tokens");
-      return 1;
-    }
-    mtp_edge::GenerateOptions options;
-    options.k = k;
-    options.max_new_tokens = max_new_tokens;
-    if (sampling != nullptr) {
-      options.sampling.temperature = sampling->temperature;
-      options.sampling.top_k = sampling->top_k;
-      options.sampling.top_p = sampling->top_p;
-      options.sampling.seed = sampling->seed;
-      if (sampling->rule != MTP_RULE_REJECTION && sampling->rule != MTP_RULE_COUPLED) {
-        throw mtp_edge::RunnerError("sampling rule " + std::to_string(sampling->rule) +
-                                    " is unknown; choose MTP_RULE_REJECTION (0) or MTP_RULE_COUPLED (1).");
-      }
-      options.sampling.rule = sampling->rule == MTP_RULE_COUPLED ? mtp_edge::SamplingRule::kCoupled
-                                                                 : mtp_edge::SamplingRule::kRejection;
-    }
-    if (draft != nullptr) {
-      if (draft->max_k < -1) throw mtp_edge::RunnerError("max_k must be >= 0 (or -1: the bundle's K), got " + std::to_string(draft->max_k) + ".");
-      options.max_k = draft->max_k;
-      if (draft->draft_p_min >= 0.0) {
-        options.draft_p_min = draft->draft_p_min;
-      } else if (draft->draft_p_min != draft->draft_p_min) {  // NaN
-        throw mtp_edge::RunnerError("draft_p_min must be a probability in [0, 1] (or < 0: none), got NaN.");
-      }
-      if (draft->costs_json != nullptr) {
-        mtp_edge::json::Value doc;
-        try {
-          doc = mtp_edge::json::Value::parse(draft->costs_json);
-        } catch (const mtp_edge::json::ParseError& e) {
-          throw mtp_edge::RunnerError(std::string("cost table: not valid JSON (") + e.what() + ").");
-        }
-        options.costs = mtp_edge::cost_table_from_json(doc);
-      }
     }
     std::function<void(int64_t)> callback;
     if (on_token != nullptr) callback = [&](int64_t token) { on_token(token, user_data); };
-    auto result = runner->runner->generate(std::vector<int64_t>(prompt, prompt + prompt_len), options, callback);
-    std::copy(result.tokens.begin(), result.tokens.end(), out_tokens);
-    if (out_len != nullptr) *out_len = result.tokens.size();
-    const auto& s = result.stats;
-    if (stats != nullptr) {
-      std::memset(stats, 0, sizeof *stats);
-      stats->prompt_tokens = s.prompt_tokens;
-      stats->new_tokens = s.new_tokens;
-      stats->rounds = s.rounds;
-      stats->drafted = s.drafted;
-      stats->accepted = s.accepted;
-      stats->prefill_s = s.prefill_s;
-      stats->decode_s = s.decode_s;
-      stats->decode_methods_s = s.decode_methods_s;
-      set_text(stats->stop_reason, sizeof stats->stop_reason, s.stop_reason);
-      stats->early_stops = s.early_stops;
-      stats->plain_rounds = s.plain_rounds();
-      stats->max_drafted = s.k_histogram.empty() ? 0 : static_cast<int64_t>(s.k_histogram.size()) - 1;
-      if (s.policy) {
-        stats->auto_k = 1;
-        stats->costs_frozen = s.policy->frozen ? 1 : 0;
-        stats->probe_rounds = s.policy->probe_rounds;
-        set_text(stats->cost_source, sizeof stats->cost_source, s.policy->cost_source);
-      }
-    }
-    runner->last = s;
+    runner->last_text.clear();
+    generate(runner, std::vector<int64_t>(prompt, prompt + prompt_len), k, max_new_tokens, sampling, draft, out_tokens,
+             out_len, stats, callback);
     return 0;
   } catch (const std::exception& e) {
     set_error(error, error_size, e.what());
@@ -154,6 +194,77 @@ int mtp_runner_generate(mtp_runner* runner, const int64_t* prompt, size_t prompt
     set_error(error, error_size, "unknown error during generation");
   }
   return 1;
+}
+
+int mtp_runner_generate_text(mtp_runner* runner, const char* prompt_text, int64_t k, int64_t max_new_tokens,
+                             const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens,
+                             size_t out_capacity, size_t* out_len, mtp_stats* stats, mtp_text_callback on_text,
+                             void* user_data, char* error, size_t error_size) {
+  try {
+    std::string message;
+    if (bad_arguments("mtp_runner_generate_text", runner, prompt_text != nullptr, out_tokens, out_capacity, max_new_tokens,
+                      message)) {
+      set_error(error, error_size, message.c_str());
+      return 1;
+    }
+    const mtp_edge::TextCodec& codec = runner->runner->text();
+    const std::vector<int64_t> prompt = codec.encode(prompt_text);
+    mtp_edge::TextStream stream(codec);
+    std::string text;
+    const auto callback = [&](int64_t token) {
+      const std::string piece = stream.push(token);
+      text += piece;
+      if (on_text != nullptr) on_text(token, piece.data(), piece.size(), user_data);
+    };
+    runner->last_text.clear();
+    generate(runner, prompt, k, max_new_tokens, sampling, draft, out_tokens, out_len, stats, callback);
+    const std::string rest = stream.finish();
+    text += rest;
+    if (on_text != nullptr && !rest.empty()) on_text(-1, rest.data(), rest.size(), user_data);
+    runner->last_text = text;
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(error, error_size, e.what());
+  } catch (...) {
+    set_error(error, error_size, "unknown error during generation");
+  }
+  return 1;
+}
+
+int mtp_runner_encode(mtp_runner* runner, const char* text, int64_t* out_ids, size_t capacity, size_t* out_len,
+                      char* error, size_t error_size) {
+  try {
+    if (runner == nullptr || text == nullptr) {
+      set_error(error, error_size, "mtp_runner_encode: runner and text must not be NULL");
+      return 1;
+    }
+    const size_t n = copy_values(runner->runner->text().encode(text), out_ids, capacity);
+    if (out_len != nullptr) *out_len = n;
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(error, error_size, e.what());
+  }
+  return 1;
+}
+
+int mtp_runner_decode(mtp_runner* runner, const int64_t* ids, size_t ids_len, char* buffer, size_t size,
+                      size_t* out_len, char* error, size_t error_size) {
+  try {
+    if (runner == nullptr || (ids == nullptr && ids_len > 0)) {
+      set_error(error, error_size, "mtp_runner_decode: runner and ids must not be NULL");
+      return 1;
+    }
+    const size_t n = copy_text(runner->runner->text().decode(std::vector<int64_t>(ids, ids + ids_len)), buffer, size);
+    if (out_len != nullptr) *out_len = n;
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(error, error_size, e.what());
+  }
+  return 1;
+}
+
+size_t mtp_runner_last_text(const mtp_runner* runner, char* buffer, size_t size) {
+  return copy_text(runner == nullptr ? std::string() : runner->last_text, buffer, size);
 }
 
 size_t mtp_runner_last_k_histogram(const mtp_runner* runner, int64_t* counts, size_t capacity) {
@@ -186,13 +297,7 @@ size_t mtp_runner_last_stats_json(const mtp_runner* runner, char* buffer, size_t
     if (buffer != nullptr && size > 0) buffer[0] = '\0';
     return 0;
   }
-  const std::string text = mtp_edge::stats_json(*runner->last);
-  if (buffer != nullptr && size > 0) {
-    const size_t n = std::min(size - 1, text.size());
-    std::memcpy(buffer, text.data(), n);
-    buffer[n] = '\0';
-  }
-  return text.size();
+  return copy_text(mtp_edge::stats_json(*runner->last), buffer, size);
 }
 
 }  // extern "C"

@@ -2,6 +2,11 @@
 //
 //   mtp_edge_runner BUNDLE [REQUESTS]      REQUESTS: a file of JSON lines (default or '-': stdin)
 //   mtp_edge_runner BUNDLE --info          one JSON line: the bundle's K, context, sizes, load time
+//   mtp_edge_runner BUNDLE --prompt TEXT [--k auto|N] [--max-new-tokens N] [--temperature T] [--top-k N]
+//                   [--top-p P] [--seed S] [--rule rejection|coupled] [--json]
+//                                          the text generated after TEXT, streamed to stdout as whole
+//                                          UTF-8 characters arrive (--prompt-ids 2,17,9 instead of a
+//                                          text); --json: one line {"prompt_tokens", "tokens", "text", "stats"}
 //
 // One request per line, every field but "prompt" optional:
 //   {"prompt": [2, 17, 9], "k": "auto", "max_new_tokens": 64, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "seed": 1,
@@ -16,9 +21,13 @@
 // GenerationStats.as_dict() fields (k_histogram, plain_rounds, early_stops, policy) plus
 // draft_calls (rounds drafted by one draft_chain_k call) and decode_methods_s / runner_s /
 // runner_per_round_s (the runner's own time, methods excluded).
+// "prompt" may also be a string: the text, encoded with the bundle's tokenizer.json (BOS as the Python
+// runtime adds it); the result then also carries "prompt_tokens" and "text" (the new tokens decoded),
+// as does an ids prompt with "decode": true.
 // {"score": [ids]} instead asks for the target's argmax after each id, teacher-forced (Runner::score):
 // answered {"argmax": [...]}; validate --arch arm64 compares ARM's with x86's.
 // Any error: one line "error: ..." on stderr and exit code 2, after the results already written.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -41,6 +50,8 @@ using mtp_edge::json::Value;
 
 struct Request {
   std::vector<int64_t> prompt;
+  std::optional<std::string> prompt_text;  // a text prompt, encoded by the caller
+  bool decode = false;                     // answer with the text of the new tokens too
   std::optional<std::vector<int64_t>> score;  // a score request: teacher-forced argmax, no generation
   mtp_edge::GenerateOptions options;  // k: auto by default
 };
@@ -51,7 +62,12 @@ constexpr const char* kUsage =
     "  REQUESTS  a file of JSON lines, one request each (default, or '-': stdin), e.g.\n"
     "            {\"prompt\": [2, 17, 9], \"k\": \"auto\", \"max_new_tokens\": 64, \"temperature\": 0.7, \"top_k\": 0, \"top_p\": 1.0, \"seed\": 1}\n"
     "            more fields: \"rule\" (rejection | coupled), \"max_k\", \"draft_p_min\", \"costs\" (a frozen cost table)\n"
-    "  --info    print the bundle's K, context and sizes as one JSON line, and exit\n";
+    "            \"prompt\" may be a string (text, through the bundle's tokenizer.json): the result adds \"text\"\n"
+    "  --info    print the bundle's K, context and sizes as one JSON line, and exit\n"
+    "   or: mtp_edge_runner BUNDLE --prompt TEXT [--k auto|N] [--max-new-tokens N] [--temperature T] [--top-k N]\n"
+    "                      [--top-p P] [--seed S] [--rule rejection|coupled] [--json]\n"
+    "            the generated text streamed to stdout (--prompt-ids 2,17,9: a prompt of token ids);\n"
+    "            --json: one line {\"prompt_tokens\", \"tokens\", \"text\", \"stats\"}\n";
 
 Request parse_request(const std::string& line) {
   Value doc;
@@ -61,13 +77,13 @@ Request parse_request(const std::string& line) {
     throw RunnerError(std::string("not valid JSON (") + e.what() + "); write one JSON object per line.");
   }
   static const std::set<std::string> known = {"prompt", "k", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
-                                              "rule", "max_k", "draft_p_min", "costs", "score"};
+                                              "rule", "max_k", "draft_p_min", "costs", "score", "decode"};
   Request r;  // k: auto unless given
   try {
     for (const auto& member : doc.as_object("a request")) {
       if (known.count(member.first) == 0) {
         throw RunnerError("unknown field \"" + member.first + "\"; a request takes prompt, k, max_new_tokens, temperature, top_k, "
-                          "top_p, seed, rule, max_k, draft_p_min, costs (or score alone).");
+                          "top_p, seed, rule, max_k, draft_p_min, costs, decode (or score alone).");
       }
     }
     if (const Value* score = doc.find("score")) {
@@ -77,8 +93,16 @@ Request parse_request(const std::string& line) {
       return r;
     }
     const Value* prompt = doc.find("prompt");
-    if (prompt == nullptr) throw RunnerError("no \"prompt\": give the prompt's token ids, e.g. {\"prompt\": [2, 17, 9]}.");
-    for (const Value& id : prompt->as_array("prompt")) r.prompt.push_back(id.as_int("a prompt token id"));
+    if (prompt == nullptr) {
+      throw RunnerError("no \"prompt\": give the prompt's token ids or its text, e.g. {\"prompt\": [2, 17, 9]} or {\"prompt\": \"Hello\"}.");
+    }
+    if (prompt->is_string()) {
+      r.prompt_text = prompt->as_string("prompt");
+      r.decode = true;
+    } else {
+      for (const Value& id : prompt->as_array("prompt")) r.prompt.push_back(id.as_int("a prompt token id"));
+    }
+    if (const Value* v = doc.find("decode")) r.decode = r.decode || v->as_bool("decode");
     mtp_edge::GenerateOptions& o = r.options;
     if (const Value* v = doc.find("k")) {
       if (v->is_string() && v->as_string("k") == "auto") {
@@ -108,10 +132,20 @@ Request parse_request(const std::string& line) {
   return r;
 }
 
-std::string result_line(const mtp_edge::Generation& g) {
-  std::string out = "{\"tokens\": [";
-  for (size_t i = 0; i < g.tokens.size(); ++i) out += (i ? ", " : "") + std::to_string(g.tokens[i]);
-  return out + "], \"stats\": " + mtp_edge::stats_json(g.stats) + "}";
+std::string ids_json(const std::vector<int64_t>& ids) {
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) out += (i ? ", " : "") + std::to_string(ids[i]);
+  return out + "]";
+}
+
+// text: the new tokens decoded (with the prompt's ids), or none for an ids-only request.
+std::string result_line(const mtp_edge::Generation& g, const std::vector<int64_t>* prompt = nullptr,
+                        const std::string* text = nullptr) {
+  std::string out = "{";
+  if (prompt != nullptr) out += "\"prompt_tokens\": " + ids_json(*prompt) + ", ";
+  out += "\"tokens\": " + ids_json(g.tokens);
+  if (text != nullptr) out += ", \"text\": " + mtp_edge::json::quote(*text);
+  return out + ", \"stats\": " + mtp_edge::stats_json(g.stats) + "}";
 }
 
 // ExecuTorch logs at Info level to stderr (thread pool sizing, CPU probing); the contract here is
@@ -131,25 +165,127 @@ int fail(const std::string& message) {
   return 2;
 }
 
+// --prompt TEXT | --prompt-ids 2,17,9 and the sampling flags: one generation, its text streamed.
+struct TextRequest {
+  std::optional<std::string> text;
+  std::vector<int64_t> ids;
+  mtp_edge::GenerateOptions options;
+  bool json = false;
+};
+
+int64_t int_flag(const std::string& flag, const std::string& value) {
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(value, &used);
+    if (used == value.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw RunnerError(flag + " takes a whole number, got '" + value + "'.");
+}
+
+double real_flag(const std::string& flag, const std::string& value) {
+  try {
+    size_t used = 0;
+    const double v = std::stod(value, &used);
+    if (used == value.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw RunnerError(flag + " takes a number, got '" + value + "'.");
+}
+
+TextRequest parse_flags(int argc, char** argv) {
+  TextRequest r;
+  bool has_prompt = false;
+  for (int i = 2; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--json") {
+      r.json = true;
+      continue;
+    }
+    if (i + 1 >= argc) throw RunnerError(flag + " needs a value (or is not an option; see --help).");
+    const std::string value = argv[++i];
+    mtp_edge::GenerateOptions& o = r.options;
+    if (flag == "--prompt") {
+      r.text = value;
+      has_prompt = true;
+    } else if (flag == "--prompt-ids") {
+      size_t start = 0;
+      while (start <= value.size()) {
+        const size_t comma = std::min(value.find(',', start), value.size());
+        if (comma > start) r.ids.push_back(int_flag("--prompt-ids", value.substr(start, comma - start)));
+        start = comma + 1;
+      }
+      has_prompt = true;
+    } else if (flag == "--k") {
+      o.k = value == "auto" ? mtp_edge::kAutoK : int_flag(flag, value);
+      if (o.k < 0 && value != "auto") throw RunnerError("--k takes a number >= 0 or 'auto', got " + value + ".");
+    } else if (flag == "--max-new-tokens") {
+      o.max_new_tokens = int_flag(flag, value);
+    } else if (flag == "--temperature") {
+      o.sampling.temperature = real_flag(flag, value);
+    } else if (flag == "--top-k") {
+      o.sampling.top_k = int_flag(flag, value);
+    } else if (flag == "--top-p") {
+      o.sampling.top_p = real_flag(flag, value);
+    } else if (flag == "--seed") {
+      o.sampling.seed = static_cast<uint64_t>(int_flag(flag, value));
+    } else if (flag == "--rule") {
+      o.sampling.rule = mtp_edge::parse_sampling_rule(value);
+    } else {
+      throw RunnerError("unknown option " + flag + "; see mtp_edge_runner --help.");
+    }
+  }
+  if (!has_prompt) throw RunnerError("give --prompt TEXT (or --prompt-ids 2,17,9).");
+  return r;
+}
+
+int generate_text(mtp_edge::Runner& runner, const TextRequest& r) {
+  const mtp_edge::TextCodec& codec = runner.text();
+  const std::vector<int64_t> prompt = r.text ? codec.encode(*r.text) : r.ids;
+  mtp_edge::TextStream stream(codec);
+  std::string text;
+  const auto on_token = [&](int64_t token) {
+    const std::string piece = stream.push(token);
+    text += piece;
+    if (!r.json && !piece.empty()) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+  };
+  const mtp_edge::Generation g = runner.generate(prompt, r.options, on_token);
+  const std::string rest = stream.finish();
+  text += rest;
+  if (r.json) {
+    std::printf("%s\n", result_line(g, &prompt, &text).c_str());
+  } else {
+    std::printf("%s\n", rest.c_str());
+  }
+  return 0;
+}
+
 int run(int argc, char** argv) {
   if (argc >= 2 && (std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help")) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  if (argc < 2 || argc > 3) {
+  const bool flags = argc >= 3 && std::string(argv[2]).rfind("--", 0) == 0 && std::string(argv[2]) != "--info";
+  if (argc < 2 || (argc > 3 && !flags)) {
     std::fputs(kUsage, stderr);
-    return fail("expected a bundle folder and at most one requests file.");
+    return fail("expected a bundle folder and at most one requests file (or --prompt TEXT and options).");
   }
   const char* log = std::getenv("MTP_EDGE_RUNNER_LOG");
   g_log_all = log != nullptr && std::string(log) == "all";
   executorch::runtime::register_pal(executorch::runtime::PalImpl::create(log_sink, __FILE__));
   const std::string bundle = argv[1];
   const std::string source = argc == 3 ? argv[2] : "-";
+  std::optional<TextRequest> text_request;
+  if (flags) text_request = parse_flags(argc, argv);  // before loading: a typo fails fast
 
   const auto started = std::chrono::steady_clock::now();
   mtp_edge::Runner runner(bundle);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   const auto& m = runner.manifest();
+  if (text_request) return generate_text(runner, *text_request);
   if (source == "--info") {
     std::printf("{\"k\": %lld, \"has_drafter\": %s, \"max_seq_len\": %lld, \"prefill_chunk\": %lld, \"vocab_size\": %lld, "
                 "\"hidden_size\": %lld, \"draft_candidates\": %lld, \"load_s\": %s}\n",
@@ -175,6 +311,11 @@ int run(int argc, char** argv) {
         std::string out = "{\"argmax\": [";
         for (size_t i = 0; i < best.size(); ++i) out += (i ? ", " : "") + std::to_string(best[i]);
         std::printf("%s]}\n", out.c_str());
+      } else if (r.decode) {
+        const std::vector<int64_t> prompt = r.prompt_text ? runner.text().encode(*r.prompt_text) : r.prompt;
+        const mtp_edge::Generation g = runner.generate(prompt, r.options);
+        const std::string text = runner.text().decode(g.tokens);
+        std::printf("%s\n", result_line(g, &prompt, &text).c_str());
       } else {
         std::printf("%s\n", result_line(runner.generate(r.prompt, r.options)).c_str());
       }

@@ -149,6 +149,12 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
                         "); export the bundle again.");
     }
 
+    if (const Value* tokenizer = artifacts->find("tokenizer")) {
+      m.tokenizer_path = (fs::path(bundle_dir) / tokenizer->at("file", "artifacts.tokenizer").as_string("artifacts.tokenizer.file")).string();
+      m.tokenizer_bytes = tokenizer->at("bytes", "artifacts.tokenizer").as_int("artifacts.tokenizer.bytes");
+      m.tokenizer_sha256 = tokenizer->at("sha256", "artifacts.tokenizer").as_string("artifacts.tokenizer.sha256");
+    }
+
     m.k = doc.at("k", "manifest").as_int("manifest k");
     m.prefill_chunk = doc.at("prefill_chunk", "manifest").as_int("manifest prefill_chunk");
     const Value& cache = doc.at("cache", "manifest");

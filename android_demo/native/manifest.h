@@ -36,6 +36,11 @@ struct Manifest {
   int64_t draft_candidates = 0;  // tokens the drafter's clustered head scores per step
   int64_t pad_token = 0;       // what padded prefill / verify slots hold
   std::vector<int64_t> eos_token_ids;
+  // artifacts.tokenizer (the target's tokenizer.json), empty when the bundle has none; checked
+  // (size + sha256) when the runner first needs text, not at load: token ids work without it.
+  std::string tokenizer_path;
+  std::string tokenizer_sha256;
+  int64_t tokenizer_bytes = -1;
   bool has_drafter = false;
   // Lengths k in 2..K with a draft_chain_k method (k greedy drafter steps in one call), ascending.
   // Bundles exported before these methods have none: the runner then drafts step by step.

@@ -85,6 +85,37 @@ int mtp_runner_generate(mtp_runner* runner, const int64_t* prompt, size_t prompt
                         size_t* out_len, mtp_stats* stats, mtp_token_callback on_token, void* user_data, char* error,
                         size_t error_size);
 
+/* Text, through the bundle's tokenizer.json (tokenizers::HFTokenizer), loaded on first use: a bundle
+ * without one, or with a modified or malformed one, fails these calls with the reason in `error`
+ * (token ids keep working). */
+
+/* The ids of `text` (UTF-8, NUL-terminated) with the tokenizer's special tokens (BOS), as the Python
+ * runtime encodes a prompt. Copies at most `capacity` ids (out_ids may be NULL with capacity 0);
+ * *out_len = how many there are (call again with more room when it exceeds capacity). */
+int mtp_runner_encode(mtp_runner* runner, const char* text, int64_t* out_ids, size_t capacity, size_t* out_len,
+                      char* error, size_t error_size);
+
+/* The text of `ids` (UTF-8; invalid bytes as U+FFFD, as the Python `tokenizers` decode). Writes at
+ * most size - 1 bytes and a NUL into `buffer` (may be NULL with size 0); *out_len = the full length. */
+int mtp_runner_decode(mtp_runner* runner, const int64_t* ids, size_t ids_len, char* buffer, size_t size,
+                      size_t* out_len, char* error, size_t error_size);
+
+/* Called with every new token and the text it completes: `length` bytes of UTF-8, not NUL-terminated,
+ * often 0 (a character that spans several tokens arrives with its last one). After the last token, a
+ * call with token -1 carries what could not be completed (as U+FFFD), only when there is some. */
+typedef void (*mtp_text_callback)(int64_t token, const char* text, size_t length, void* user_data);
+
+/* mtp_runner_generate with a text prompt (encoded as mtp_runner_encode does) and streamed text;
+ * the new token ids still go to out_tokens, and their whole text to mtp_runner_last_text(). */
+int mtp_runner_generate_text(mtp_runner* runner, const char* prompt_text, int64_t k, int64_t max_new_tokens,
+                             const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens,
+                             size_t out_capacity, size_t* out_len, mtp_stats* stats, mtp_text_callback on_text,
+                             void* user_data, char* error, size_t error_size);
+
+/* The text of the last mtp_runner_generate_text; returns its length in bytes, writes at most
+ * size - 1 of them and a NUL (buffer may be NULL with size 0); 0 after mtp_runner_generate. */
+size_t mtp_runner_last_text(const mtp_runner* runner, char* buffer, size_t size);
+
 /* The last successful generation's details. Each copies at most `capacity` values (the pointer may
  * be NULL with capacity 0 to ask for the length) and returns how many there are; 0 before any
  * generation, and for the policy's values when the last one had no policy (k fixed, no drafter). */

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <atomic>
+#include <filesystem>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -179,6 +180,8 @@ std::string stats_json(const GenerationStats& s) {
 struct Runner::Impl {
   Manifest m;
   std::unique_ptr<Module> module;
+  std::unique_ptr<TextCodec> text;
+  std::mutex text_loading;
 
   // The cache holds one sequence: calls from several threads run one after the other, never
   // interleaved (speculative.one_generation_per_backend). A generation started from inside one on
@@ -440,6 +443,19 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
 Runner::~Runner() = default;
 
 const Manifest& Runner::manifest() const { return impl_->m; }
+
+const TextCodec& Runner::text() {
+  Impl& s = *impl_;
+  std::lock_guard<std::mutex> lock(s.text_loading);
+  if (!s.text) {
+    if (s.m.tokenizer_path.empty()) {
+      s.text = std::make_unique<TextCodec>((std::filesystem::path(s.m.bundle_dir) / "tokenizer.json").string());
+    } else {
+      s.text = std::make_unique<TextCodec>(s.m.tokenizer_path, s.m.tokenizer_sha256, s.m.tokenizer_bytes);
+    }
+  }
+  return *s.text;
+}
 
 void Runner::check_request(const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,
                            const SamplingConfig& sampling) const {

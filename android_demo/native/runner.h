@@ -23,6 +23,7 @@
 #include "json.h"
 #include "manifest.h"
 #include "sampling.h"
+#include "text_codec.h"
 
 namespace mtp_edge {
 
@@ -103,6 +104,11 @@ class Runner {
   Runner& operator=(const Runner&) = delete;
 
   const Manifest& manifest() const;
+
+  // The bundle's tokenizer (artifacts.tokenizer, size and sha256 checked; else a tokenizer.json
+  // beside manifest.json), loaded on first use so that a caller of token ids pays nothing for it.
+  // Throws RunnerError naming the problem and the fix (no tokenizer.json, a modified or malformed one).
+  const TextCodec& text();
 
   // The checks the Python runtime's check_request makes, with its wording (k may be kAutoK).
   void check_request(const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,

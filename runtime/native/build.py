@@ -26,7 +26,8 @@ from mtp_edge.models.errors import MtpEdgeError
 
 RUNNER_NAME = "mtp_edge_runner"
 MIN_CMAKE = (3, 28)  # the wheel's imported targets need it (older CMake garbles their $ORIGIN run paths)
-SOURCE_GLOBS = ("*.h", "*.c", "*.cpp", "CMakeLists.txt", "jni/*.cpp", "jni/*.h", "tests/*.cpp", "tests/*.h")
+SOURCE_GLOBS = ("*.h", "*.c", "*.cpp", "CMakeLists.txt", "jni/*.cpp", "jni/*.h", "tests/*.cpp", "tests/*.h",
+                "third_party/**/*.h", "third_party/**/*.hpp", "third_party/**/*.c", "third_party/**/*.cpp")
 ARCHES = ("native", "arm64")
 JNI_LIBRARY = {"darwin": "libmtp_edge_jni.dylib", "win32": "mtp_edge_jni.dll"}.get(sys.platform, "libmtp_edge_jni.so")
 

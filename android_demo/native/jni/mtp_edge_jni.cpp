@@ -59,6 +59,96 @@ void on_token(int64_t token, void* user_data) {
   if (l->env->ExceptionCheck()) l->failed = true;
 }
 
+// Text crosses JNI as UTF-8 byte arrays, converted by Java's own UTF-8 charset: JNI's string
+// functions use modified UTF-8, in which a character outside the BMP (an emoji) is not the UTF-8
+// the tokenizer reads and writes.
+jbyteArray to_java_bytes(JNIEnv* env, const char* data, size_t size) {
+  jbyteArray bytes = env->NewByteArray(static_cast<jsize>(size));
+  if (bytes != nullptr && size > 0) env->SetByteArrayRegion(bytes, 0, static_cast<jsize>(size), reinterpret_cast<const jbyte*>(data));
+  return bytes;
+}
+
+// The bytes of a Java byte[] as a string; false with an exception pending.
+bool from_java_bytes(JNIEnv* env, jbyteArray bytes, std::string& out) {
+  if (bytes == nullptr) {
+    throw_java(env, "text must not be null");
+    return false;
+  }
+  out.resize(static_cast<size_t>(env->GetArrayLength(bytes)));
+  if (!out.empty()) env->GetByteArrayRegion(bytes, 0, static_cast<jsize>(out.size()), reinterpret_cast<jbyte*>(&out[0]));
+  return !env->ExceptionCheck();
+}
+
+jintArray to_java_ints(JNIEnv* env, const int64_t* values, size_t n) {
+  std::vector<jint> ints(values, values + n);
+  jintArray result = env->NewIntArray(static_cast<jsize>(n));
+  if (result != nullptr && n > 0) env->SetIntArrayRegion(result, 0, static_cast<jsize>(n), ints.data());
+  return result;
+}
+
+// Streams the text of each accepted token to the Java sink's piece(int token, byte[] utf8), as
+// Listener does for tokens.
+struct TextSink {
+  JNIEnv* env;
+  jobject sink;
+  jmethodID piece;
+  bool failed;
+};
+
+void on_text(int64_t token, const char* text, size_t length, void* user_data) {
+  auto* t = static_cast<TextSink*>(user_data);
+  if (t->failed) return;
+  jbyteArray bytes = to_java_bytes(t->env, text, length);
+  if (bytes == nullptr) {
+    t->failed = true;
+    return;
+  }
+  t->env->CallVoidMethod(t->sink, t->piece, static_cast<jint>(token), bytes);
+  t->env->DeleteLocalRef(bytes);
+  if (t->env->ExceptionCheck()) t->failed = true;
+}
+
+// The sampling and drafting arguments of a generate call, owning the cost table's text (copied out
+// of the Java string, released before any callback runs).
+struct Settings {
+  mtp_sampling sampling;
+  mtp_draft draft;
+  std::string costs;
+};
+
+bool read_settings(JNIEnv* env, jdouble temperature, jint top_k, jdouble top_p, jlong seed, jint rule, jint max_k,
+                   jdouble draft_p_min, jstring costs_json, Settings& out) {
+  if (costs_json != nullptr) {
+    const char* text = env->GetStringUTFChars(costs_json, nullptr);
+    if (text == nullptr) return false;  // OutOfMemoryError pending
+    out.costs = text;
+    env->ReleaseStringUTFChars(costs_json, text);
+  }
+  out.sampling = mtp_sampling{static_cast<double>(temperature), static_cast<int64_t>(top_k), static_cast<double>(top_p),
+                              static_cast<uint64_t>(seed), static_cast<int32_t>(rule)};
+  out.draft = mtp_draft{static_cast<int64_t>(max_k), static_cast<double>(draft_p_min),
+                        costs_json != nullptr ? out.costs.c_str() : nullptr};
+  return true;
+}
+
+// counts[10], times[3] and texts[2] as nativeGenerate documents them; false with an exception pending.
+bool write_stats(JNIEnv* env, const mtp_stats& stats, jlongArray counts, jdoubleArray times, jobjectArray texts) {
+  if (counts != nullptr && env->GetArrayLength(counts) >= 10) {
+    const jlong c[10] = {stats.prompt_tokens, stats.new_tokens, stats.rounds, stats.drafted, stats.accepted,
+                         stats.early_stops, stats.plain_rounds, stats.probe_rounds, stats.auto_k, stats.costs_frozen};
+    env->SetLongArrayRegion(counts, 0, 10, c);
+  }
+  if (times != nullptr && env->GetArrayLength(times) >= 3) {
+    const jdouble t[3] = {stats.prefill_s, stats.decode_s, stats.decode_methods_s};
+    env->SetDoubleArrayRegion(times, 0, 3, t);
+  }
+  if (texts != nullptr && env->GetArrayLength(texts) >= 2) {
+    if (!set_text(env, texts, 0, stats.stop_reason, sizeof stats.stop_reason)) return false;
+    if (!set_text(env, texts, 1, stats.cost_source, sizeof stats.cost_source)) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 extern "C" {
@@ -134,51 +224,114 @@ JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerate(
     if (l.on_token == nullptr) return nullptr;  // NoSuchMethodError pending
   }
 
-  // The cost table's text, copied out of the Java string (released before any callback runs).
-  std::string costs;
-  if (costs_json != nullptr) {
-    const char* text = env->GetStringUTFChars(costs_json, nullptr);
-    if (text == nullptr) return nullptr;  // OutOfMemoryError pending
-    costs = text;
-    env->ReleaseStringUTFChars(costs_json, text);
-  }
-
-  mtp_sampling sampling{static_cast<double>(temperature), static_cast<int64_t>(top_k), static_cast<double>(top_p),
-                        static_cast<uint64_t>(seed), static_cast<int32_t>(rule)};
-  mtp_draft draft{static_cast<int64_t>(max_k), static_cast<double>(draft_p_min),
-                  costs_json != nullptr ? costs.c_str() : nullptr};
+  Settings settings;
+  if (!read_settings(env, temperature, top_k, top_p, seed, rule, max_k, draft_p_min, costs_json, settings)) return nullptr;
   mtp_stats stats;
   std::memset(&stats, 0, sizeof stats);
   size_t n = 0;
   char error[kErrorSize] = {0};
   const int rc = mtp_runner_generate(runner, prompt64.data(), prompt64.size(), k, max_new_tokens,
-                                     &sampling, &draft, out.data(), out.size(), &n, &stats,
+                                     &settings.sampling, &settings.draft, out.data(), out.size(), &n, &stats,
                                      listener != nullptr ? on_token : nullptr, &l, error, sizeof error);
   if (l.failed) return nullptr;  // the listener's exception is pending: it reaches the caller
   if (rc != 0) {
     throw_java(env, error[0] ? error : "generation failed");
     return nullptr;
   }
+  if (!write_stats(env, stats, counts, times, texts)) return nullptr;
+  return to_java_ints(env, out.data(), n);
+}
 
-  if (counts != nullptr && env->GetArrayLength(counts) >= 10) {
-    const jlong c[10] = {stats.prompt_tokens, stats.new_tokens, stats.rounds, stats.drafted, stats.accepted,
-                         stats.early_stops, stats.plain_rounds, stats.probe_rounds, stats.auto_k, stats.costs_frozen};
-    env->SetLongArrayRegion(counts, 0, 10, c);
+// nativeGenerate with a text prompt (UTF-8 bytes): the new tokens' text goes to sink.piece(int
+// token, byte[] utf8) as whole characters arrive (token -1: what the end left unfinished, as U+FFFD),
+// and as a whole to nativeLastText.
+JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerateText(
+    JNIEnv* env, jclass, jlong handle, jbyteArray prompt, jint k, jint max_new_tokens, jdouble temperature, jint top_k,
+    jdouble top_p, jlong seed, jint rule, jint max_k, jdouble draft_p_min, jstring costs_json, jobject sink,
+    jlongArray counts, jdoubleArray times, jobjectArray texts) {
+  mtp_runner* runner = handle_of(env, handle);
+  if (runner == nullptr) return nullptr;
+  std::string text;
+  if (!from_java_bytes(env, prompt, text)) return nullptr;
+  std::vector<int64_t> out;
+  try {
+    out.resize(static_cast<size_t>(max_new_tokens > 0 ? max_new_tokens : 1));
+  } catch (const std::bad_alloc&) {
+    throw_java(env, "out of memory for the output tokens");
+    return nullptr;
   }
-  if (times != nullptr && env->GetArrayLength(times) >= 3) {
-    const jdouble t[3] = {stats.prefill_s, stats.decode_s, stats.decode_methods_s};
-    env->SetDoubleArrayRegion(times, 0, 3, t);
+  TextSink t{env, sink, nullptr, false};
+  if (sink != nullptr) {
+    jclass cls = env->GetObjectClass(sink);
+    t.piece = env->GetMethodID(cls, "piece", "(I[B)V");
+    env->DeleteLocalRef(cls);
+    if (t.piece == nullptr) return nullptr;  // NoSuchMethodError pending
   }
-  if (texts != nullptr && env->GetArrayLength(texts) >= 2) {
-    if (!set_text(env, texts, 0, stats.stop_reason, sizeof stats.stop_reason)) return nullptr;
-    if (!set_text(env, texts, 1, stats.cost_source, sizeof stats.cost_source)) return nullptr;
+  Settings settings;
+  if (!read_settings(env, temperature, top_k, top_p, seed, rule, max_k, draft_p_min, costs_json, settings)) return nullptr;
+  mtp_stats stats;
+  std::memset(&stats, 0, sizeof stats);
+  size_t n = 0;
+  char error[kErrorSize] = {0};
+  const int rc = mtp_runner_generate_text(runner, text.c_str(), k, max_new_tokens, &settings.sampling, &settings.draft,
+                                          out.data(), out.size(), &n, &stats, sink != nullptr ? on_text : nullptr, &t,
+                                          error, sizeof error);
+  if (t.failed) return nullptr;  // the sink's exception is pending: it reaches the caller
+  if (rc != 0) {
+    throw_java(env, error[0] ? error : "generation failed");
+    return nullptr;
   }
-  std::vector<jint> tokens(n);
-  for (size_t i = 0; i < n; ++i) tokens[i] = static_cast<jint>(out[i]);
-  jintArray result = env->NewIntArray(static_cast<jsize>(n));
-  if (result == nullptr) return nullptr;
-  if (n > 0) env->SetIntArrayRegion(result, 0, static_cast<jsize>(n), tokens.data());
-  return result;
+  if (!write_stats(env, stats, counts, times, texts)) return nullptr;
+  return to_java_ints(env, out.data(), n);
+}
+
+// The text of the last nativeGenerateText, as UTF-8 bytes.
+JNIEXPORT jbyteArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeLastText(JNIEnv* env, jclass, jlong handle) {
+  mtp_runner* runner = handle_of(env, handle);
+  if (runner == nullptr) return nullptr;
+  std::vector<char> text(mtp_runner_last_text(runner, nullptr, 0) + 1);
+  const size_t n = mtp_runner_last_text(runner, text.data(), text.size());
+  return to_java_bytes(env, text.data(), n);
+}
+
+// The ids of a text (UTF-8 bytes) with the tokenizer's special tokens (BOS).
+JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeEncode(JNIEnv* env, jclass, jlong handle, jbyteArray utf8) {
+  mtp_runner* runner = handle_of(env, handle);
+  if (runner == nullptr) return nullptr;
+  std::string text;
+  if (!from_java_bytes(env, utf8, text)) return nullptr;
+  char error[kErrorSize] = {0};
+  size_t n = 0;
+  if (mtp_runner_encode(runner, text.c_str(), nullptr, 0, &n, error, sizeof error) != 0) {
+    throw_java(env, error[0] ? error : "encoding failed");
+    return nullptr;
+  }
+  std::vector<int64_t> ids(n);
+  mtp_runner_encode(runner, text.c_str(), ids.data(), ids.size(), &n, error, sizeof error);
+  return to_java_ints(env, ids.data(), ids.size());
+}
+
+// The text of token ids, as UTF-8 bytes (invalid sequences as U+FFFD).
+JNIEXPORT jbyteArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeDecode(JNIEnv* env, jclass, jlong handle, jintArray ids) {
+  mtp_runner* runner = handle_of(env, handle);
+  if (runner == nullptr) return nullptr;
+  if (ids == nullptr) {
+    throw_java(env, "tokens must not be null");
+    return nullptr;
+  }
+  const jsize len = env->GetArrayLength(ids);
+  std::vector<jint> ints(static_cast<size_t>(len));
+  if (len > 0) env->GetIntArrayRegion(ids, 0, len, ints.data());
+  const std::vector<int64_t> ids64(ints.begin(), ints.end());
+  char error[kErrorSize] = {0};
+  size_t n = 0;
+  if (mtp_runner_decode(runner, ids64.data(), ids64.size(), nullptr, 0, &n, error, sizeof error) != 0) {
+    throw_java(env, error[0] ? error : "decoding failed");
+    return nullptr;
+  }
+  std::vector<char> text(n + 1);
+  mtp_runner_decode(runner, ids64.data(), ids64.size(), text.data(), text.size(), &n, error, sizeof error);
+  return to_java_bytes(env, text.data(), n);
 }
 
 // The last successful generation's details. which: 0 = rounds per draft length (index = tokens

@@ -1,6 +1,6 @@
 // Unit tests of the runner's pieces that need no model: sha256, the JSON reader, the sampling
-// arithmetic and the draft policy (through their public headers only), and the manifest reader's
-// first checks and method signatures (draft_chain_k). Registered with CTest, one test per group (CMakeLists.txt, MTP_EDGE_BUILD_TESTS):
+// arithmetic and the draft policy (through their public headers only), the manifest reader's
+// first checks and method signatures (draft_chain_k), and the UTF-8 streaming of generated text. Registered with CTest, one test per group (CMakeLists.txt, MTP_EDGE_BUILD_TESTS):
 //
 //   cmake --build BUILD --target mtp_edge_unit_tests && ctest --test-dir BUILD --output-on-failure
 //   BUILD/mtp_edge_unit_tests [GROUP]     one group, or all of them; --list prints the group names
@@ -36,6 +36,7 @@
 #include "manifest.h"
 #include "sampling.h"
 #include "sha256.h"
+#include "utf8.h"
 
 using namespace mtp_edge;
 
@@ -492,7 +493,8 @@ void test_draft_policy() {
   zero.decode = 0.0;
   CHECK_THROWS(zero.validate(), RunnerError, "cost table: decode is 0 seconds; it must be a finite number > 0.");
   CHECK_EQ(costs.measured("verify", 2, 2.3, 0.5).verify.at(2), 1.3 + 0.5 * (2.3 - 1.3));
-  CHECK_EQ(costs.measured("verify", 1, 3.0, 1.0).decode, 3.0);  // a 1-token verify is a decode
+  CHECK_EQ(costs.measured("verify", 1, 1.5, 1.0).decode, 1.5);  // a 1-token verify is a decode
+  CHECK_EQ(costs.measured("verify", 1, 30.0, 1.0).decode, 2.0 * costs.decode);  // a stall counts as 2x the entry
   CHECK_THROWS(costs.measured("prefill", 1, 1.0, 0.5), RunnerError, "unknown call 'prefill'");
 
   // The acceptance estimate: AcceptanceEstimate(3).observed(3, 1).rates().
@@ -600,6 +602,42 @@ void test_manifest_draft_chains() {
   std::filesystem::remove_all(dir);
 }
 
+// Utf8Stream: whole characters only, an unfinished one held back, invalid bytes as U+FFFD per
+// maximal subpart. Expected values: Python's bytes.decode("utf-8", "replace"), which follows the
+// same rule as Rust's from_utf8_lossy (what the `tokenizers` library applies).
+void test_utf8() {
+  const std::string fffd = "\xEF\xBF\xBD";
+  const std::string emoji = "\xF0\x9F\x98\x80";  // U+1F600, four bytes
+  Utf8Stream s;
+  CHECK_EQ(s.push("a"), std::string("a"));
+  CHECK_EQ(s.push(emoji.substr(0, 1)), std::string());
+  CHECK_EQ(s.pending(), size_t(1));
+  CHECK_EQ(s.push(emoji.substr(1, 2)), std::string());
+  CHECK_EQ(s.push(emoji.substr(3) + "b\xC3"), emoji + "b");  // the character is whole, the next one starts
+  CHECK_EQ(s.push("\xA9"), std::string("\xC3\xA9"));
+  CHECK_EQ(s.finish(), std::string());
+  CHECK_EQ(s.push("x\xE6\x97"), std::string("x"));
+  CHECK_EQ(s.finish(), fffd);  // an unfinished character at the end: one U+FFFD
+  CHECK_EQ(s.pending(), size_t(0));
+  // Bytes that can never complete are replaced at once, not held.
+  CHECK_EQ(s.push("\xFFz"), fffd + "z");
+  CHECK_EQ(s.push("\xE6\x97z"), fffd + "z");            // a truncated sequence: one U+FFFD for both bytes
+  CHECK_EQ(s.push("\xED\xA0\x80"), fffd + fffd + fffd);  // a surrogate: ED then two stray continuations
+  CHECK_EQ(s.push("\xC0\xAF"), fffd + fffd);             // an overlong lead is never valid
+  CHECK_EQ(s.push("\xF4\x90\x80\x80"), fffd + fffd + fffd + fffd);  // above U+10FFFF
+  CHECK_EQ(utf8_lossy("ok\xF0\x9F\x98"), std::string("ok") + fffd);
+  CHECK_EQ(utf8_lossy("\x80\xE2\x82\xAC\xE2\x82"), fffd + "\xE2\x82\xAC" + fffd);
+  // Split anywhere, streamed pieces join to the decode of the whole.
+  const std::string text = "na\xC3\xAFve " + emoji + " \xE6\x97\xA5\xFF\xE6\x97";
+  for (size_t cut = 0; cut <= text.size(); ++cut) {
+    Utf8Stream t;
+    std::string joined = t.push(text.substr(0, cut));  // one statement each: the calls are ordered
+    joined += t.push(text.substr(cut));
+    joined += t.finish();
+    CHECK_EQ(joined, utf8_lossy(text));
+  }
+}
+
 struct Group {
   const char* name;
   void (*run)();
@@ -614,6 +652,7 @@ const Group kGroups[] = {
        test_manifest();
        test_manifest_draft_chains();
      }},
+    {"utf8", test_utf8},
 };
 
 }  // namespace

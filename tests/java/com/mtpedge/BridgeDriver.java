@@ -4,6 +4,7 @@ import java.io.BufferedReader;
 import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.Base64;
 import java.util.List;
 import java.util.Locale;
 
@@ -18,10 +19,16 @@ import java.util.Locale;
  *   set [rule=R] [max_k=N] [p_min=P] [costs=JSON]      -&gt; {"op":"set"}: options of the later gen commands
  *   gen K MAX_NEW TEMPERATURE TOP_K TOP_P SEED TOKEN...  -&gt; {"op":"gen","tokens":[..],"streamed":[..],"stats":{..}}
  *   throw_after N K MAX_NEW TOKEN...                   (greedy; the listener throws at its Nth token)
+ *   text K MAX_NEW BASE64                              -&gt; {"op":"text","prompt_tokens":[..],"tokens":[..],"text":"..",
+ *                                                          "pieces":[".."],"piece_tokens":[..],"stats":{..}}
+ *   encode BASE64                                      -&gt; {"op":"encode","ids":[..]}
+ *   decode TOKEN...                                    -&gt; {"op":"decode","text":".."}
  *   close                                              -&gt; {"op":"close"}
  * </pre>
  * K is a number or "auto". set: rule rejection | coupled, max_k -1 = the bundle's, p_min &lt; 0 = none,
  * costs a cost table as compact JSON (no spaces) or "null"; "set" alone restores the defaults.
+ * Text goes in as the base64 of its UTF-8 bytes (one word on the line) and comes out as JSON strings
+ * with every non-ASCII character escaped (JSON backslash-u escapes), whatever the JVM's default charset.
  * A failing command answers {"op":..,"exception":"CLASS","message":".."} and the driver goes on.
  */
 public final class BridgeDriver {
@@ -106,6 +113,32 @@ public final class BridgeDriver {
             emit("{\"op\":\"throw_after\",\"seen\":" + seen[0] + "}");
             break;
           }
+          case "text": {
+            final List<String> pieces = new ArrayList<>();
+            final List<Integer> pieceTokens = new ArrayList<>();
+            int k = f[1].equals("auto") ? MtpEdgeRunner.K_AUTO : Integer.parseInt(f[1]);
+            MtpEdgeRunner.Options options = new MtpEdgeRunner.Options().k(k).maxNewTokens(Integer.parseInt(f[2]));
+            MtpEdgeRunner.TextGeneration g = runner.generateText(text(f[3]), options, (piece, token) -> {
+              pieces.add(piece);
+              pieceTokens.add(token);
+            });
+            StringBuilder p = new StringBuilder("[");
+            for (int i = 0; i < pieces.size(); i++) {
+              p.append(i > 0 ? "," : "").append(str(pieces.get(i)));
+            }
+            emit("{\"op\":\"text\",\"prompt_tokens\":" + json(g.promptTokens) + ",\"tokens\":" + json(g.tokens)
+                + ",\"text\":" + str(g.text) + ",\"pieces\":" + p.append(']') + ",\"piece_tokens\":" + json(pieceTokens)
+                + ",\"stats\":" + json(runner.lastStats()) + "}");
+            break;
+          }
+          case "encode": {
+            emit("{\"op\":\"encode\",\"ids\":" + json(runner.encode(text(f.length > 1 ? f[1] : ""))) + "}");
+            break;
+          }
+          case "decode": {
+            emit("{\"op\":\"decode\",\"text\":" + str(runner.decode(ints(f, 1))) + "}");
+            break;
+          }
           case "close": {
             runner.close();
             emit("{\"op\":\"close\"}");
@@ -127,6 +160,10 @@ public final class BridgeDriver {
   private static void emit(String json) {
     System.out.println(json);
     System.out.flush();
+  }
+
+  private static String text(String base64) {
+    return new String(Base64.getDecoder().decode(base64), StandardCharsets.UTF_8);
   }
 
   private static int[] ints(String[] f, int from) {
@@ -200,7 +237,7 @@ public final class BridgeDriver {
       char c = s.charAt(i);
       if (c == '"' || c == '\\') {
         b.append('\\').append(c);
-      } else if (c < 0x20) {
+      } else if (c < 0x20 || c >= 0x7f) {
         b.append(String.format(Locale.ROOT, "\\u%04x", (int) c));
       } else {
         b.append(c);

@@ -17,9 +17,10 @@ import java.util.concurrent.Executors;
  * shows which draft lengths the rounds used (the K histogram), the plain rounds, and the cost table
  * the policy decided from.
  *
- * <p>Prompts are token ids typed as text and the output is shown as ids: the app has no tokenizer
- * yet (the bundle's tokenizer.json needs a BPE implementation; see android_demo/README.md).
- * Generation is greedy, so switching K must not change the tokens, only the speed.
+ * <p>The prompt is text, encoded with the bundle's tokenizer.json, and the output streams as text
+ * (whole characters, through the native HFTokenizer). A prompt of numbers only (token ids separated
+ * by spaces or commas) is taken as ids and the output shown as ids, for a bundle without a
+ * tokenizer.json. Generation is greedy, so switching K must not change the tokens, only the speed.
  */
 public class MainActivity extends Activity {
   private static final String DEFAULT_BUNDLE = "/data/local/tmp/mtp-edge/bundle";
@@ -57,16 +58,21 @@ public class MainActivity extends Activity {
   private void startGeneration() {
     final String dir = bundleDir.getText().toString().trim();
     final boolean useDrafter = speculative.isChecked();
+    final String text = prompt.getText().toString();
     final int[] ids;
     final int maxNew;
     final int kBound;
     try {
-      ids = parseIds(prompt.getText().toString());
+      ids = text.trim().matches("[0-9][0-9\\s,]*") ? parseIds(text) : null; // null: a text prompt
       maxNew = Integer.parseInt(maxNewTokens.getText().toString().trim());
       String bound = maxK.getText().toString().trim();
       kBound = bound.isEmpty() ? -1 : Integer.parseInt(bound); // -1: the bundle's K
     } catch (NumberFormatException e) {
-      stats.setText("the prompt must be token ids separated by spaces, new tokens a number, max K a number or empty");
+      stats.setText("new tokens must be a number, max K a number or empty");
+      return;
+    }
+    if (text.trim().isEmpty()) {
+      stats.setText("type a prompt (text, or token ids separated by spaces)");
       return;
     }
     generate.setEnabled(false);
@@ -85,7 +91,15 @@ public class MainActivity extends Activity {
         }
         MtpEdgeRunner.Options options = new MtpEdgeRunner.Options()
             .k(useDrafter ? MtpEdgeRunner.K_AUTO : 0).maxK(kBound).maxNewTokens(maxNew);
-        runner.generate(ids, options, token -> runOnUiThread(() -> output.append(token + " ")));
+        if (ids != null) {
+          runner.generate(ids, options, token -> runOnUiThread(() -> output.append(token + " ")));
+        } else {
+          runner.generateText(text, options, (piece, token) -> {
+            if (!piece.isEmpty()) {
+              runOnUiThread(() -> output.append(piece));
+            }
+          });
+        }
         final String line = describe(runner.lastStats(), useDrafter);
         runOnUiThread(() -> stats.setText(line));
       } catch (RuntimeException e) { // MtpEdgeException: the runner's own message (bad bundle, prompt too long, ...)

@@ -1,5 +1,7 @@
 package com.mtpedge;
 
+import java.nio.charset.StandardCharsets;
+
 /**
  * The mtp-edge speculative runner (android_demo/native) from Java, through the JNI bridge
  * {@code libmtp_edge_jni} over the C API of {@code mtp_edge_runner.h}.
@@ -12,6 +14,11 @@ package com.mtpedge;
  * Every native failure (a missing bundle, a modified program, an unknown manifest version, a
  * prompt the cache cannot hold, ...) is thrown as an {@link MtpEdgeException} carrying the
  * runner's one-line message.
+ *
+ * <p>Text: {@link #generateText} takes the prompt as text and streams the generated text, through the
+ * bundle's {@code tokenizer.json} (the C++ {@code tokenizers::HFTokenizer} of ExecuTorch's LLM
+ * runners, in the native library); {@link #encode} and {@link #decode} convert on their own. A
+ * bundle without a tokenizer.json takes and gives token ids only (the text calls throw).
  *
  * <p>One instance serves one thread at a time (its methods are synchronized); generate on a
  * background thread in an app, and post streamed tokens to the UI thread yourself.
@@ -149,6 +156,29 @@ public final class MtpEdgeRunner implements AutoCloseable {
   /** Receives every new token as soon as it is accepted (on the thread that called generate). */
   public interface TokenListener {
     void onToken(int token);
+  }
+
+  /**
+   * Receives the generated text as whole characters arrive (on the thread that called generateText).
+   * A character that spans several tokens (an emoji, most CJK in a byte-level vocabulary) arrives
+   * with its last token; the tokens before it bring "". token is the id that completed the text, or
+   * -1 once at the end when a character was left unfinished (then text is U+FFFD).
+   */
+  public interface TextListener {
+    void onText(String text, int token);
+  }
+
+  /** A text generation: the prompt's ids (BOS included), the new ids and their text. */
+  public static final class TextGeneration {
+    public final int[] promptTokens;
+    public final int[] tokens;
+    public final String text;
+
+    TextGeneration(int[] promptTokens, int[] tokens, String text) {
+      this.promptTokens = promptTokens;
+      this.tokens = tokens;
+      this.text = text;
+    }
   }
 
   /** Statistics of one generation (as runtime.speculative.GenerationStats). */
@@ -367,6 +397,50 @@ public final class MtpEdgeRunner implements AutoCloseable {
     return generate(prompt, new Options().maxNewTokens(maxNewTokens), listener);
   }
 
+  /**
+   * The ids of {@code text} as the bundle's tokenizer.json encodes it, with its special tokens (BOS):
+   * what the Python runtime feeds the model for that prompt.
+   *
+   * @throws MtpEdgeException when the bundle has no tokenizer.json (or a modified or malformed one)
+   */
+  public synchronized int[] encode(String text) throws MtpEdgeException {
+    return nativeEncode(checkedHandle(), utf8(text));
+  }
+
+  /**
+   * The text of token ids (special tokens as their text; invalid UTF-8 as U+FFFD), as the Python
+   * {@code tokenizers} library decodes them.
+   *
+   * @throws MtpEdgeException when the bundle has no tokenizer.json or an id is outside its vocabulary
+   */
+  public synchronized String decode(int[] tokens) throws MtpEdgeException {
+    return new String(nativeDecode(checkedHandle(), tokens), StandardCharsets.UTF_8);
+  }
+
+  /**
+   * Generates after a text prompt as {@code options} says (null: greedy, K auto): the prompt is encoded
+   * as {@link #encode} does, the new tokens' text streamed to {@code listener} as whole characters
+   * arrive. {@link #lastStats()} describes it as for {@link #generate}.
+   *
+   * @param listener receives the text as it is generated; may be null
+   * @throws MtpEdgeException when the bundle has no tokenizer.json, or for a request it cannot serve
+   */
+  public synchronized TextGeneration generateText(String prompt, Options options, TextListener listener)
+      throws MtpEdgeException {
+    Options o = options != null ? options : new Options();
+    long handle = checkedHandle();
+    long[] counts = new long[10];
+    double[] times = new double[3];
+    String[] texts = new String[2];
+    int[] promptTokens = nativeEncode(handle, utf8(prompt));
+    int[] tokens = nativeGenerateText(handle, utf8(prompt), o.k, o.maxNewTokens, decimal(o.temperature), o.topK,
+        decimal(o.topP), o.seed, o.rule.ordinal(), o.maxK, o.draftPMin, o.costsJson,
+        listener != null ? new TextSink(listener) : null, counts, times, texts);
+    lastStats = new Stats(counts, times, texts, nativeLastHistogram(handle, 0), nativeLastHistogram(handle, 1),
+        nativeLastPolicy(handle, 0), nativeLastPolicy(handle, 1), nativeLastStatsJson(handle));
+    return new TextGeneration(promptTokens, tokens, new String(nativeLastText(handle), StandardCharsets.UTF_8));
+  }
+
   /** The statistics of the last successful generate call (null before the first). */
   public synchronized Stats lastStats() {
     return lastStats;
@@ -388,6 +462,29 @@ public final class MtpEdgeRunner implements AutoCloseable {
     return handle;
   }
 
+  // Text crosses JNI as UTF-8 bytes: JNI's own string conversions use modified UTF-8, which writes
+  // a character outside the BMP (an emoji) differently from the UTF-8 the tokenizer reads.
+  private static byte[] utf8(String text) {
+    if (text == null) {
+      throw new MtpEdgeException("text must not be null");
+    }
+    return text.getBytes(StandardCharsets.UTF_8);
+  }
+
+  /** Called by the native library with each piece of generated text (UTF-8). */
+  private static final class TextSink {
+    private final TextListener listener;
+
+    TextSink(TextListener listener) {
+      this.listener = listener;
+    }
+
+    @SuppressWarnings("unused")
+    void piece(int token, byte[] utf8) {
+      listener.onText(new String(utf8, StandardCharsets.UTF_8), token);
+    }
+  }
+
   private static double decimal(float value) {
     return Double.parseDouble(Float.toString(value));
   }
@@ -401,6 +498,16 @@ public final class MtpEdgeRunner implements AutoCloseable {
   private static native int[] nativeGenerate(long handle, int[] prompt, int k, int maxNewTokens, double temperature,
       int topK, double topP, long seed, int rule, int maxK, double draftPMin, String costsJson, TokenListener listener,
       long[] counts, double[] times, String[] texts);
+
+  private static native int[] nativeGenerateText(long handle, byte[] prompt, int k, int maxNewTokens,
+      double temperature, int topK, double topP, long seed, int rule, int maxK, double draftPMin, String costsJson,
+      Object sink, long[] counts, double[] times, String[] texts);
+
+  private static native byte[] nativeLastText(long handle);
+
+  private static native int[] nativeEncode(long handle, byte[] utf8);
+
+  private static native byte[] nativeDecode(long handle, int[] tokens);
 
   private static native long[] nativeLastHistogram(long handle, int which);
 
