@@ -179,9 +179,12 @@ def test_shipped_programs_gather_candidate_rows_only(shipped_pte):
     """emb4 (or fp32) LM-head rows are gathered per candidate: no draft activation is vocabulary-sized."""
     recipe, bundle = shipped_pte
     manifest = read_manifest(bundle)
+    from mtp_edge.runtime.commands.demo import DEMO_EXPORT
+
     chains = [name for name in manifest.methods if name.startswith("draft_chain_")]
-    # The demo's program drafts in one call (K greedy steps); the eval's is exported without.
-    assert chains == ([] if recipe == SHIPPED_RECIPE else [f"draft_chain_{k}" for k in range(2, manifest.k + 1)])
+    # The demo's program drafts 2 greedy tokens in one call (DEMO_EXPORT); the eval's is exported without.
+    assert chains == ([] if recipe == SHIPPED_RECIPE else [f"draft_chain_{k}" for k in DEMO_EXPORT.draft_chain_lengths])
+    assert recipe == SHIPPED_RECIPE or chains
     for method in ("draft", *chains):
         shapes = pte_shapes(bundle / "model.pte", method)
         assert len(shapes) > 20

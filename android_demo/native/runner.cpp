@@ -511,38 +511,58 @@ CostTable Runner::measure_costs(int64_t max_k, int repeats) {
     throw RunnerError("measure_costs: max_k = " + std::to_string(max_k) + " is outside 0.." + std::to_string(m.has_drafter ? m.k : 0) +
                       " on this bundle.");
   }
-  auto timed = [&](const std::function<void()>& call) {
-    double best = std::numeric_limits<double>::infinity();
-    for (int r = 0; r < repeats; ++r) {
-      const auto start = Clock::now();
-      call();
-      best = std::min(best, seconds_since(start));
-    }
-    return best;
-  };
+  // As runtime/tuning.py's measure_costs: one untimed call of each method, then `repeats` rounds
+  // calling every method once, in turn (a loop never repeats one method, and switching costs are
+  // part of a round); each entry is its median.
   const std::vector<int64_t> zeros(static_cast<size_t>(max_k + 1), 0);
-  CostTable costs;
-  const std::vector<int64_t> one(zeros.begin(), zeros.begin() + 1);
-  s.verify(one, 0);
-  costs.decode = timed([&] { s.verify(one, 0); });
-  for (int64_t n = 2; n <= max_k + 1; ++n) {
-    const std::vector<int64_t> tokens(zeros.begin(), zeros.begin() + n);
-    s.verify(tokens, 0);
-    costs.verify[static_cast<int>(n)] = timed([&] { s.verify(tokens, 0); });
+  std::vector<std::vector<int64_t>> verify_tokens;
+  for (int64_t n = 1; n <= max_k + 1; ++n) verify_tokens.emplace_back(zeros.begin(), zeros.begin() + n);
+  struct Timed {
+    std::string kind;
+    int n;
+    std::function<void()> call;
+    std::vector<double> samples;
+  };
+  std::vector<Timed> calls;
+  for (const auto& tokens : verify_tokens) {
+    calls.push_back({"verify", static_cast<int>(tokens.size()), [&s, &tokens] { s.verify(tokens, 0); }, {}});
   }
-  costs.draft_step = 0.0;
+  std::vector<float> hidden;
   if (max_k > 0 && m.has_drafter) {
-    s.verify(std::vector<int64_t>(zeros.begin(), zeros.begin() + 2), 0);
-    const std::vector<float> hidden(s.hidden.begin() + m.hidden_size, s.hidden.begin() + 2 * m.hidden_size);  // hidden[-1]
-    auto draft = [&] { s.draft(0, hidden.data(), 2, 2); };
-    draft();
-    costs.draft_step = timed(draft);
-    // Each one-call draft the loop may use, from the draft step's inputs (tuning.measure_costs).
+    s.verify(verify_tokens[1], 0);
+    hidden.assign(s.hidden.begin() + m.hidden_size, s.hidden.begin() + 2 * m.hidden_size);  // hidden[-1]
+    calls.push_back({"draft_step", 1, [&s, &hidden] { s.draft(0, hidden.data(), 2, 2); }, {}});
+    // Each one-call draft the loop may use, from the draft step's inputs.
     for (int64_t n : m.draft_chains) {
       if (n > max_k) break;
-      auto chain = [&] { s.draft_chain(0, hidden.data(), 2, 2, n); };
-      chain();
-      costs.draft_call[static_cast<int>(n)] = timed(chain);
+      calls.push_back({"draft_call", static_cast<int>(n), [&s, &hidden, n] { s.draft_chain(0, hidden.data(), 2, 2, n); }, {}});
+    }
+  }
+  for (auto& c : calls) c.call();
+  for (int r = 0; r < repeats; ++r) {
+    for (auto& c : calls) {
+      const auto start = Clock::now();
+      c.call();
+      c.samples.push_back(seconds_since(start));
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t h = v.size() / 2;
+    return v.size() % 2 ? v[h] : (v[h - 1] + v[h]) / 2.0;
+  };
+  CostTable costs;
+  costs.draft_step = 0.0;
+  for (const auto& c : calls) {
+    const double t = median(c.samples);
+    if (c.kind == "verify" && c.n == 1) {
+      costs.decode = t;
+    } else if (c.kind == "verify") {
+      costs.verify[c.n] = t;
+    } else if (c.kind == "draft_step") {
+      costs.draft_step = t;
+    } else {
+      costs.draft_call[c.n] = t;
     }
   }
   // A time can round to 0 on a coarse clock; the table needs target calls > 0.

@@ -129,9 +129,9 @@ class Runner {
 
   // runtime/tuning.py's measure_costs: times decode, verify of 2..max_k + 1 tokens, one draft
   // step and each one-call draft (draft_chain_k, k = 2..max_k, where the bundle has it: draft_call)
-  // from position 0 (fastest of `repeats` after one untimed call each); a prefill overwrites those
-  // positions afterwards.
-  CostTable measure_costs(int64_t max_k, int repeats = 2);
+  // from position 0 (one untimed call each, then `repeats` rounds calling every method in turn;
+  // medians); a prefill overwrites those positions afterwards.
+  CostTable measure_costs(int64_t max_k, int repeats = 3);
 
  private:
   struct Impl;

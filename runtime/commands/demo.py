@@ -25,8 +25,13 @@ def eager_backend(pair_dir: Path | None = None, max_seq_len: int = 256):
 
 
 # quantize=DEFAULT: each format's default recipe for the pair (quantize.recipes.default_recipe).
+# draft_chains=(2,): the one-call draft of 2 tokens only. The first run exports this bundle, and each
+# longer one-call draft is the draft step unrolled once more, another method to lower (2..4 made the
+# suite's demo export 245 -> 398 s); on this pair's .pte the policy drafts 2 tokens when it drafts
+# (session 5's idle run: fixed K=2 0.91x plain, K=3 0.88x, K=4 0.80x), and a round of 3 or 4 drafts
+# step by step. `mtp-edge export` still gives every length by default.
 DEMO_EXPORT = ExportSettings(k=4, max_seq_len=256, prefill_chunk=32, backend="xnnpack", formats=("pte", "onnx"),
-                             quantize=DEFAULT)
+                             quantize=DEFAULT, draft_chains=(2,))
 
 
 def pte_backend(pair_dir: Path | None = None):
