@@ -32,6 +32,9 @@ random requests against the bundle, with the bundle's own plain (k=0) decoding a
 when the manifest's source checkpoint is on this machine, greedy plain decoding compared with eager
 (counted, not a failure). Greedy one-call drafts (draft_chain methods) are exercised there too.
 Random pairs are not exported per run: each export costs seconds (ONNX) to minutes (.pte).
+"native" and "arm64" run the random requests through the C++ runner (desktop, or cross-built for
+aarch64 under qemu) on given .pte bundle(s), batched into one runner process, each held to the
+Python pte backend's run of the same request token for token and stat for stat (see fuzz_native).
 
 A mismatch is reported with a one-line reproducer, `{"backend", "pair_seed", "case"}` as JSON;
 `reproduce(line)` reruns it.
@@ -39,6 +42,7 @@ A mismatch is reported with a one-line reproducer, `{"backend", "pair_seed", "ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -278,6 +282,7 @@ class Outcome:
     problems: list[str]
     exercised: dict[str, bool]
     one_call: bool = False  # drafted greedily through the backend's draft_chain (bundles with draft_chain methods)
+    generation: object = None  # the speculative run's Generation (the native runner is held to it)
 
 
 def _expected_with_eos(tokens: list[int], eos: set[int], stop_reason: str) -> tuple[list[int], str]:
@@ -372,7 +377,7 @@ def run_case(spec_backend, plain_backend, case: Case, *, window: int) -> Outcome
         "policy_switches": case.k == "auto" and 0 in hist and any(k > 0 for k in hist),
         "early_stops": s.early_stops > 0,
     }
-    return Outcome(not problems, problems, exercised, s.draft_calls > 0)
+    return Outcome(not problems, problems, exercised, s.draft_calls > 0, spec)
 
 
 # --------------------------------------------------------------------------- runs
@@ -395,6 +400,9 @@ class BackendReport:
     bundle: str | None = None
     eager_compared: int = 0  # bundles: greedy cases whose plain decoding was also run on the eager source pair
     eager_differences: int = 0
+    # native-arm64 on a quantized bundle: cases whose ARM tokens or stats differ from x86's Python run
+    # (ARM's int8 kernels may round otherwise; reported, not failures: validate --arch arm64 measures it)
+    x86_differences: int | None = None
 
 
 def _record(report: BackendReport, case: Case, outcome: Outcome, reproducer: dict, say) -> None:
@@ -414,6 +422,18 @@ def _record(report: BackendReport, case: Case, outcome: Outcome, reproducer: dic
         say(f"MISMATCH {'; '.join(outcome.problems)}\n  reproduce: {line}")
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """The models fuzzed are tiny: one torch thread per call; more only contend (many times slower on a
+    busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def fuzz_eager(cases: int, seed: int, *, cases_per_pair: int = 8, wrap=None, progress: bool = True) -> BackendReport:
     """`cases` random requests on random pairs; wrap(backend) -> backend replaces the speculative backend
     (the tests wrap it with a deliberately broken one)."""
@@ -422,13 +442,8 @@ def fuzz_eager(cases: int, seed: int, *, cases_per_pair: int = 8, wrap=None, pro
     say = _say(progress)
     report = BackendReport("eager")
     started = time.perf_counter()
-    # The models are tiny: one thread each call; more only contend (many times slower on a busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_thread():
         _fuzz_pairs(report, cases, seed, cases_per_pair, wrap, say, EagerBackend)
-    finally:
-        torch.set_num_threads(threads)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -472,12 +487,8 @@ def fuzz_bundle(bundle_dir, backend_name: str, cases: int, seed: int, *, progres
     When the bundle's source checkpoint is on this machine, greedy plain decoding of the bundle is also
     compared with eager plain decoding: `eager_differences` counts those (reported, not failures: a
     quantized bundle, or fp32 kernels summing in another order at a near tie, may differ)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the eager reference of a small pair: see fuzz_eager
-    try:
+    with _one_thread():  # the eager reference of a small pair: see fuzz_eager
         return _fuzz_bundle(bundle_dir, backend_name, cases, seed, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fuzz_bundle(bundle_dir, backend_name: str, cases: int, seed: int, progress: bool) -> BackendReport:
@@ -507,6 +518,126 @@ def _fuzz_bundle(bundle_dir, backend_name: str, cases: int, seed: int, progress:
     return report
 
 
+# The stats a native run must share with the Python pte backend's run of the same request.
+NATIVE_STATS = ("new_tokens", "rounds", "drafted", "accepted", "stop_reason", "early_stops", "draft_calls", "k_histogram")
+
+
+def native_request(case: Case) -> dict:
+    """The runner's request line for a case (after run_case has fixed its EOS ids)."""
+    from .native.validate import request
+
+    policy = None
+    if case.k == "auto":
+        policy = {"probe_every": case.probe_every, "probe_k": case.probe_k, "margin": case.margin,
+                  "history": case.history}
+    return request(case.prompt, k=case.k, max_new_tokens=case.max_new_tokens,
+                   sampling=SamplingConfig(**case.sampling) if case.sampling else None,
+                   draft_p_min=case.draft_p_min, costs=case.costs, policy=policy, eos_ids=case.eos_ids)
+
+
+def native_problems(python, native) -> list[str]:
+    """Where the native runner's answer differs from the Python pte backend's Generation of the same case."""
+    problems = []
+    if native.tokens != python.tokens:
+        first = next((i for i, (a, b) in enumerate(zip(native.tokens, python.tokens)) if a != b),
+                     min(len(native.tokens), len(python.tokens)))
+        problems.append(f"native tokens differ from the Python pte backend's at output index {first}: "
+                        f"{native.tokens} vs {python.tokens}")
+    mine = python.stats.as_dict()
+    for name in NATIVE_STATS:
+        a, b = native.stats.get(name), mine[name]
+        if name == "k_histogram":
+            a, b = ({k: n for k, n in (h or {}).items() if n} for h in (a, b))
+        if a != b:
+            problems.append(f"native stats.{name} {a!r}, Python {b!r}")
+    return problems
+
+
+def native_accounting(case: Case, tokens: list[int], stats: dict, max_seq_len: int) -> list[str]:
+    """run_case's accounting checks on a native answer (its stats carry no per-round log)."""
+    problems = []
+    if len(tokens) > case.max_new_tokens or len(tokens) != stats["new_tokens"]:
+        problems.append(f"native: {len(tokens)} tokens, stats.new_tokens {stats['new_tokens']}, "
+                        f"max_new_tokens {case.max_new_tokens}")
+    if len(case.prompt) + len(tokens) - 1 > max_seq_len:
+        problems.append(f"native: prompt {len(case.prompt)} + {len(tokens)} tokens ran past the cache ({max_seq_len})")
+    hits = [i for i, t in enumerate(tokens) if t in set(case.eos_ids or ())]
+    if hits and (hits[0] != len(tokens) - 1 or stats["stop_reason"] != "eos"):
+        problems.append(f"native: EOS at output index {hits[0]} of {len(tokens)} did not end the generation")
+    if sum(stats["k_histogram"].values()) != stats["rounds"] or stats["drafted"] < stats["accepted"]:
+        problems.append(f"native: k_histogram {stats['k_histogram']}, rounds {stats['rounds']}, drafted "
+                        f"{stats['drafted']}, accepted {stats['accepted']} do not add up")
+    return problems
+
+
+def fuzz_native(bundle_dir, cases: int, seed: int, *, arch: str = "native", progress: bool = True) -> BackendReport:
+    """`cases` random requests run by the native runner (arch "native", or "arm64" under qemu) on a .pte
+    bundle, each held to the Python pte backend's run of the same request: the same tokens (seeded sampling
+    under both rules included) and the same stats (rounds, drafts, acceptances, stop reason, histogram).
+    The Python run is itself checked as in fuzz_bundle (speculative == plain, accounting), so the native
+    runner inherits those checks; the runner's own answer is also checked for accounting and, greedy and
+    coupled, against its own plain (K = 0) decoding. Policies are frozen (a live one follows each side's
+    own timings) and drafts are not hinted (the runner drafts on its own): a bundle with a trained drafter
+    (the shipped pair) gets drafts accepted and rejected. On arm64 a quantized bundle's tokens may differ
+    from x86's (ARM's int8 kernels round otherwise): counted in x86_differences, not failures; its
+    speculative == plain on ARM itself still is one."""
+    with _one_thread():
+        return _fuzz_native(bundle_dir, cases, seed, arch, progress)
+
+
+def _fuzz_native(bundle_dir, cases: int, seed: int, arch: str, progress: bool) -> BackendReport:
+    from mtp_edge.export.manifest import read_manifest
+
+    from .backends import open_bundle
+    from .native.validate import run_requests
+
+    say = _say(progress)
+    name = "native" if arch == "native" else f"native-{arch}"
+    report = BackendReport(name, pairs=1, bundle=str(bundle_dir))
+    backend = open_bundle(bundle_dir, "pte", threads=None)
+    manifest = read_manifest(bundle_dir, verify_hashes=False)
+    window = manifest.target_config.sliding_window
+    exact = arch == "native" or manifest.quantization.recipe_for("pte") == "none"
+    if not exact:
+        report.x86_differences = 0
+    started = time.perf_counter()
+    batch = []  # (case, Python outcome)
+    for j in range(cases):
+        case = random_case(seed * 1_000_003 + j, vocab=backend.vocab_size, max_seq_len=backend.max_seq_len,
+                           max_k=backend.max_draft, window=window)
+        case.agree, case.frozen = 0.0, True
+        batch.append((case, run_case(backend, backend, case, window=window)))
+        if len(batch) < 50 and j < cases - 1:
+            continue
+        lines = []
+        for c, _ in batch:
+            lines.append(native_request(c))
+            if not SamplingConfig(**c.sampling).depends_on_draft_lengths:  # its K = 0 run must give the same tokens
+                lines.append(native_request(Case(**{**c.to_json(), "k": 0, "costs": None, "draft_p_min": None})))
+        answers = iter(run_requests(bundle_dir, lines, arch=arch, progress=False))
+        for c, outcome in batch:
+            native = next(answers)
+            problems = native_accounting(c, native.tokens, native.stats, backend.max_seq_len)
+            if not SamplingConfig(**c.sampling).depends_on_draft_lengths:
+                plain = next(answers)
+                if (native.tokens, native.stats["stop_reason"]) != (plain.tokens, plain.stats["stop_reason"]):
+                    problems.append(f"native: speculative {native.tokens} ({native.stats['stop_reason']}) differs from "
+                                    f"its own plain decoding {plain.tokens} ({plain.stats['stop_reason']})")
+            if outcome.generation is not None:
+                differences = native_problems(outcome.generation, native)
+                if exact:
+                    problems += differences
+                elif differences:
+                    report.x86_differences += 1
+            outcome.problems += problems
+            outcome.ok = not outcome.problems
+            _record(report, c, outcome, {"backend": name, "bundle": str(bundle_dir), "case": c.to_json()}, say)
+            _tick(report, cases, say)
+        batch = []
+    report.seconds = time.perf_counter() - started
+    return report
+
+
 def reproduce(line: str, wrap=None) -> Outcome:
     """Rerun a reproducer line printed by a mismatch."""
     from .backends.eager import EagerBackend
@@ -523,8 +654,20 @@ def reproduce(line: str, wrap=None) -> Outcome:
 
     from .backends import open_bundle
 
+    window = read_manifest(data["bundle"], verify_hashes=False).target_config.sliding_window
+    if data["backend"].startswith("native"):
+        from .native.validate import run_requests
+
+        backend = open_bundle(data["bundle"], "pte")
+        outcome = run_case(backend, backend, case, window=window)
+        arch = data["backend"].removeprefix("native").removeprefix("-") or "native"
+        if outcome.generation is not None:
+            native = run_requests(data["bundle"], [native_request(case)], arch=arch)[0]
+            outcome.problems += native_problems(outcome.generation, native)
+            outcome.ok = not outcome.problems
+        return outcome
     backend = open_bundle(data["bundle"], data["backend"])
-    return run_case(backend, backend, case, window=read_manifest(data["bundle"], verify_hashes=False).target_config.sliding_window)
+    return run_case(backend, backend, case, window=window)
 
 
 def _say(progress: bool):
@@ -543,6 +686,16 @@ def run_fuzz(backends=("eager",), cases: int = 200, seed: int = 0, bundles=(), p
     for name in backends:
         if name == "eager":
             reports.append(fuzz_eager(cases, seed, progress=progress))
+        elif name in ("native", "arm64"):
+            from mtp_edge.export.manifest import read_manifest
+            from mtp_edge.models.errors import MtpEdgeError
+
+            holding = [b for b in bundles if "pte" in read_manifest(b, verify_hashes=False).formats]
+            if not holding:
+                raise MtpEdgeError(f"--backends {name}: the native runner runs .pte bundles and none of the given "
+                                   f"bundles holds one ({', '.join(map(str, bundles)) or 'no --bundle given'}).")
+            for bundle in holding:
+                reports.append(fuzz_native(bundle, cases, seed, arch=name, progress=progress))
         else:
             from mtp_edge.export.manifest import read_manifest
             from mtp_edge.models.errors import MtpEdgeError
@@ -571,6 +724,9 @@ def format_fuzz(report: dict) -> str:
         if r["bundle"]:
             eager = (f"greedy plain decoding differs from eager on {r['eager_differences']} of {r['eager_compared']}"
                      if r["eager_compared"] else "no eager reference (source checkpoint not found)")
+            if r.get("x86_differences") is not None:
+                eager += (f"; {r['x86_differences']} of {r['cases']} cases differ from x86's Python run (a quantized "
+                          "bundle: ARM's int8 kernels may round otherwise; not a failure)")
             lines.append(f"{r['backend']}: bundle {r['bundle']}; {eager}")
         for m in r["reproducers"]:
             lines.append(f"{r['backend']} mismatch: {'; '.join(m['problems'])}\n  reproduce: {m['reproducer']}")

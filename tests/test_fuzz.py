@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mtp_edge.export.bundle import ExportSettings
-from mtp_edge.runtime.fuzz import (EXERCISED, build_pair, fuzz_bundle, fuzz_eager, random_case, random_pair_config,
+from mtp_edge.runtime.fuzz import (EXERCISED, build_pair, fuzz_bundle, fuzz_eager, fuzz_native, random_case,
+                                   random_pair_config,
                                    reproduce)
 
 BIN = Path(sys.executable).parent
@@ -121,3 +122,58 @@ def test_fuzz_the_shared_portable_bundle(tiny_dirs, shared_export):
     report = fuzz_bundle(bundle, "pte", 15, seed=0, progress=False)
     assert report.cases == 15 and report.mismatches == 0, report.reproducers[:3]
     assert report.eager_compared > 0 and report.eager_differences == 0
+
+
+def _shipped_demo_bundle(demo_cache) -> Path:
+    from mtp_edge.export.cache import cached_bundle
+    from mtp_edge.models.shipped import default_pair_dir
+    from mtp_edge.runtime.commands.demo import DEMO_EXPORT
+
+    return cached_bundle(default_pair_dir(), root=demo_cache, settings=DEMO_EXPORT)
+
+
+@pytest.mark.native
+@pytest.mark.xdist_group("shipped-demo")  # the demo test's bundle, exported once per run
+def test_fuzz_the_native_runner_on_the_shipped_bundle(demo_cache):
+    """The C++ runner held to the Python pte backend on random requests, token for token and stat for stat;
+    the shipped pair's trained drafter gets drafts accepted, rejected and cut by EOS."""
+    report = fuzz_native(_shipped_demo_bundle(demo_cache), 40, seed=0, progress=False)
+    assert report.cases == 40 and report.mismatches == 0, report.reproducers[:3]
+    assert report.greedy and report.coupled and report.rejection and report.auto and report.one_call_cases
+    missing = [name for name in EXERCISED if report.exercised[name] == 0]
+    assert not missing, report.exercised
+    assert report.x86_differences is None  # the desktop runner is held to x86 exactly
+
+
+@pytest.mark.native
+@pytest.mark.xdist_group("tiny-portable")
+def test_the_native_fuzz_catches_a_runner_that_stops_one_token_early(tiny_dirs, shared_export, monkeypatch):
+    from mtp_edge.runtime import fuzz
+
+    bundle = shared_export(tiny_dirs, ExportSettings(k=3, max_seq_len=40, prefill_chunk=4, backend="portable",
+                                                     formats="pte", quantize="none"))
+    honest = fuzz.native_request
+
+    def short(case):
+        line = honest(case)
+        if line["k"] != 0 and line["max_new_tokens"] > 1:
+            line["max_new_tokens"] -= 1
+        return line
+
+    monkeypatch.setattr(fuzz, "native_request", short)
+    report = fuzz_native(bundle, 8, seed=1, progress=False)
+    assert report.mismatches > 0
+    problems = " ".join(p for r in report.reproducers for p in r["problems"])
+    assert "native tokens differ from the Python pte backend's" in problems
+    assert "differs from its own plain decoding" in problems
+
+
+@pytest.mark.native
+@pytest.mark.xdist_group("tiny-arm64")  # test_native_arm64's runner and bundle
+def test_fuzz_the_arm64_runner_under_qemu(tiny_dirs, shared_export):
+    bundle = shared_export(tiny_dirs, ExportSettings(k=3, max_seq_len=40, prefill_chunk=4, backend="portable",
+                                                     quantize="none"))
+    report = fuzz_native(bundle, 15, seed=2, arch="arm64", progress=False)
+    assert report.backend == "native-arm64" and report.cases == 15 and report.mismatches == 0, report.reproducers[:3]
+    assert report.x86_differences is None  # an fp32 bundle: ARM must give x86's tokens
+    assert report.exercised["rejections"] and report.exercised["cache_full"] and report.exercised["window_wraps"]

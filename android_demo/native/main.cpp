@@ -10,13 +10,16 @@
 //
 // One request per line, every field but "prompt" optional:
 //   {"prompt": [2, 17, 9], "k": "auto", "max_new_tokens": 64, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "seed": 1,
-//    "rule": "rejection", "max_k": 4, "draft_p_min": 0.2, "costs": {"decode": 0.01, "draft_step": 0.002, "verify": {"2": 0.012}}}
+//    "rule": "rejection", "max_k": 4, "draft_p_min": 0.2, "costs": {"decode": 0.01, "draft_step": 0.002, "verify": {"2": 0.012}},
+//    "probe_every": 16, "probe_k": 2, "margin": 0.05, "history": [[2, 1]], "eos_ids": [1]}
 // k: draft tokens per round, or "auto" (the default): a draft policy picks each round's K, at most
 // max_k (default the bundle's K), from the cost table `costs` (frozen: the same decisions as a
 // Python run given that table) or, without one, from warm-up timings kept current by the calls
 // (seeded rejection-rule sampling: the fixed default table). draft_p_min: stop a draft before a
 // step whose top probability is below it (without it no draft stops early). rule:
-// "rejection" or "coupled" (sampling only). Sampling defaults to greedy. One result line per
+// "rejection" or "coupled" (sampling only). With "costs", probe_every, probe_k, margin and
+// history ([drafted, accepted] rounds the acceptance estimate starts from) set the policy as
+// Python's DraftPolicy takes them. eos_ids: the tokens that end the generation (default the bundle's). Sampling defaults to greedy. One result line per
 // request, flushed as soon as it is done: {"tokens": [...], "stats": {...}} with the Python
 // GenerationStats.as_dict() fields (k_histogram, plain_rounds, early_stops, policy) plus
 // draft_calls (rounds drafted by one draft_chain_k call) and decode_methods_s / runner_s /
@@ -77,13 +80,15 @@ Request parse_request(const std::string& line) {
     throw RunnerError(std::string("not valid JSON (") + e.what() + "); write one JSON object per line.");
   }
   static const std::set<std::string> known = {"prompt", "k", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
-                                              "rule", "max_k", "draft_p_min", "costs", "score", "decode"};
+                                              "rule", "max_k", "draft_p_min", "costs", "score", "decode",
+                                              "probe_every", "probe_k", "margin", "history", "eos_ids"};
   Request r;  // k: auto unless given
   try {
     for (const auto& member : doc.as_object("a request")) {
       if (known.count(member.first) == 0) {
         throw RunnerError("unknown field \"" + member.first + "\"; a request takes prompt, k, max_new_tokens, temperature, top_k, "
-                          "top_p, seed, rule, max_k, draft_p_min, costs, decode (or score alone).");
+                          "top_p, seed, rule, max_k, draft_p_min, costs, probe_every, probe_k, margin, history, eos_ids, decode "
+                          "(or score alone).");
       }
     }
     if (const Value* score = doc.find("score")) {
@@ -126,6 +131,28 @@ Request parse_request(const std::string& line) {
     }
     if (const Value* v = doc.find("draft_p_min"); v != nullptr && !v->is_null()) o.draft_p_min = v->as_double("draft_p_min");
     if (const Value* v = doc.find("costs"); v != nullptr && !v->is_null()) o.costs = mtp_edge::cost_table_from_json(*v);
+    const bool policy_settings = doc.find("probe_every") || doc.find("probe_k") || doc.find("margin") || doc.find("history");
+    if (policy_settings && !o.costs) {
+      throw RunnerError("probe_every, probe_k, margin and history set a frozen policy: give its \"costs\" too.");
+    }
+    if (const Value* v = doc.find("probe_every")) o.probe_every = static_cast<int>(v->as_int("probe_every"));
+    if (const Value* v = doc.find("probe_k")) o.probe_k = static_cast<int>(v->as_int("probe_k"));
+    if (const Value* v = doc.find("margin")) o.margin = v->as_double("margin");
+    if (const Value* v = doc.find("history")) {
+      for (const Value& round : v->as_array("history")) {
+        const auto& pair = round.as_array("a history round ([drafted, accepted])");
+        const int64_t drafted = pair.size() == 2 ? pair[0].as_int("drafted") : -1;
+        const int64_t accepted = pair.size() == 2 ? pair[1].as_int("accepted") : -1;
+        if (drafted < 0 || accepted < 0 || accepted > drafted) {
+          throw RunnerError("a history round is [drafted, accepted] with 0 <= accepted <= drafted.");
+        }
+        o.history.emplace_back(static_cast<int>(drafted), static_cast<int>(accepted));
+      }
+    }
+    if (const Value* v = doc.find("eos_ids")) {
+      o.eos_ids.emplace();
+      for (const Value& id : v->as_array("eos_ids")) o.eos_ids->push_back(id.as_int("an EOS token id"));
+    }
   } catch (const mtp_edge::json::TypeError& e) {
     throw RunnerError(std::string(e.what()) + ".");
   }

@@ -610,6 +610,14 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
       policy_options.frozen = true;
       policy_options.max_k = static_cast<int>(std::min<int64_t>(bound, options.costs->max_k()));
       options.costs->validate();
+      if (options.probe_every) policy_options.probe_every = *options.probe_every;
+      if (options.probe_k) policy_options.probe_k = *options.probe_k;
+      if (options.margin) policy_options.margin = *options.margin;
+      if (!options.history.empty()) {
+        AcceptanceEstimate start(options.costs->max_k());
+        for (const auto& [drafted, accepted] : options.history) start = start.observed(drafted, accepted);
+        policy_options.acceptance = start;
+      }
       policy.emplace(*options.costs, policy_options);
       cost_source = "given";
     } else if (sampling.depends_on_draft_lengths()) {
@@ -645,12 +653,13 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
   std::vector<int64_t>& out = result.tokens;
   stats.prompt_tokens = static_cast<int64_t>(prompt.size());
 
+  const std::vector<int64_t>& eos_ids = options.eos_ids ? *options.eos_ids : m.eos_token_ids;
   // Streams tokens out; true when an EOS ended the generation (it is emitted, as transformers does).
   auto emit = [&](const std::vector<int64_t>& fresh) {
     for (int64_t token : fresh) {
       out.push_back(token);
       if (on_token) on_token(token);
-      if (std::find(m.eos_token_ids.begin(), m.eos_token_ids.end(), token) != m.eos_token_ids.end()) {
+      if (std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end()) {
         stats.stop_reason = "eos";
         return true;
       }

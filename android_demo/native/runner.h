@@ -46,6 +46,17 @@ struct GenerateOptions {
   // otherwise the runner times warm-up calls once (kept across generations) and keeps the table
   // current from every call the loop makes. (tuning.json is not read: pass its table here.)
   std::optional<CostTable> costs;
+  // With `costs`: the policy's settings (DraftPolicyOptions' defaults where unset) and the
+  // (drafted, accepted) rounds its acceptance estimate starts from, as Python's
+  // DraftPolicy(probe_every=, probe_k=, margin=, acceptance=) takes them: `mtp-edge fuzz` replays
+  // its random policies here.
+  std::optional<int> probe_every;
+  std::optional<int> probe_k;
+  std::optional<double> margin;
+  std::vector<std::pair<int, int>> history;
+  // The tokens that end a generation instead of the bundle's EOS ids (the fuzzer places them where
+  // drafts will hit them).
+  std::optional<std::vector<int64_t>> eos_ids;
 };
 
 // What the draft policy of a k = auto generation did (Python's DraftPolicy.stats() + cost_source).

@@ -429,9 +429,11 @@ def add_fuzz(subparsers) -> None:
                               "(prompts across the sliding window, fixed K or auto with random cost tables, early stops, "
                               "EOS inside drafts, the cache's end, greedy and seeded sampling under both rules), each checked "
                               "against plain decoding and for consistent stats. pte/onnx fuzz the given --bundle(s) against "
-                              "their own plain decoding. Exit code 1 on any mismatch, with a one-line JSON reproducer.")
+                              "their own plain decoding; native (the C++ runner) and arm64 (it cross-built, under qemu) "
+                              "are held to the Python pte backend on the given .pte bundle(s), token for token and stat "
+                              "for stat. Exit code 1 on any mismatch, with a one-line JSON reproducer.")
     p.add_argument("--backends", default="eager", metavar="LIST",
-                   help="comma-separated: eager, pte, onnx (default eager; pte and onnx need --bundle)")
+                   help="comma-separated: eager, pte, onnx, native, arm64 (default eager; the others need --bundle)")
     p.add_argument("--cases", type=WholeNumber(1), default=200, help="random requests per backend (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs and requests (default 0)")
     p.add_argument("--bundle", metavar="DIR", type=BUNDLE_DIR, action="append",
@@ -444,11 +446,11 @@ def cmd_fuzz(args) -> int:
     from mtp_edge.runtime.fuzz import format_fuzz, run_fuzz
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in ("eager", "pte", "onnx")]
+    unknown = [b for b in backends if b not in ("eager", "pte", "onnx", "native", "arm64")]
     if unknown or not backends:
-        raise MtpEdgeError(f"--backends takes a comma-separated list of eager, pte, onnx; got {args.backends!r}.")
+        raise MtpEdgeError(f"--backends takes a comma-separated list of eager, pte, onnx, native, arm64; got {args.backends!r}.")
     if any(b != "eager" for b in backends) and not args.bundle:
-        raise MtpEdgeError("--backends pte/onnx fuzz an exported bundle: pass --bundle DIR (see mtp-edge export).")
+        raise MtpEdgeError("--backends pte/onnx/native/arm64 fuzz an exported bundle: pass --bundle DIR (see mtp-edge export).")
     report = run_fuzz(backends, cases=args.cases, seed=args.seed, bundles=args.bundle or ())
     sys.stdout.write(json.dumps(report) + "\n" if args.json else format_fuzz(report))
     return 0 if report["ok"] else 1

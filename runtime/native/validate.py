@@ -57,13 +57,16 @@ def teacher_forced_argmax(backend, tokens: list[int]) -> list[int]:
 
 
 def request(prompt, *, k: int | str = "auto", max_new_tokens: int, sampling=None, max_k: int | None = None,
-            draft_p_min: float | None = None, costs=None) -> dict:
+            draft_p_min: float | None = None, costs=None, policy: dict | None = None,
+            eos_ids: list[int] | None = None) -> dict:
     """One request line for the runner.
 
     k: draft tokens per round or "auto" (the runner's default); `sampling` a runtime.sampling.SamplingConfig
     (None: greedy; its rule is sent too); with "auto", max_k bounds the draft length (None: the bundle's K)
     and `costs` (a runtime.draft_policy.CostTable or its to_json() dict) freezes the policy's cost table;
-    draft_p_min: stop a draft before a step whose top probability is below it.
+    draft_p_min: stop a draft before a step whose top probability is below it. policy (with costs): any of
+    probe_every, probe_k, margin and history ([drafted, accepted] rounds the acceptance estimate starts
+    from), as DraftPolicy takes them; eos_ids: the tokens that end the generation (default the bundle's).
     """
     line = {"prompt": [int(t) for t in prompt], "k": "auto" if k == "auto" else int(k), "max_new_tokens": int(max_new_tokens)}
     if sampling is not None:
@@ -75,6 +78,10 @@ def request(prompt, *, k: int | str = "auto", max_new_tokens: int, sampling=None
         line["draft_p_min"] = float(draft_p_min)
     if costs is not None:
         line["costs"] = costs.to_json() if hasattr(costs, "to_json") else dict(costs)
+    if policy:
+        line.update(policy)
+    if eos_ids is not None:
+        line["eos_ids"] = [int(t) for t in eos_ids]
     return line
 
 
