@@ -492,28 +492,119 @@ def fuzz_bundle(bundle_dir, backend_name: str, cases: int, seed: int, *, progres
 
 
 def _fuzz_bundle(bundle_dir, backend_name: str, cases: int, seed: int, progress: bool) -> BackendReport:
+    report = BackendReport(backend_name, pairs=1, bundle=str(bundle_dir))
+    started = time.perf_counter()
+    _fuzz_requests(report, bundle_dir, backend_name, cases, seed, _say(progress), cases,
+                   {"backend": backend_name, "bundle": str(bundle_dir)})
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _fuzz_requests(report: BackendReport, bundle_dir, backend_name: str, cases: int, seed: int, say, total: int,
+                   where: dict, eager_must_match: bool = False) -> None:
+    """`cases` random requests on one bundle, added to `report`; `where`: the reproducer's bundle fields.
+    eager_must_match: a greedy plain output that differs from the eager source pair's is a mismatch."""
     from mtp_edge.export.manifest import read_manifest
 
     from .backends import open_bundle
 
-    say = _say(progress)
-    report = BackendReport(backend_name, pairs=1, bundle=str(bundle_dir))
     backend = open_bundle(bundle_dir, backend_name, threads=None)
     manifest = read_manifest(bundle_dir, verify_hashes=False)
     window = manifest.target_config.sliding_window
     eager = _eager_reference(manifest, backend.max_seq_len)
-    started = time.perf_counter()
     for j in range(cases):
         case = random_case(seed * 1_000_003 + j, vocab=backend.vocab_size, max_seq_len=backend.max_seq_len,
                            max_k=backend.max_draft, window=window)
         outcome = run_case(backend, backend, case, window=window)
-        _record(report, case, outcome, {"backend": backend_name, "bundle": str(bundle_dir), "case": case.to_json()}, say)
         if eager is not None and not case.sampling:
             report.eager_compared += 1
             mine = generate(backend, case.prompt, k=0, max_new_tokens=case.max_new_tokens, eos_ids=case.eos_ids).tokens
             theirs = generate(eager, case.prompt, k=0, max_new_tokens=case.max_new_tokens, eos_ids=case.eos_ids).tokens
             report.eager_differences += mine != theirs
-        _tick(report, cases, say)
+            if eager_must_match and mine != theirs:
+                outcome.problems.append(f"plain decoding of the bundle {mine} differs from the eager pair's {theirs}")
+                outcome.ok = False
+        _record(report, case, outcome, {**where, "case": case.to_json()}, say)
+        _tick(report, total, say)
+
+
+def hf_pair_configs(seed: int):
+    """Random pairs (random_pair_config) that a Hugging Face Gemma 4 checkpoint can hold: the others (a
+    sliding last layer, KV heads differing by layer type) exist only as modules, never as a checkpoint
+    a user exports."""
+    from mtp_edge.models.errors import CheckpointError
+    from mtp_edge.models.hf_format import decoder_to_hf_text_config, drafter_to_hf_config
+
+    index = 0
+    while True:
+        pair = random_pair_config(seed * 1_000_003 + index)
+        index += 1
+        try:
+            decoder_to_hf_text_config(pair.target_cfg)
+            drafter_to_hf_config(pair.drafter_cfg)
+        except CheckpointError:
+            continue
+        yield pair
+
+
+def export_settings_for(pair: Pair, backend_name: str):
+    """The bundle a random pair is exported to: fp32 (so eager is the exact reference), the pair's K and
+    cache, a prefill chunk and (.pte) one-call drafts drawn from the pair's seed."""
+    from mtp_edge.export.settings import ExportSettings
+
+    r = random.Random(pair.seed)
+    return ExportSettings(k=pair.max_k, max_seq_len=pair.max_seq_len, prefill_chunk=r.choice([1, 2, 3, 4, 8]),
+                          backend="portable", formats=(backend_name,), quantize="none",
+                          draft_chains=None if r.random() < 0.5 else ())
+
+
+def export_pair(pair: Pair, backend_name: str, folder) -> object:
+    """Save a random pair as Hugging Face folders under `folder` and export it (export_settings_for)."""
+    from pathlib import Path
+
+    from mtp_edge.export.bundle import write_bundle
+    from mtp_edge.models.hf_format import save_drafter, save_target
+
+    folder = Path(folder)
+    target, drafter = build_pair(pair)
+    save_target(target, folder / "target", dtype=torch.float32)
+    save_drafter(drafter, folder / "drafter", dtype=torch.float32)
+    write_bundle(folder / "target", folder / "drafter", folder / "bundle", export_settings_for(pair, backend_name),
+                 progress=False)
+    return folder / "bundle"
+
+
+def fuzz_exported(backend_name: str, cases: int, seed: int, *, pairs: int, progress: bool = True) -> BackendReport:
+    """`pairs` random pairs (hf_pair_configs) saved as checkpoints, exported to `backend_name` ("pte" or
+    "onnx") and fuzzed with cases / pairs random requests each; a bundle's greedy plain decoding must
+    equal the eager source pair's. Each pair is exported once and removed after its requests."""
+    import shutil
+    import tempfile
+
+    say = _say(progress)
+    report = BackendReport(f"{backend_name}-exported")
+    started = time.perf_counter()
+    configs = hf_pair_configs(seed)
+    with _one_thread():
+        for i in range(pairs):
+            pair = next(configs)
+            folder = tempfile.mkdtemp(prefix="mtp-edge-fuzz-")
+            try:
+                say(f"{report.backend}: pair {i + 1}/{pairs} (seed {pair.seed}): exporting")
+                try:
+                    bundle = export_pair(pair, backend_name, folder)
+                except Exception as e:  # noqa: BLE001 - an export that fails on a valid checkpoint is a finding
+                    report.mismatches += 1
+                    line = json.dumps({"backend": report.backend, "pair_seed": pair.seed}, separators=(",", ":"))
+                    report.reproducers.append({"reproducer": line, "problems": [f"export raised {type(e).__name__}: {e}"]})
+                    say(f"MISMATCH export raised {type(e).__name__}: {e}\n  reproduce: {line}")
+                    continue
+                report.pairs += 1
+                share = cases // pairs + (i < cases % pairs)
+                _fuzz_requests(report, bundle, backend_name, share, pair.seed, say, cases,
+                               {"backend": report.backend, "pair_seed": pair.seed}, eager_must_match=True)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -643,7 +734,7 @@ def reproduce(line: str, wrap=None) -> Outcome:
     from .backends.eager import EagerBackend
 
     data = json.loads(line)
-    case = Case(**data["case"])
+    case = Case(**data["case"]) if "case" in data else None
     if data["backend"] == "eager":
         pair = random_pair_config(data["pair_seed"])
         target, drafter = build_pair(pair)
@@ -654,6 +745,16 @@ def reproduce(line: str, wrap=None) -> Outcome:
 
     from .backends import open_bundle
 
+    if data["backend"].endswith("-exported"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="mtp-edge-fuzz-") as folder:
+            pair = random_pair_config(data["pair_seed"])
+            bundle = export_pair(pair, data["backend"].removesuffix("-exported"), folder)
+            backend = open_bundle(bundle, data["backend"].removesuffix("-exported"))
+            if case is None:
+                return Outcome(True, [], {})  # the export itself was the finding, and it now succeeds
+            return run_case(backend, backend, case, window=pair.target_cfg.sliding_window)
     window = read_manifest(data["bundle"], verify_hashes=False).target_config.sliding_window
     if data["backend"].startswith("native"):
         from .native.validate import run_requests
@@ -680,10 +781,16 @@ def _tick(report: BackendReport, total: int, say) -> None:
         say(f"{report.backend}: {report.cases}/{total} cases, {report.mismatches} mismatches")
 
 
-def run_fuzz(backends=("eager",), cases: int = 200, seed: int = 0, bundles=(), progress: bool = True) -> dict:
-    """The report of `mtp-edge fuzz`: per backend the cases run, the mismatches and what the cases exercised."""
+def run_fuzz(backends=("eager",), cases: int = 200, seed: int = 0, bundles=(), progress: bool = True,
+             exported_pairs: int = 0) -> dict:
+    """The report of `mtp-edge fuzz`: per backend the cases run, the mismatches and what the cases exercised.
+    exported_pairs: pte and onnx also export that many random pairs and fuzz them (fuzz_exported)."""
     reports = []
     for name in backends:
+        if name in ("pte", "onnx") and exported_pairs:
+            reports.append(fuzz_exported(name, cases, seed, pairs=exported_pairs, progress=progress))
+            if not bundles:
+                continue
         if name == "eager":
             reports.append(fuzz_eager(cases, seed, progress=progress))
         elif name in ("native", "arm64"):
@@ -721,13 +828,13 @@ def format_fuzz(report: dict) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     for r in report["backends"]:
-        if r["bundle"]:
+        if r["bundle"] or r["eager_compared"]:
             eager = (f"greedy plain decoding differs from eager on {r['eager_differences']} of {r['eager_compared']}"
                      if r["eager_compared"] else "no eager reference (source checkpoint not found)")
             if r.get("x86_differences") is not None:
                 eager += (f"; {r['x86_differences']} of {r['cases']} cases differ from x86's Python run (a quantized "
                           "bundle: ARM's int8 kernels may round otherwise; not a failure)")
-            lines.append(f"{r['backend']}: bundle {r['bundle']}; {eager}")
+            lines.append(f"{r['backend']}: " + (f"bundle {r['bundle']}; " if r["bundle"] else "") + eager)
         for m in r["reproducers"]:
             lines.append(f"{r['backend']} mismatch: {'; '.join(m['problems'])}\n  reproduce: {m['reproducer']}")
     lines.append(f"seed {report['seed']}: " + ("no mismatches" if report["ok"] else "MISMATCHES FOUND"))

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from mtp_edge.export.bundle import ExportSettings
-from mtp_edge.runtime.fuzz import (EXERCISED, build_pair, fuzz_bundle, fuzz_eager, fuzz_native, random_case,
-                                   random_pair_config,
-                                   reproduce)
+from mtp_edge.runtime.fuzz import (EXERCISED, build_pair, fuzz_bundle, fuzz_eager, fuzz_exported, fuzz_native,
+                                   random_case, random_pair_config, reproduce)
 
 BIN = Path(sys.executable).parent
 
@@ -177,3 +176,24 @@ def test_fuzz_the_arm64_runner_under_qemu(tiny_dirs, shared_export):
     assert report.backend == "native-arm64" and report.cases == 15 and report.mismatches == 0, report.reproducers[:3]
     assert report.x86_differences is None  # an fp32 bundle: ARM must give x86's tokens
     assert report.exercised["rejections"] and report.exercised["cache_full"] and report.exercised["window_wraps"]
+
+
+@pytest.mark.xdist_group("tiny-onnx")
+def test_fuzz_random_pairs_exported_to_onnx():
+    """Random pairs saved as checkpoints and exported: the bundle's plain decoding is the eager pair's and
+    speculative decoding is plain's, on configurations no shipped bundle has."""
+    report = fuzz_exported("onnx", 36, seed=0, pairs=3, progress=False)
+    assert report.pairs == 3 and report.cases == 36 and report.mismatches == 0, report.reproducers[:3]
+    assert report.eager_compared > 0 and report.eager_differences == 0
+    assert report.exercised["rejections"] and report.exercised["full_accepts"] and report.exercised["window_wraps"]
+
+
+@pytest.mark.slow
+def test_a_pte_export_at_k_1_regression():
+    """Found by the exported-pair fuzz: a .pte export at K = 1 raised (torch.export took verify's 1..2 tokens
+    for the static size 2). The reproducer line now exports and its random requests pass."""
+    pair = random_pair_config(9)
+    assert pair.max_k == 1
+    assert reproduce('{"backend":"pte-exported","pair_seed":9}').ok
+    report = fuzz_exported("pte", 12, seed=0, pairs=1, progress=False)  # another config, exported to .pte
+    assert report.pairs == 1 and report.mismatches == 0 and report.eager_differences == 0, report.reproducers[:3]

@@ -438,6 +438,9 @@ def add_fuzz(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs and requests (default 0)")
     p.add_argument("--bundle", metavar="DIR", type=BUNDLE_DIR, action="append",
                    help="an exported bundle for the pte/onnx backends (repeat the flag for several)")
+    p.add_argument("--exported-pairs", type=WholeNumber(1), metavar="N",
+                   help="pte/onnx: also save N random pairs as checkpoints, export each (fp32) and fuzz it, its "
+                   "greedy plain output held to the eager pair's (--cases split among them)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_fuzz)
 
@@ -449,9 +452,12 @@ def cmd_fuzz(args) -> int:
     unknown = [b for b in backends if b not in ("eager", "pte", "onnx", "native", "arm64")]
     if unknown or not backends:
         raise MtpEdgeError(f"--backends takes a comma-separated list of eager, pte, onnx, native, arm64; got {args.backends!r}.")
-    if any(b != "eager" for b in backends) and not args.bundle:
-        raise MtpEdgeError("--backends pte/onnx/native/arm64 fuzz an exported bundle: pass --bundle DIR (see mtp-edge export).")
-    report = run_fuzz(backends, cases=args.cases, seed=args.seed, bundles=args.bundle or ())
+    needs_bundle = [b for b in backends if b != "eager" and not (args.exported_pairs and b in ("pte", "onnx"))]
+    if needs_bundle and not args.bundle:
+        raise MtpEdgeError("--backends pte/onnx/native/arm64 fuzz an exported bundle: pass --bundle DIR (see mtp-edge "
+                           "export), or --exported-pairs N for pte/onnx.")
+    report = run_fuzz(backends, cases=args.cases, seed=args.seed, bundles=args.bundle or (),
+                      exported_pairs=args.exported_pairs or 0)
     sys.stdout.write(json.dumps(report) + "\n" if args.json else format_fuzz(report))
     return 0 if report["ok"] else 1
 
