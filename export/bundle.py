@@ -4,6 +4,9 @@
     target.onnx      ONNX graphs (prefill and verify; the draft step) that read one KV cache the
     drafter.onnx     runtime owns and binds to both sessions (+ .data files above 2 GB)
     tokenizer.json   the target's tokenizer, when its checkpoint folder has one
+    tokenizer_config.json   its transformers tokenizer config (special tokens; maybe the chat
+    chat_template.jinja     template) and chat template file, when the folder has them: a bundle
+                     has a chat template where the checkpoint has one, found as transformers finds it
     config.json      the target's transformers config and generation config, when its folder has
     generation_config.json   them (for transformers / optimum users: MtpEdgeModelForCausalLM.config)
     manifest.json    schema_version 3: configs, method signatures, cache layout, K, prefill chunk,
@@ -64,7 +67,12 @@ __all__ = [
 PROGRAM_FILE = "model.pte"
 TOKENIZER_FILE = "tokenizer.json"
 # Files copied from the target's checkpoint folder when it has them, by artifact role.
-COPIED_FROM_TARGET = {"tokenizer": TOKENIZER_FILE, "hf_config": "config.json", "hf_generation_config": "generation_config.json"}
+# Copied byte for byte when the target's folder has them (each hashed in the manifest like every
+# artifact). The chat template is where transformers keeps it: chat_template.jinja, which wins, or
+# tokenizer_config.json's "chat_template"; runtime.tokenizer.ChatTemplate and the native runner read both.
+COPIED_FROM_TARGET = {"tokenizer": TOKENIZER_FILE, "tokenizer_config": "tokenizer_config.json",
+                      "chat_template": "chat_template.jinja", "hf_config": "config.json",
+                      "hf_generation_config": "generation_config.json"}
 
 
 def library_versions() -> dict[str, str | None]:

@@ -117,9 +117,9 @@ void generate(mtp_runner* runner, const std::vector<int64_t>& prompt, int64_t k,
       throw mtp_edge::RunnerError("draft_p_min must be a probability in [0, 1] (or < 0: none), got NaN.");
     }
     if (draft->costs_json != nullptr) {
-      mtp_edge::json::Value doc;
+      mtp_edge::json::Json doc;
       try {
-        doc = mtp_edge::json::Value::parse(draft->costs_json);
+        doc = mtp_edge::json::parse(draft->costs_json);
       } catch (const mtp_edge::json::ParseError& e) {
         throw mtp_edge::RunnerError(std::string("cost table: not valid JSON (") + e.what() + ").");
       }
@@ -239,6 +239,38 @@ int mtp_runner_encode(mtp_runner* runner, const char* text, int64_t* out_ids, si
       return 1;
     }
     const size_t n = copy_values(runner->runner->text().encode(text), out_ids, capacity);
+    if (out_len != nullptr) *out_len = n;
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(error, error_size, e.what());
+  }
+  return 1;
+}
+
+int mtp_runner_chat_text(mtp_runner* runner, const char* messages_json, char* buffer, size_t size, size_t* out_len,
+                         char* error, size_t error_size) {
+  try {
+    if (runner == nullptr || messages_json == nullptr) {
+      set_error(error, error_size, "mtp_runner_chat_text: runner and messages_json must not be NULL");
+      return 1;
+    }
+    const size_t n = copy_text(runner->runner->chat().render(messages_json), buffer, size);
+    if (out_len != nullptr) *out_len = n;
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(error, error_size, e.what());
+  }
+  return 1;
+}
+
+int mtp_runner_encode_chat(mtp_runner* runner, const char* messages_json, int64_t* out_ids, size_t capacity,
+                           size_t* out_len, char* error, size_t error_size) {
+  try {
+    if (runner == nullptr || messages_json == nullptr) {
+      set_error(error, error_size, "mtp_runner_encode_chat: runner and messages_json must not be NULL");
+      return 1;
+    }
+    const size_t n = copy_values(runner->runner->encode_chat(messages_json), out_ids, capacity);
     if (out_len != nullptr) *out_len = n;
     return 0;
   } catch (const std::exception& e) {

@@ -1,322 +1,158 @@
 #include "json.h"
 
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <limits>
+#include <set>
+#include <vector>
 
 namespace mtp_edge::json {
 
 namespace {
-// Deep enough for any manifest; stops a hostile line from overflowing the stack.
+
+// Deep enough for any manifest; a hostile line is refused before it costs anything.
 constexpr int kMaxDepth = 128;
+
+std::string without_tag(const char* what) {
+  // "[json.exception.parse_error.101] parse error at ..." -> "parse error at ..."
+  std::string s = what;
+  if (!s.empty() && s[0] == '[') {
+    const size_t end = s.find("] ");
+    if (end != std::string::npos) s.erase(0, end + 2);
+  }
+  return s;
+}
+
+// The digits of an integral double (exact for 2^64 and the like).
+std::string integral_text(double d) {
+  char buf[400];
+  std::snprintf(buf, sizeof(buf), "%.0f", d);
+  return buf;
+}
+
+// nlohmann reads an integer literal outside [-2^63, 2^64) as a float: such a float (or a float
+// literal as large, which reads the same) is an integer that does not fit, not a fraction.
+bool integer_beyond_64_bits(double d) { return std::isfinite(d) && (d >= 0x1p64 || d <= -0x1p63); }
+
 }  // namespace
 
-class Parser {
- public:
-  explicit Parser(const std::string& text) : s_(text) {}
-
-  Value parse_document() {
-    skip_ws();
-    Value v = parse_value(0);
-    skip_ws();
-    if (pos_ != s_.size()) fail("unexpected text after the JSON value");
-    return v;
-  }
-
- private:
-  const std::string& s_;
-  size_t pos_ = 0;
-
-  [[noreturn]] void fail(const std::string& why) const {
-    throw ParseError(why + " at offset " + std::to_string(pos_));
-  }
-
-  void skip_ws() {
-    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r')) ++pos_;
-  }
-
-  bool consume_literal(const char* lit) {
-    size_t n = std::char_traits<char>::length(lit);
-    if (s_.compare(pos_, n, lit) == 0) {
-      pos_ += n;
-      return true;
-    }
-    return false;
-  }
-
-  Value parse_value(int depth) {
-    if (depth > kMaxDepth) fail("JSON nested too deeply");
-    if (pos_ >= s_.size()) fail("unexpected end of input");
-    Value v;
-    char c = s_[pos_];
-    if (c == '{') {
-      v.type_ = Value::Type::Object;
-      ++pos_;
-      skip_ws();
-      if (pos_ < s_.size() && s_[pos_] == '}') {
-        ++pos_;
-        return v;
-      }
-      while (true) {
-        skip_ws();
-        if (pos_ >= s_.size() || s_[pos_] != '"') fail("expected a string key");
-        std::string key = parse_string();
-        for (const auto& member : v.object_) {
-          if (member.first == key) fail("duplicate key \"" + key + "\"");
+Json parse(const std::string& text) {
+  // The callback sees every container and key as it is read: it counts the depth and keeps each
+  // open object's keys, to refuse a duplicate (nlohmann would keep the last one).
+  std::vector<std::set<std::string>> open_objects;
+  int depth = 0;
+  auto check = [&](int, Json::parse_event_t event, Json& parsed) {
+    switch (event) {
+      case Json::parse_event_t::object_start:
+      case Json::parse_event_t::array_start:
+        if (++depth > kMaxDepth) throw ParseError("JSON nested too deeply (more than " + std::to_string(kMaxDepth) + " levels)");
+        if (event == Json::parse_event_t::object_start) open_objects.emplace_back();
+        break;
+      case Json::parse_event_t::object_end:
+        open_objects.pop_back();
+        --depth;
+        break;
+      case Json::parse_event_t::array_end:
+        --depth;
+        break;
+      case Json::parse_event_t::key:
+        if (!open_objects.back().insert(parsed.get_ref<const std::string&>()).second) {
+          throw ParseError("duplicate key \"" + parsed.get_ref<const std::string&>() + "\"");
         }
-        skip_ws();
-        if (pos_ >= s_.size() || s_[pos_] != ':') fail("expected ':'");
-        ++pos_;
-        skip_ws();
-        v.object_.emplace_back(std::move(key), parse_value(depth + 1));
-        skip_ws();
-        if (pos_ < s_.size() && s_[pos_] == ',') {
-          ++pos_;
-          continue;
-        }
-        if (pos_ < s_.size() && s_[pos_] == '}') {
-          ++pos_;
-          return v;
-        }
-        fail("expected ',' or '}'");
-      }
+        break;
+      case Json::parse_event_t::value:
+        break;
     }
-    if (c == '[') {
-      v.type_ = Value::Type::Array;
-      ++pos_;
-      skip_ws();
-      if (pos_ < s_.size() && s_[pos_] == ']') {
-        ++pos_;
-        return v;
-      }
-      while (true) {
-        skip_ws();
-        v.array_.push_back(parse_value(depth + 1));
-        skip_ws();
-        if (pos_ < s_.size() && s_[pos_] == ',') {
-          ++pos_;
-          continue;
-        }
-        if (pos_ < s_.size() && s_[pos_] == ']') {
-          ++pos_;
-          return v;
-        }
-        fail("expected ',' or ']'");
-      }
-    }
-    if (c == '"') {
-      v.type_ = Value::Type::String;
-      v.text_ = parse_string();
-      return v;
-    }
-    if (consume_literal("true")) {
-      v.type_ = Value::Type::Bool;
-      v.bool_ = true;
-      return v;
-    }
-    if (consume_literal("false")) {
-      v.type_ = Value::Type::Bool;
-      return v;
-    }
-    if (consume_literal("null")) return v;
-    // Python's json module writes these for non-finite floats.
-    if (consume_literal("NaN")) return number(std::numeric_limits<double>::quiet_NaN(), "NaN");
-    if (consume_literal("Infinity")) return number(std::numeric_limits<double>::infinity(), "Infinity");
-    if (consume_literal("-Infinity")) return number(-std::numeric_limits<double>::infinity(), "-Infinity");
-    if (c == '-' || (c >= '0' && c <= '9')) return parse_number();
-    fail(std::string("unexpected character '") + c + "'");
+    return true;
+  };
+  try {
+    return Json::parse(text, check);
+  } catch (const Json::parse_error& e) {
+    throw ParseError(without_tag(e.what()));
   }
+}
 
-  static Value number(double d, std::string text) {
-    Value v;
-    v.type_ = Value::Type::Number;
-    v.number_ = d;
-    v.text_ = std::move(text);
-    return v;
+const char* type_name(const Json& v) {
+  switch (v.type()) {
+    case Json::value_t::null: return "null";
+    case Json::value_t::boolean: return "a boolean";
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned:
+    case Json::value_t::number_float: return "a number";
+    case Json::value_t::string: return "a string";
+    case Json::value_t::array: return "an array";
+    case Json::value_t::object: return "an object";
+    default: return "?";
   }
+}
 
-  Value parse_number() {
-    size_t start = pos_;
-    auto digits = [&] {
-      size_t from = pos_;
-      while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') ++pos_;
-      return pos_ - from;
-    };
-    if (s_[pos_] == '-') ++pos_;
-    if (pos_ < s_.size() && s_[pos_] == '0') {
-      ++pos_;
-      if (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') fail("leading zeros are not JSON");
-    } else if (digits() == 0) {
-      fail("expected digits");
-    }
-    if (pos_ < s_.size() && s_[pos_] == '.') {
-      ++pos_;
-      if (digits() == 0) fail("expected digits after '.'");
-    }
-    if (pos_ < s_.size() && (s_[pos_] == 'e' || s_[pos_] == 'E')) {
-      ++pos_;
-      if (pos_ < s_.size() && (s_[pos_] == '+' || s_[pos_] == '-')) ++pos_;
-      if (digits() == 0) fail("expected digits in the exponent");
-    }
-    std::string text = s_.substr(start, pos_ - start);
-    return number(std::strtod(text.c_str(), nullptr), text);
+namespace {
+void expect(bool ok, const Json& v, const char* type, const std::string& what) {
+  if (!ok) throw TypeError(what + " must be " + type + ", got " + type_name(v));
+}
+}  // namespace
+
+bool as_bool(const Json& v, const std::string& what) {
+  expect(v.is_boolean(), v, "a boolean", what);
+  return v.get<bool>();
+}
+
+double as_double(const Json& v, const std::string& what) {
+  expect(v.is_number(), v, "a number", what);
+  return v.get<double>();
+}
+
+int64_t as_int(const Json& v, const std::string& what) {
+  expect(v.is_number(), v, "a number", what);
+  if (v.is_number_integer() && !v.is_number_unsigned()) return v.get<int64_t>();
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(INT64_MAX)) throw TypeError(what + " = " + std::to_string(u) + " does not fit in 64 bits");
+    return static_cast<int64_t>(u);
   }
-
-  unsigned hex4() {
-    if (pos_ + 4 > s_.size()) fail("truncated \\u escape");
-    unsigned cp = 0;
-    for (int i = 0; i < 4; ++i) {
-      char h = s_[pos_++];
-      cp <<= 4;
-      if (h >= '0' && h <= '9') cp |= unsigned(h - '0');
-      else if (h >= 'a' && h <= 'f') cp |= unsigned(h - 'a' + 10);
-      else if (h >= 'A' && h <= 'F') cp |= unsigned(h - 'A' + 10);
-      else fail("bad hex digit in \\u escape");
-    }
-    return cp;
+  const double d = v.get<double>();
+  if (integer_beyond_64_bits(d)) {
+    throw TypeError(d > 0 ? what + " = " + integral_text(d) + " does not fit in 64 bits" : what + " is below -2^63: it does not fit in 64 bits");
   }
-
-  static void append_utf8(std::string& out, unsigned cp) {
-    if (cp < 0x80) {
-      out += char(cp);
-    } else if (cp < 0x800) {
-      out += char(0xC0 | (cp >> 6));
-      out += char(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += char(0xE0 | (cp >> 12));
-      out += char(0x80 | ((cp >> 6) & 0x3F));
-      out += char(0x80 | (cp & 0x3F));
-    } else {
-      out += char(0xF0 | (cp >> 18));
-      out += char(0x80 | ((cp >> 12) & 0x3F));
-      out += char(0x80 | ((cp >> 6) & 0x3F));
-      out += char(0x80 | (cp & 0x3F));
-    }
-  }
-
-  std::string parse_string() {
-    ++pos_;  // opening quote
-    std::string out;
-    while (true) {
-      if (pos_ >= s_.size()) fail("unterminated string");
-      char c = s_[pos_++];
-      if (c == '"') return out;
-      if (static_cast<unsigned char>(c) < 0x20) fail("control character in a string");
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      if (pos_ >= s_.size()) fail("unterminated escape");
-      char e = s_[pos_++];
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          unsigned cp = hex4();
-          if (cp >= 0xD800 && cp < 0xDC00) {  // a surrogate pair encodes one code point
-            if (!consume_literal("\\u")) fail("lone high surrogate");
-            unsigned low = hex4();
-            if (low < 0xDC00 || low >= 0xE000) fail("bad low surrogate");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-          } else if (cp >= 0xDC00 && cp < 0xE000) {
-            fail("lone low surrogate");
-          }
-          append_utf8(out, cp);
-          break;
-        }
-        default: fail(std::string("bad escape '\\") + e + "'");
-      }
-    }
-  }
-};
-
-Value Value::parse(const std::string& text) { return Parser(text).parse_document(); }
-
-static const char* type_name(Value::Type t) {
-  switch (t) {
-    case Value::Type::Null: return "null";
-    case Value::Type::Bool: return "a boolean";
-    case Value::Type::Number: return "a number";
-    case Value::Type::String: return "a string";
-    case Value::Type::Array: return "an array";
-    case Value::Type::Object: return "an object";
-  }
-  return "?";
+  throw TypeError(what + " must be an integer, got " + number(d));
 }
 
-static void expect(const Value& v, Value::Type t, const std::string& what) {
-  if (v.type() != t) throw TypeError(what + " must be " + type_name(t) + ", got " + type_name(v.type()));
+uint64_t as_u64_wrapping(const Json& v, const std::string& what) {
+  expect(v.is_number(), v, "a number", what);
+  // Two's complement: a negative seed has the same bits as Python's `seed & MASK64`.
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_number_integer()) return static_cast<uint64_t>(v.get<int64_t>());
+  const double d = v.get<double>();
+  if (integer_beyond_64_bits(d)) throw TypeError(d > 0 ? what + " = " + integral_text(d) + " is 2^64 or more" : what + " is below -2^63");
+  throw TypeError(what + " must be an integer, got " + number(d));
 }
 
-bool Value::as_bool(const std::string& what) const {
-  expect(*this, Type::Bool, what);
-  return bool_;
+const std::string& as_string(const Json& v, const std::string& what) {
+  expect(v.is_string(), v, "a string", what);
+  return v.get_ref<const std::string&>();
 }
 
-double Value::as_double(const std::string& what) const {
-  expect(*this, Type::Number, what);
-  return number_;
+const Json::array_t& as_array(const Json& v, const std::string& what) {
+  expect(v.is_array(), v, "an array", what);
+  return v.get_ref<const Json::array_t&>();
 }
 
-int64_t Value::as_int(const std::string& what) const {
-  expect(*this, Type::Number, what);
-  if (text_.find_first_of(".eEIN") != std::string::npos) throw TypeError(what + " must be an integer, got " + text_);
-  errno = 0;
-  long long v = std::strtoll(text_.c_str(), nullptr, 10);
-  if (errno == ERANGE) throw TypeError(what + " = " + text_ + " does not fit in 64 bits");
-  return static_cast<int64_t>(v);
+const Json& as_object(const Json& v, const std::string& what) {
+  expect(v.is_object(), v, "an object", what);
+  return v;
 }
 
-uint64_t Value::as_u64_wrapping(const std::string& what) const {
-  expect(*this, Type::Number, what);
-  if (text_.find_first_of(".eEIN") != std::string::npos) throw TypeError(what + " must be an integer, got " + text_);
-  errno = 0;
-  if (text_[0] == '-') {
-    long long v = std::strtoll(text_.c_str(), nullptr, 10);
-    if (errno == ERANGE) throw TypeError(what + " = " + text_ + " is below -2^63");
-    return static_cast<uint64_t>(v);  // two's complement: the same bits as Python's `seed & MASK64`
-  }
-  unsigned long long v = std::strtoull(text_.c_str(), nullptr, 10);
-  if (errno == ERANGE) throw TypeError(what + " = " + text_ + " is 2^64 or more");
-  return static_cast<uint64_t>(v);
+const Json* find(const Json& v, const std::string& key) {
+  if (!v.is_object()) return nullptr;
+  const auto it = v.find(key);
+  return it == v.end() ? nullptr : &*it;
 }
 
-const std::string& Value::as_string(const std::string& what) const {
-  expect(*this, Type::String, what);
-  return text_;
-}
-
-const std::vector<Value>& Value::as_array(const std::string& what) const {
-  expect(*this, Type::Array, what);
-  return array_;
-}
-
-const std::vector<std::pair<std::string, Value>>& Value::as_object(const std::string& what) const {
-  expect(*this, Type::Object, what);
-  return object_;
-}
-
-const Value* Value::find(const std::string& key) const {
-  if (type_ != Type::Object) return nullptr;
-  for (const auto& member : object_) {
-    if (member.first == key) return &member.second;
-  }
-  return nullptr;
-}
-
-const Value& Value::at(const std::string& key, const std::string& what) const {
-  expect(*this, Type::Object, what);
-  const Value* v = find(key);
-  if (v == nullptr) throw TypeError(what + " has no \"" + key + "\"");
-  return *v;
+const Json& at(const Json& v, const std::string& key, const std::string& what) {
+  as_object(v, what);
+  const Json* member = find(v, key);
+  if (member == nullptr) throw TypeError(what + " has no \"" + key + "\"");
+  return *member;
 }
 
 std::string quote(const std::string& s) {
@@ -342,10 +178,6 @@ std::string quote(const std::string& s) {
   return out + "\"";
 }
 
-}  // namespace mtp_edge::json
-
-namespace mtp_edge::json {
-
 std::string number(double d) {
   if (std::isnan(d)) return "NaN";
   if (std::isinf(d)) return d > 0 ? "Infinity" : "-Infinity";
@@ -355,6 +187,16 @@ std::string number(double d) {
     if (std::strtod(buf, nullptr) == d) break;
   }
   std::string s = buf;
+  // %g writes an exponent from 10^precision on, Python's repr from 1e16 on: 1000.0, not 1e+03 (a
+  // number with its exponent at or above its digit count is whole).
+  const size_t e = s.find('e');
+  if (e != std::string::npos) {
+    const int exponent = std::atoi(s.c_str() + e + 1);
+    if (exponent >= 0 && exponent < 16) {
+      std::snprintf(buf, sizeof(buf), "%.0f", d);
+      s = buf;
+    }
+  }
   if (s.find_first_of(".en") == std::string::npos) s += ".0";  // 1 -> 1.0, as Python prints a float
   return s;
 }

@@ -3,10 +3,11 @@
 //   mtp_edge_runner BUNDLE [REQUESTS]      REQUESTS: a file of JSON lines (default or '-': stdin)
 //   mtp_edge_runner BUNDLE --info          one JSON line: the bundle's K, context, sizes, load time
 //   mtp_edge_runner BUNDLE --prompt TEXT [--k auto|N] [--max-new-tokens N] [--temperature T] [--top-k N]
-//                   [--top-p P] [--seed S] [--rule rejection|coupled] [--json]
+//                   [--top-p P] [--seed S] [--rule rejection|coupled] [--chat] [--json]
 //                                          the text generated after TEXT, streamed to stdout as whole
 //                                          UTF-8 characters arrive (--prompt-ids 2,17,9 instead of a
-//                                          text); --json: one line {"prompt_tokens", "tokens", "text", "stats"}
+//                                          text); --json: one line {"prompt_tokens", "tokens", "text", "stats"};
+//                                          --chat: TEXT as one user turn of the bundle's chat template
 //
 // One request per line, every field but "prompt" optional:
 //   {"prompt": [2, 17, 9], "k": "auto", "max_new_tokens": 64, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "seed": 1,
@@ -26,7 +27,10 @@
 // runner_per_round_s (the runner's own time, methods excluded).
 // "prompt" may also be a string: the text, encoded with the bundle's tokenizer.json (BOS as the Python
 // runtime adds it); the result then also carries "prompt_tokens" and "text" (the new tokens decoded),
-// as does an ids prompt with "decode": true.
+// as does an ids prompt with "decode": true. "chat": true takes a text prompt as one user turn of the
+// bundle's chat template, and "messages": [{"role": "user", "content": "..."}, ...] (instead of
+// "prompt") a whole chat: rendered as transformers' apply_chat_template(add_generation_prompt=True)
+// renders it and encoded without the tokenizer's own special tokens; the result adds "prompt_text".
 // {"score": [ids]} instead asks for the target's argmax after each id, teacher-forced (Runner::score):
 // answered {"argmax": [...]}; validate --arch arm64 compares ARM's with x86's.
 // Any error: one line "error: ..." on stderr and exit code 2, after the results already written.
@@ -49,11 +53,13 @@
 namespace {
 
 using mtp_edge::RunnerError;
-using mtp_edge::json::Value;
+namespace json = mtp_edge::json;
+using json::Json;
 
 struct Request {
   std::vector<int64_t> prompt;
   std::optional<std::string> prompt_text;  // a text prompt, encoded by the caller
+  std::optional<std::string> chat;         // a chat (JSON array of messages), rendered and encoded by the caller
   bool decode = false;                     // answer with the text of the new tokens too
   std::optional<std::vector<int64_t>> score;  // a score request: teacher-forced argmax, no generation
   mtp_edge::GenerateOptions options;  // k: auto by default
@@ -66,94 +72,108 @@ constexpr const char* kUsage =
     "            {\"prompt\": [2, 17, 9], \"k\": \"auto\", \"max_new_tokens\": 64, \"temperature\": 0.7, \"top_k\": 0, \"top_p\": 1.0, \"seed\": 1}\n"
     "            more fields: \"rule\" (rejection | coupled), \"max_k\", \"draft_p_min\", \"costs\" (a frozen cost table)\n"
     "            \"prompt\" may be a string (text, through the bundle's tokenizer.json): the result adds \"text\"\n"
+    "            \"chat\": true (a text prompt as one user turn) or \"messages\": [{\"role\": \"user\", \"content\": \"...\"}]:\n"
+    "            through the bundle's chat template; the result adds \"prompt_text\", the rendered chat\n"
     "  --info    print the bundle's K, context and sizes as one JSON line, and exit\n"
     "   or: mtp_edge_runner BUNDLE --prompt TEXT [--k auto|N] [--max-new-tokens N] [--temperature T] [--top-k N]\n"
-    "                      [--top-p P] [--seed S] [--rule rejection|coupled] [--json]\n"
+    "                      [--top-p P] [--seed S] [--rule rejection|coupled] [--chat] [--json]\n"
     "            the generated text streamed to stdout (--prompt-ids 2,17,9: a prompt of token ids);\n"
-    "            --json: one line {\"prompt_tokens\", \"tokens\", \"text\", \"stats\"}\n";
+    "            --json: one line {\"prompt_tokens\", \"tokens\", \"text\", \"stats\"}; --chat: the prompt as one user\n"
+    "            turn of the bundle's chat template (its tokenizer_config.json or chat_template.jinja)\n";
 
 Request parse_request(const std::string& line) {
-  Value doc;
+  Json doc;
   try {
-    doc = Value::parse(line);
-  } catch (const mtp_edge::json::ParseError& e) {
+    doc = json::parse(line);
+  } catch (const json::ParseError& e) {
     throw RunnerError(std::string("not valid JSON (") + e.what() + "); write one JSON object per line.");
   }
   static const std::set<std::string> known = {"prompt", "k", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
                                               "rule", "max_k", "draft_p_min", "costs", "score", "decode",
-                                              "probe_every", "probe_k", "margin", "history", "eos_ids"};
+                                              "probe_every", "probe_k", "margin", "history", "eos_ids", "chat",
+                                              "messages"};
   Request r;  // k: auto unless given
   try {
-    for (const auto& member : doc.as_object("a request")) {
-      if (known.count(member.first) == 0) {
-        throw RunnerError("unknown field \"" + member.first + "\"; a request takes prompt, k, max_new_tokens, temperature, top_k, "
-                          "top_p, seed, rule, max_k, draft_p_min, costs, probe_every, probe_k, margin, history, eos_ids, decode "
-                          "(or score alone).");
+    for (const auto& member : json::as_object(doc, "a request").items()) {
+      if (known.count(member.key()) == 0) {
+        throw RunnerError("unknown field \"" + member.key() + "\"; a request takes prompt, k, max_new_tokens, temperature, top_k, "
+                          "top_p, seed, rule, max_k, draft_p_min, costs, probe_every, probe_k, margin, history, eos_ids, decode, "
+                          "chat (or messages instead of prompt; or score alone).");
       }
     }
-    if (const Value* score = doc.find("score")) {
-      if (doc.as_object("a request").size() != 1) throw RunnerError("a score request takes \"score\" alone: {\"score\": [2, 17, 9]}.");
+    if (const Json* score = json::find(doc, "score")) {
+      if (json::as_object(doc, "a request").size() != 1) throw RunnerError("a score request takes \"score\" alone: {\"score\": [2, 17, 9]}.");
       r.score.emplace();
-      for (const Value& id : score->as_array("score")) r.score->push_back(id.as_int("a score token id"));
+      for (const Json& id : json::as_array(*score, "score")) r.score->push_back(json::as_int(id, "a score token id"));
       return r;
     }
-    const Value* prompt = doc.find("prompt");
-    if (prompt == nullptr) {
+    const Json* prompt = json::find(doc, "prompt");
+    const Json* chat = json::find(doc, "chat");
+    if (const Json* messages = json::find(doc, "messages")) {
+      if (prompt != nullptr) throw RunnerError("give \"prompt\" or \"messages\", not both.");
+      if (chat != nullptr) throw RunnerError("\"messages\" is a chat already: drop \"chat\".");
+      json::as_array(*messages, "messages");
+      r.chat = messages->dump();
+      r.decode = true;
+    } else if (prompt == nullptr) {
       throw RunnerError("no \"prompt\": give the prompt's token ids or its text, e.g. {\"prompt\": [2, 17, 9]} or {\"prompt\": \"Hello\"}.");
-    }
-    if (prompt->is_string()) {
-      r.prompt_text = prompt->as_string("prompt");
+    } else if (chat != nullptr && json::as_bool(*chat, "chat")) {
+      if (!prompt->is_string()) throw RunnerError("\"chat\": true takes a text prompt (a string), the user's turn.");
+      r.chat = Json::array({Json{{"role", "user"}, {"content", *prompt}}}).dump();
+      r.decode = true;
+    } else if (prompt->is_string()) {
+      r.prompt_text = json::as_string(*prompt, "prompt");
       r.decode = true;
     } else {
-      for (const Value& id : prompt->as_array("prompt")) r.prompt.push_back(id.as_int("a prompt token id"));
+      for (const Json& id : json::as_array(*prompt, "prompt")) r.prompt.push_back(json::as_int(id, "a prompt token id"));
     }
-    if (const Value* v = doc.find("decode")) r.decode = r.decode || v->as_bool("decode");
+    if (const Json* v = json::find(doc, "decode")) r.decode = r.decode || json::as_bool(*v, "decode");
     mtp_edge::GenerateOptions& o = r.options;
-    if (const Value* v = doc.find("k")) {
-      if (v->is_string() && v->as_string("k") == "auto") {
+    if (const Json* v = json::find(doc, "k")) {
+      if (v->is_string() && json::as_string(*v, "k") == "auto") {
         o.k = mtp_edge::kAutoK;
       } else if (v->is_number()) {
-        o.k = v->as_int("k");
+        o.k = json::as_int(*v, "k");
         if (o.k < 0) throw RunnerError("K (draft tokens per round) must be >= 0, got " + std::to_string(o.k) + ".");
       } else {
         throw RunnerError("K (draft tokens per round) must be a whole number or 'auto'.");
       }
     }
-    if (const Value* v = doc.find("max_new_tokens")) o.max_new_tokens = v->as_int("max_new_tokens");
-    if (const Value* v = doc.find("temperature")) o.sampling.temperature = v->as_double("temperature");
-    if (const Value* v = doc.find("top_k")) o.sampling.top_k = v->as_int("top_k");
-    if (const Value* v = doc.find("top_p")) o.sampling.top_p = v->as_double("top_p");
-    if (const Value* v = doc.find("seed")) o.sampling.seed = v->as_u64_wrapping("seed");
-    if (const Value* v = doc.find("rule")) o.sampling.rule = mtp_edge::parse_sampling_rule(v->as_string("rule"));
-    if (const Value* v = doc.find("max_k"); v != nullptr && !v->is_null()) {
-      o.max_k = v->as_int("max_k");
+    if (const Json* v = json::find(doc, "max_new_tokens")) o.max_new_tokens = json::as_int(*v, "max_new_tokens");
+    if (const Json* v = json::find(doc, "temperature")) o.sampling.temperature = json::as_double(*v, "temperature");
+    if (const Json* v = json::find(doc, "top_k")) o.sampling.top_k = json::as_int(*v, "top_k");
+    if (const Json* v = json::find(doc, "top_p")) o.sampling.top_p = json::as_double(*v, "top_p");
+    if (const Json* v = json::find(doc, "seed")) o.sampling.seed = json::as_u64_wrapping(*v, "seed");
+    if (const Json* v = json::find(doc, "rule")) o.sampling.rule = mtp_edge::parse_sampling_rule(json::as_string(*v, "rule"));
+    if (const Json* v = json::find(doc, "max_k"); v != nullptr && !v->is_null()) {
+      o.max_k = json::as_int(*v, "max_k");
       if (o.max_k < 0) throw RunnerError("max_k must be >= 0, got " + std::to_string(o.max_k) + ".");
     }
-    if (const Value* v = doc.find("draft_p_min"); v != nullptr && !v->is_null()) o.draft_p_min = v->as_double("draft_p_min");
-    if (const Value* v = doc.find("costs"); v != nullptr && !v->is_null()) o.costs = mtp_edge::cost_table_from_json(*v);
-    const bool policy_settings = doc.find("probe_every") || doc.find("probe_k") || doc.find("margin") || doc.find("history");
+    if (const Json* v = json::find(doc, "draft_p_min"); v != nullptr && !v->is_null()) o.draft_p_min = json::as_double(*v, "draft_p_min");
+    if (const Json* v = json::find(doc, "costs"); v != nullptr && !v->is_null()) o.costs = mtp_edge::cost_table_from_json(*v);
+    const bool policy_settings = json::find(doc, "probe_every") || json::find(doc, "probe_k") || json::find(doc, "margin") || json::find(doc, "history");
     if (policy_settings && !o.costs) {
       throw RunnerError("probe_every, probe_k, margin and history set a frozen policy: give its \"costs\" too.");
     }
-    if (const Value* v = doc.find("probe_every")) o.probe_every = static_cast<int>(v->as_int("probe_every"));
-    if (const Value* v = doc.find("probe_k")) o.probe_k = static_cast<int>(v->as_int("probe_k"));
-    if (const Value* v = doc.find("margin")) o.margin = v->as_double("margin");
-    if (const Value* v = doc.find("history")) {
-      for (const Value& round : v->as_array("history")) {
-        const auto& pair = round.as_array("a history round ([drafted, accepted])");
-        const int64_t drafted = pair.size() == 2 ? pair[0].as_int("drafted") : -1;
-        const int64_t accepted = pair.size() == 2 ? pair[1].as_int("accepted") : -1;
+    if (const Json* v = json::find(doc, "probe_every")) o.probe_every = static_cast<int>(json::as_int(*v, "probe_every"));
+    if (const Json* v = json::find(doc, "probe_k")) o.probe_k = static_cast<int>(json::as_int(*v, "probe_k"));
+    if (const Json* v = json::find(doc, "margin")) o.margin = json::as_double(*v, "margin");
+    if (const Json* v = json::find(doc, "history")) {
+      for (const Json& round : json::as_array(*v, "history")) {
+        const auto& pair = json::as_array(round, "a history round ([drafted, accepted])");
+        const int64_t drafted = pair.size() == 2 ? json::as_int(pair[0], "drafted") : -1;
+        const int64_t accepted = pair.size() == 2 ? json::as_int(pair[1], "accepted") : -1;
         if (drafted < 0 || accepted < 0 || accepted > drafted) {
           throw RunnerError("a history round is [drafted, accepted] with 0 <= accepted <= drafted.");
         }
         o.history.emplace_back(static_cast<int>(drafted), static_cast<int>(accepted));
       }
     }
-    if (const Value* v = doc.find("eos_ids")) {
+    if (const Json* v = json::find(doc, "eos_ids")) {
       o.eos_ids.emplace();
-      for (const Value& id : v->as_array("eos_ids")) o.eos_ids->push_back(id.as_int("an EOS token id"));
+      for (const Json& id : json::as_array(*v, "eos_ids")) o.eos_ids->push_back(json::as_int(id, "an EOS token id"));
     }
-  } catch (const mtp_edge::json::TypeError& e) {
+  } catch (const json::TypeError& e) {
     throw RunnerError(std::string(e.what()) + ".");
   }
   return r;
@@ -166,12 +186,14 @@ std::string ids_json(const std::vector<int64_t>& ids) {
 }
 
 // text: the new tokens decoded (with the prompt's ids), or none for an ids-only request.
+// prompt_text: the rendered chat of a chat request.
 std::string result_line(const mtp_edge::Generation& g, const std::vector<int64_t>* prompt = nullptr,
-                        const std::string* text = nullptr) {
+                        const std::string* text = nullptr, const std::string* prompt_text = nullptr) {
   std::string out = "{";
+  if (prompt_text != nullptr) out += "\"prompt_text\": " + json::quote(*prompt_text) + ", ";
   if (prompt != nullptr) out += "\"prompt_tokens\": " + ids_json(*prompt) + ", ";
   out += "\"tokens\": " + ids_json(g.tokens);
-  if (text != nullptr) out += ", \"text\": " + mtp_edge::json::quote(*text);
+  if (text != nullptr) out += ", \"text\": " + json::quote(*text);
   return out + ", \"stats\": " + mtp_edge::stats_json(g.stats) + "}";
 }
 
@@ -198,6 +220,7 @@ struct TextRequest {
   std::vector<int64_t> ids;
   mtp_edge::GenerateOptions options;
   bool json = false;
+  bool chat = false;  // the text as one user turn of the chat template
 };
 
 int64_t int_flag(const std::string& flag, const std::string& value) {
@@ -225,8 +248,8 @@ TextRequest parse_flags(int argc, char** argv) {
   bool has_prompt = false;
   for (int i = 2; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--json") {
-      r.json = true;
+    if (flag == "--json" || flag == "--chat") {
+      (flag == "--json" ? r.json : r.chat) = true;
       continue;
     }
     if (i + 1 >= argc) throw RunnerError(flag + " needs a value (or is not an option; see --help).");
@@ -263,12 +286,16 @@ TextRequest parse_flags(int argc, char** argv) {
     }
   }
   if (!has_prompt) throw RunnerError("give --prompt TEXT (or --prompt-ids 2,17,9).");
+  if (r.chat && !r.text) throw RunnerError("--chat takes --prompt TEXT (the user's turn), not --prompt-ids.");
   return r;
 }
 
 int generate_text(mtp_edge::Runner& runner, const TextRequest& r) {
   const mtp_edge::TextCodec& codec = runner.text();
-  const std::vector<int64_t> prompt = r.text ? codec.encode(*r.text) : r.ids;
+  std::string rendered;
+  const std::vector<int64_t> prompt =
+      r.chat ? runner.encode_chat(Json::array({Json{{"role", "user"}, {"content", *r.text}}}).dump(), &rendered)
+             : r.text ? codec.encode(*r.text) : r.ids;
   mtp_edge::TextStream stream(codec);
   std::string text;
   const auto on_token = [&](int64_t token) {
@@ -283,7 +310,7 @@ int generate_text(mtp_edge::Runner& runner, const TextRequest& r) {
   const std::string rest = stream.finish();
   text += rest;
   if (r.json) {
-    std::printf("%s\n", result_line(g, &prompt, &text).c_str());
+    std::printf("%s\n", result_line(g, &prompt, &text, r.chat ? &rendered : nullptr).c_str());
   } else {
     std::printf("%s\n", rest.c_str());
   }
@@ -318,7 +345,7 @@ int run(int argc, char** argv) {
                 "\"hidden_size\": %lld, \"draft_candidates\": %lld, \"load_s\": %s}\n",
                 (long long)m.k, m.has_drafter ? "true" : "false", (long long)m.max_seq_len, (long long)m.prefill_chunk,
                 (long long)m.vocab_size, (long long)m.hidden_size, (long long)m.draft_candidates,
-                mtp_edge::json::number(load_s).c_str());
+                json::number(load_s).c_str());
     return 0;
   }
 
@@ -339,10 +366,13 @@ int run(int argc, char** argv) {
         for (size_t i = 0; i < best.size(); ++i) out += (i ? ", " : "") + std::to_string(best[i]);
         std::printf("%s]}\n", out.c_str());
       } else if (r.decode) {
-        const std::vector<int64_t> prompt = r.prompt_text ? runner.text().encode(*r.prompt_text) : r.prompt;
+        std::string rendered;
+        const std::vector<int64_t> prompt = r.chat          ? runner.encode_chat(*r.chat, &rendered)
+                                            : r.prompt_text ? runner.text().encode(*r.prompt_text)
+                                                            : r.prompt;
         const mtp_edge::Generation g = runner.generate(prompt, r.options);
         const std::string text = runner.text().decode(g.tokens);
-        std::printf("%s\n", result_line(g, &prompt, &text).c_str());
+        std::printf("%s\n", result_line(g, &prompt, &text, r.chat ? &rendered : nullptr).c_str());
       } else {
         std::printf("%s\n", result_line(runner.generate(r.prompt, r.options)).c_str());
       }

@@ -12,7 +12,7 @@
 namespace mtp_edge {
 
 namespace fs = std::filesystem;
-using json::Value;
+using json::Json;
 
 namespace {
 
@@ -30,13 +30,13 @@ struct TensorSpec {
   std::string dtype;
 };
 
-std::vector<TensorSpec> tensor_specs(const Value& list, const std::string& what) {
+std::vector<TensorSpec> tensor_specs(const Json& list, const std::string& what) {
   std::vector<TensorSpec> specs;
-  for (const Value& entry : list.as_array(what)) {
+  for (const Json& entry : json::as_array(list, what)) {
     TensorSpec spec;
-    spec.name = entry.at("name", what).as_string(what + " name");
-    for (const Value& d : entry.at("shape", what).as_array(what + " shape")) spec.shape.push_back(d.as_int(what + " shape"));
-    spec.dtype = entry.at("dtype", what).as_string(what + " dtype");
+    spec.name = json::as_string(json::at(entry, "name", what), what + " name");
+    for (const Json& d : json::as_array(json::at(entry, "shape", what), what + " shape")) spec.shape.push_back(json::as_int(d, what + " shape"));
+    spec.dtype = json::as_string(json::at(entry, "dtype", what), what + " dtype");
     specs.push_back(std::move(spec));
   }
   return specs;
@@ -44,10 +44,10 @@ std::vector<TensorSpec> tensor_specs(const Value& list, const std::string& what)
 
 // Checks one method's signature against what the runner feeds and reads; `expected` lists
 // (shape, dtype) per input then per output in the order export.pte.METHOD_IO gives them.
-void check_signature(const Value& methods, const std::string& name, const std::string& path,
+void check_signature(const Json& methods, const std::string& name, const std::string& path,
                      const std::vector<std::pair<std::vector<int64_t>, std::string>>& inputs,
                      const std::vector<std::pair<std::vector<int64_t>, std::string>>& outputs) {
-  const Value& method = methods.at(name, "methods");
+  const Json& method = json::at(methods, name, "methods");
   const std::string what = "methods." + name;
   auto check = [&](const std::vector<TensorSpec>& got, const std::vector<std::pair<std::vector<int64_t>, std::string>>& want,
                    const char* side) {
@@ -67,8 +67,8 @@ void check_signature(const Value& methods, const std::string& name, const std::s
       }
     }
   };
-  check(tensor_specs(method.at("inputs", what), what + ".inputs"), inputs, "inputs");
-  check(tensor_specs(method.at("outputs", what), what + ".outputs"), outputs, "outputs");
+  check(tensor_specs(json::at(method, "inputs", what), what + ".inputs"), inputs, "inputs");
+  check(tensor_specs(json::at(method, "outputs", what), what + ".outputs"), outputs, "outputs");
 }
 
 }  // namespace
@@ -97,18 +97,18 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
   text << in.rdbuf();
   if (!in) throw RunnerError(path + ": cannot read it.");
 
-  Value doc;
+  Json doc;
   try {
-    doc = Value::parse(text.str());
+    doc = json::parse(text.str());
   } catch (const json::ParseError& e) {
     throw RunnerError(path + ": not valid JSON (" + e.what() + "); the manifest is damaged, export the bundle again.");
   }
   if (!doc.is_object()) throw RunnerError(path + ": not a bundle manifest (expected a JSON object).");
 
   // The version first: a newer manifest may have moved every other field.
-  const Value* version = doc.find("schema_version");
-  std::string version_text = version == nullptr ? "None" : version->is_number() ? std::to_string(static_cast<long long>(version->as_double("schema_version"))) : "(not a number)";
-  if (version == nullptr || !version->is_number() || version->as_double("schema_version") != double(kSchemaVersion)) {
+  const Json* version = json::find(doc, "schema_version");
+  std::string version_text = version == nullptr ? "None" : version->is_number() ? std::to_string(static_cast<long long>(json::as_double(*version, "schema_version"))) : "(not a number)";
+  if (version == nullptr || !version->is_number() || json::as_double(*version, "schema_version") != double(kSchemaVersion)) {
     const std::string why = version_text == "1"   ? " (schema 1 bundles verify at one padded length)"
                             : version_text == "2" ? " (schema 2 programs carry no runtime metadata (get_k, get_max_seq_len, ...))"
                                                   : "";
@@ -119,10 +119,10 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
   try {
     bool has_pte = true;  // a manifest without `formats` is a pte bundle
     std::string formats_text;
-    if (const Value* formats = doc.find("formats")) {
+    if (const Json* formats = json::find(doc, "formats")) {
       has_pte = false;
-      for (const Value& f : formats->as_array("formats")) {
-        const std::string& name = f.as_string("formats");
+      for (const Json& f : json::as_array(*formats, "formats")) {
+        const std::string& name = json::as_string(f, "formats");
         formats_text += (formats_text.empty() ? "" : ",") + name;
         has_pte |= name == "pte";
       }
@@ -131,15 +131,15 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
       throw RunnerError(bundle_dir + ": this bundle holds " + formats_text + " only, not pte; re-export with --format pte," + formats_text + ".");
     }
 
-    const Value* artifacts = doc.find("artifacts");
-    const Value* program = artifacts ? artifacts->find("program") : nullptr;
+    const Json* artifacts = json::find(doc, "artifacts");
+    const Json* program = artifacts ? json::find(*artifacts, "program") : nullptr;
     if (program == nullptr) {
       throw RunnerError(path + ": lists no program artifact; the manifest is damaged, export the bundle again.");
     }
-    const std::string& file = program->at("file", "artifacts.program").as_string("artifacts.program.file");
+    const std::string& file = json::as_string(json::at(*program, "file", "artifacts.program"), "artifacts.program.file");
     m.program_path = (fs::path(bundle_dir) / file).string();
-    m.program_bytes = program->at("bytes", "artifacts.program").as_int("artifacts.program.bytes");
-    m.program_sha256 = program->at("sha256", "artifacts.program").as_string("artifacts.program.sha256");
+    m.program_bytes = json::as_int(json::at(*program, "bytes", "artifacts.program"), "artifacts.program.bytes");
+    m.program_sha256 = json::as_string(json::at(*program, "sha256", "artifacts.program"), "artifacts.program.sha256");
     if (!fs::is_regular_file(m.program_path, ec)) {
       throw RunnerError(bundle_dir + ": missing artifact " + file + " (program) listed in " + kManifest + "; export the bundle again.");
     }
@@ -149,46 +149,54 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
                         "); export the bundle again.");
     }
 
-    if (const Value* tokenizer = artifacts->find("tokenizer")) {
-      m.tokenizer_path = (fs::path(bundle_dir) / tokenizer->at("file", "artifacts.tokenizer").as_string("artifacts.tokenizer.file")).string();
-      m.tokenizer_bytes = tokenizer->at("bytes", "artifacts.tokenizer").as_int("artifacts.tokenizer.bytes");
-      m.tokenizer_sha256 = tokenizer->at("sha256", "artifacts.tokenizer").as_string("artifacts.tokenizer.sha256");
+    if (const Json* tokenizer = json::find(*artifacts, "tokenizer")) {
+      m.tokenizer_path = (fs::path(bundle_dir) / json::as_string(json::at(*tokenizer, "file", "artifacts.tokenizer"), "artifacts.tokenizer.file")).string();
+      m.tokenizer_bytes = json::as_int(json::at(*tokenizer, "bytes", "artifacts.tokenizer"), "artifacts.tokenizer.bytes");
+      m.tokenizer_sha256 = json::as_string(json::at(*tokenizer, "sha256", "artifacts.tokenizer"), "artifacts.tokenizer.sha256");
+    }
+    for (auto [role, into] : {std::pair{"chat_template", &m.chat_template}, std::pair{"tokenizer_config", &m.tokenizer_config}}) {
+      if (const Json* entry = json::find(*artifacts, role)) {
+        const std::string what = std::string("artifacts.") + role;
+        into->path = (fs::path(bundle_dir) / json::as_string(json::at(*entry, "file", what), what + ".file")).string();
+        into->bytes = json::as_int(json::at(*entry, "bytes", what), what + ".bytes");
+        into->sha256 = json::as_string(json::at(*entry, "sha256", what), what + ".sha256");
+      }
     }
 
-    m.k = doc.at("k", "manifest").as_int("manifest k");
-    m.prefill_chunk = doc.at("prefill_chunk", "manifest").as_int("manifest prefill_chunk");
-    const Value& cache = doc.at("cache", "manifest");
-    m.max_seq_len = cache.at("max_seq_len", "manifest cache").as_int("manifest cache.max_seq_len");
-    m.buffer_length = cache.at("buffer_length", "manifest cache").as_int("manifest cache.buffer_length");
-    const Value& target = doc.at("target_config", "manifest");
-    m.vocab_size = target.at("vocab_size", "manifest target_config").as_int("manifest target_config.vocab_size");
-    m.hidden_size = target.at("hidden_size", "manifest target_config").as_int("manifest target_config.hidden_size");
-    for (const Value& id : doc.at("eos_token_ids", "manifest").as_array("manifest eos_token_ids")) {
-      m.eos_token_ids.push_back(id.as_int("manifest eos_token_ids"));
+    m.k = json::as_int(json::at(doc, "k", "manifest"), "manifest k");
+    m.prefill_chunk = json::as_int(json::at(doc, "prefill_chunk", "manifest"), "manifest prefill_chunk");
+    const Json& cache = json::at(doc, "cache", "manifest");
+    m.max_seq_len = json::as_int(json::at(cache, "max_seq_len", "manifest cache"), "manifest cache.max_seq_len");
+    m.buffer_length = json::as_int(json::at(cache, "buffer_length", "manifest cache"), "manifest cache.buffer_length");
+    const Json& target = json::at(doc, "target_config", "manifest");
+    m.vocab_size = json::as_int(json::at(target, "vocab_size", "manifest target_config"), "manifest target_config.vocab_size");
+    m.hidden_size = json::as_int(json::at(target, "hidden_size", "manifest target_config"), "manifest target_config.hidden_size");
+    for (const Json& id : json::as_array(json::at(doc, "eos_token_ids", "manifest"), "manifest eos_token_ids")) {
+      m.eos_token_ids.push_back(json::as_int(id, "manifest eos_token_ids"));
     }
-    if (const Value* rt = doc.find("runtime")) {
-      if (const Value* pad = rt->find("pad_token_for_padding")) m.pad_token = pad->as_int("manifest runtime.pad_token_for_padding");
+    if (const Json* rt = json::find(doc, "runtime")) {
+      if (const Json* pad = json::find(*rt, "pad_token_for_padding")) m.pad_token = json::as_int(*pad, "manifest runtime.pad_token_for_padding");
     }
     if (m.k < 1 || m.prefill_chunk < 1 || m.max_seq_len < 2 || m.vocab_size < 1 || m.hidden_size < 1) {
       throw RunnerError(path + ": k, prefill_chunk, cache.max_seq_len, vocab_size or hidden_size out of range; the manifest is damaged, export the bundle again.");
     }
 
-    const Value& methods = doc.at("methods", "manifest");
+    const Json& methods = json::at(doc, "methods", "manifest");
     const int64_t V = m.vocab_size, H = m.hidden_size, K = m.k, C = m.prefill_chunk;
     const std::string i64 = "int64", f32 = "float32";
     check_signature(methods, "prefill", path, {{{1, C}, i64}, {{1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
     // One verify for every token count 1..K+1 (dynamic): the manifest gives its largest shapes.
     check_signature(methods, "verify", path, {{{1, K + 1}, i64}, {{1}, i64}}, {{{K + 1, V}, f32}, {{K + 1, H}, f32}});
-    const Value* lengths = methods.at("verify", "methods").find("lengths");
-    const auto* range = lengths == nullptr ? nullptr : &lengths->as_array("methods.verify.lengths");
-    if (range == nullptr || range->size() != 2 || (*range)[0].as_int("methods.verify.lengths") > 1 ||
-        (*range)[1].as_int("methods.verify.lengths") < K + 1) {
+    const Json* lengths = json::find(json::at(methods, "verify", "methods"), "lengths");
+    const auto* range = lengths == nullptr ? nullptr : &json::as_array(*lengths, "methods.verify.lengths");
+    if (range == nullptr || range->size() != 2 || json::as_int((*range)[0], "methods.verify.lengths") > 1 ||
+        json::as_int((*range)[1], "methods.verify.lengths") < K + 1) {
       throw RunnerError(path + ": method verify does not take every token count 1.." + std::to_string(K + 1) +
                         " (methods.verify.lengths); re-export the bundle with this version of mtp-edge.");
     }
-    m.has_drafter = methods.find("draft") != nullptr;
+    m.has_drafter = json::find(methods, "draft") != nullptr;
     if (m.has_drafter) {
-      const Value& outs = methods.at("draft", "methods").at("outputs", "methods.draft");
+      const Json& outs = json::at(json::at(methods, "draft", "methods"), "outputs", "methods.draft");
       const auto specs = tensor_specs(outs, "methods.draft.outputs");
       m.draft_candidates = !specs.empty() && specs[0].shape.size() == 1 ? specs[0].shape[0] : 0;
       const int64_t N = m.draft_candidates;
@@ -198,7 +206,7 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
       // taking the draft step's inputs. Only the lengths listed are used: an older bundle has none.
       for (int64_t n = 2; n <= K; ++n) {
         const std::string name = draft_chain_name(n);
-        if (methods.find(name) == nullptr) continue;
+        if (json::find(methods, name) == nullptr) continue;
         check_signature(methods, name, path, {{{1}, i64}, {{H}, f32}, {{1}, i64}, {{1}, i64}}, {{{n}, i64}, {{n}, f32}});
         m.draft_chains.push_back(n);
       }

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "chat_template.h"
+
 namespace mtp_edge {
 
 // 2: the program's verify takes any token count 1..K+1 (methods.verify.lengths; no decode method)
@@ -41,6 +43,11 @@ struct Manifest {
   std::string tokenizer_path;
   std::string tokenizer_sha256;
   int64_t tokenizer_bytes = -1;
+  // artifacts.chat_template (chat_template.jinja) and artifacts.tokenizer_config
+  // (tokenizer_config.json: special tokens, maybe the template), copied from the target checkpoint
+  // when it had them; empty paths when not. Checked when the runner first needs the chat template.
+  ChatTemplateFile chat_template;
+  ChatTemplateFile tokenizer_config;
   bool has_drafter = false;
   // Lengths k in 2..K with a draft_chain_k method (k greedy drafter steps in one call), ascending.
   // Bundles exported before these methods have none: the runner then drafts step by step.

@@ -112,6 +112,19 @@ int mtp_runner_generate_text(mtp_runner* runner, const char* prompt_text, int64_
                              size_t out_capacity, size_t* out_len, mtp_stats* stats, mtp_text_callback on_text,
                              void* user_data, char* error, size_t error_size);
 
+/* Chat, through the bundle's chat template (its tokenizer_config.json or chat_template.jinja, as
+ * transformers' apply_chat_template finds it; rendered with add_generation_prompt on). A bundle
+ * without one fails these calls with the reason in `error`.
+ * messages_json: a JSON array of messages, e.g. [{"role": "user", "content": "Hi"}].
+ * mtp_runner_chat_text: the rendered chat; writes at most size - 1 bytes and a NUL into `buffer` (may
+ * be NULL with size 0), *out_len = the full length. mtp_runner_encode_chat: its ids (encoded without
+ * the tokenizer's own special tokens: the template writes BOS), for mtp_runner_generate; copies at
+ * most `capacity`, *out_len = how many there are. */
+int mtp_runner_chat_text(mtp_runner* runner, const char* messages_json, char* buffer, size_t size, size_t* out_len,
+                         char* error, size_t error_size);
+int mtp_runner_encode_chat(mtp_runner* runner, const char* messages_json, int64_t* out_ids, size_t capacity,
+                           size_t* out_len, char* error, size_t error_size);
+
 /* The text of the last mtp_runner_generate_text; returns its length in bytes, writes at most
  * size - 1 of them and a NUL (buffer may be NULL with size 0); 0 after mtp_runner_generate. */
 size_t mtp_runner_last_text(const mtp_runner* runner, char* buffer, size_t size);

@@ -75,29 +75,31 @@ const CostTable& default_costs() {
   return table;
 }
 
-CostTable cost_table_from_json(const json::Value& data) {
+CostTable cost_table_from_json(const json::Json& data) {
   if (!data.is_object()) throw RunnerError("cost table: expected a JSON object.");
   static const std::set<std::string> known = {"decode", "draft_step", "verify", "draft_call"};
   std::string unknown, missing;
-  for (const auto& member : data.as_object("cost table")) {
-    if (known.count(member.first) == 0) unknown += (unknown.empty() ? "'" : ", '") + member.first + "'";
+  for (const auto& member : data.items()) {
+    if (known.count(member.key()) == 0) unknown += (unknown.empty() ? "'" : ", '") + member.key() + "'";
   }
   if (!unknown.empty()) {
     throw RunnerError("cost table: unknown field(s) " + unknown + "; expected ['decode', 'draft_call', 'draft_step', 'verify'].");
   }
   for (const char* name : {"decode", "draft_step", "verify"}) {
-    if (data.find(name) == nullptr) missing += (missing.empty() ? "" : ", ") + std::string(name);
+    if (json::find(data, name) == nullptr) missing += (missing.empty() ? "" : ", ") + std::string(name);
   }
   if (!missing.empty()) throw RunnerError("cost table: missing field(s) " + missing + ".");
-  auto seconds = [](const json::Value& v, const std::string& name) {
+  auto seconds = [](const json::Json& v, const std::string& name) {
     if (!v.is_number()) throw RunnerError("cost table: " + name + " must be a number of seconds.");
-    return v.as_double(name);
+    return v.get<double>();
   };
   auto lengths = [&](const char* name, std::map<int, double>& into) {
-    const json::Value* table = data.find(name);
+    const json::Json* table = json::find(data, name);
     if (table == nullptr) return;
     if (!table->is_object()) throw RunnerError(std::string("cost table: ") + name + " must be an object of length -> seconds.");
-    for (const auto& [key, value] : table->as_object(name)) {
+    for (const auto& member : table->items()) {
+      const std::string& key = member.key();
+      const json::Json& value = member.value();
       size_t used = 0;
       long long n = 0;
       try {
@@ -112,8 +114,8 @@ CostTable cost_table_from_json(const json::Value& data) {
     }
   };
   CostTable costs;
-  costs.decode = seconds(*data.find("decode"), "decode");
-  costs.draft_step = seconds(*data.find("draft_step"), "draft_step");
+  costs.decode = seconds(*json::find(data, "decode"), "decode");
+  costs.draft_step = seconds(*json::find(data, "draft_step"), "draft_step");
   lengths("verify", costs.verify);
   lengths("draft_call", costs.draft_call);
   costs.validate();
@@ -181,6 +183,7 @@ struct Runner::Impl {
   Manifest m;
   std::unique_ptr<Module> module;
   std::unique_ptr<TextCodec> text;
+  std::unique_ptr<ChatTemplate> chat;
   std::mutex text_loading;
 
   // The cache holds one sequence: calls from several threads run one after the other, never
@@ -455,6 +458,28 @@ const TextCodec& Runner::text() {
     }
   }
   return *s.text;
+}
+
+const ChatTemplate& Runner::chat() {
+  Impl& s = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(s.text_loading);
+    if (!s.chat) {
+      if (!ChatTemplate::present(s.m.chat_template, s.m.tokenizer_config)) {
+        throw RunnerError(s.m.bundle_dir + ": no chat template (neither chat_template.jinja nor a \"chat_template\" in "
+                          "tokenizer_config.json): its target checkpoint had none; send the prompt as plain text "
+                          "(without --chat), or export from a checkpoint folder that has a chat template.");
+      }
+      s.chat = std::make_unique<ChatTemplate>(s.m.chat_template, s.m.tokenizer_config);
+    }
+  }
+  return *s.chat;
+}
+
+std::vector<int64_t> Runner::encode_chat(const std::string& messages_json, std::string* rendered) {
+  const std::string text = chat().render(messages_json, /*add_generation_prompt=*/true);
+  if (rendered != nullptr) *rendered = text;
+  return this->text().encode(text, /*add_special_tokens=*/false);
 }
 
 void Runner::check_request(const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,

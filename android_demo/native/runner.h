@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "chat_template.h"
 #include "draft_policy.h"
 #include "json.h"
 #include "manifest.h"
@@ -121,6 +122,16 @@ class Runner {
   // Throws RunnerError naming the problem and the fix (no tokenizer.json, a modified or malformed one).
   const TextCodec& text();
 
+  // The bundle's chat template (artifacts chat_template / tokenizer_config, size and sha256 checked),
+  // loaded on first use. Throws RunnerError naming the problem and the fix (none in the bundle, a
+  // modified file, a template that does not parse).
+  const ChatTemplate& chat();
+  // A chat (a JSON array of {"role", "content"} messages) as prompt ids: rendered with the template
+  // (add_generation_prompt on) and encoded without the tokenizer's own special tokens, as
+  // transformers' apply_chat_template(messages, add_generation_prompt=True) gives them. `rendered`
+  // (optional) receives the text.
+  std::vector<int64_t> encode_chat(const std::string& messages_json, std::string* rendered = nullptr);
+
   // The checks the Python runtime's check_request makes, with its wording (k may be kAutoK).
   void check_request(const std::vector<int64_t>& prompt, int64_t k, int64_t max_new_tokens,
                      const SamplingConfig& sampling) const;
@@ -155,7 +166,7 @@ const CostTable& default_costs();
 
 // CostTable.from_json / to_json: {"decode": s, "draft_step": s, "verify": {"2": s, ...},
 // "draft_call": {"1": s, ...}} (draft_call optional). Throws RunnerError naming the field.
-CostTable cost_table_from_json(const json::Value& value);
+CostTable cost_table_from_json(const json::Json& value);
 std::string cost_table_json(const CostTable& costs);
 
 // The stats object of a result line, as GenerationStats.as_dict() (plus draft_calls, decode_methods_s,

@@ -145,7 +145,7 @@ TextCodec::TextCodec(const std::string& path, const std::string& expected_sha256
 
 TextCodec::~TextCodec() = default;
 
-std::vector<int64_t> TextCodec::encode(const std::string& text) const {
+std::vector<int64_t> TextCodec::encode(const std::string& text, bool add_special_tokens) const {
   const auto encoded = [&] {
     try {
       return impl_->tokenizer.encode(text, /*bos=*/0, /*eos=*/0);
@@ -158,9 +158,10 @@ std::vector<int64_t> TextCodec::encode(const std::string& text) const {
     throw RunnerError(impl_->path + ": the prompt cannot be encoded (a character outside the vocabulary and no byte "
                       "fallback or unk_token); remove it or pass token ids.");
   }
-  std::vector<int64_t> ids(impl_->before);
+  std::vector<int64_t> ids;
+  if (add_special_tokens) ids = impl_->before;
   for (const uint64_t id : result.get()) ids.push_back(static_cast<int64_t>(id));
-  ids.insert(ids.end(), impl_->after.begin(), impl_->after.end());
+  if (add_special_tokens) ids.insert(ids.end(), impl_->after.begin(), impl_->after.end());
   return ids;
 }
 

@@ -26,8 +26,10 @@ class TextCodec {
   TextCodec& operator=(const TextCodec&) = delete;
 
   // The ids of `text` with the post-processor's special tokens around them (BOS for Gemma), as the
-  // Python `tokenizers` Tokenizer.encode(text).ids. Throws RunnerError if the text cannot be encoded.
-  std::vector<int64_t> encode(const std::string& text) const;
+  // Python `tokenizers` Tokenizer.encode(text).ids; add_special_tokens = false: without them, as
+  // encode(text, add_special_tokens=False) (a rendered chat template, which writes its own BOS).
+  // Throws RunnerError if the text cannot be encoded.
+  std::vector<int64_t> encode(const std::string& text, bool add_special_tokens = true) const;
   // The bytes one token decodes to through the tokenizer's decoder (special tokens as their text);
   // not always whole characters. Throws RunnerError for an id outside the vocabulary.
   std::string token_bytes(int64_t id) const;

@@ -6,12 +6,18 @@
 //     {"encode": "text"}     -> {"ids": [...]}                   (special tokens added, as Python's encode)
 //     {"decode": [ids]}      -> {"text": "...", "pieces": [...]}  (pieces: what TextStream gave per id, then
 //                                                                  its finish(); joined they are the text)
+//     {"chat": [messages]}   -> {"text": "...", "ids": [...]}     (the chat template beside the tokenizer:
+//                                 chat_template.jinja or tokenizer_config.json's; "add_generation_prompt":
+//                                 false to leave it off; ids: the text encoded without special tokens)
 // Errors: one line "error: ..." on stderr and exit code 2, after the results already written.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <memory>
 #include <iostream>
 #include <string>
 
+#include "chat_template.h"
 #include "errors.h"
 #include "json.h"
 #include "text_codec.h"
@@ -19,37 +25,62 @@
 namespace {
 
 using mtp_edge::RunnerError;
-using mtp_edge::json::Value;
+namespace json = mtp_edge::json;
+using json::Json;
+
+// The chat template beside the tokenizer, loaded on the first chat request.
+std::unique_ptr<mtp_edge::ChatTemplate> chat_template(const std::string& tokenizer_path) {
+  const auto folder = std::filesystem::path(tokenizer_path).parent_path();
+  const mtp_edge::ChatTemplateFile jinja{(folder / "chat_template.jinja").string(), "", -1};
+  const mtp_edge::ChatTemplateFile config{(folder / "tokenizer_config.json").string(), "", -1};
+  if (!mtp_edge::ChatTemplate::present(jinja, config)) {
+    throw RunnerError(folder.string() + ": no chat template (neither chat_template.jinja nor a \"chat_template\" in "
+                      "tokenizer_config.json).");
+  }
+  return std::make_unique<mtp_edge::ChatTemplate>(jinja, config);
+}
+
+std::string ids_json(const std::vector<int64_t>& ids) {
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) out += (i ? ", " : "") + std::to_string(ids[i]);
+  return out + "]";
+}
 
 std::string answer(const mtp_edge::TextCodec& codec, const std::string& line) {
-  Value doc;
+  static std::unique_ptr<mtp_edge::ChatTemplate> chat;
+  Json doc;
   try {
-    doc = Value::parse(line);
-  } catch (const mtp_edge::json::ParseError& e) {
+    doc = json::parse(line);
+  } catch (const json::ParseError& e) {
     throw RunnerError(std::string("not valid JSON (") + e.what() + "); write one JSON object per line.");
   }
   try {
-    if (const Value* text = doc.find("encode")) {
-      std::string out = "{\"ids\": [";
-      const auto ids = codec.encode(text->as_string("encode"));
-      for (size_t i = 0; i < ids.size(); ++i) out += (i ? ", " : "") + std::to_string(ids[i]);
-      return out + "]}";
+    if (const Json* text = json::find(doc, "encode")) {
+      return "{\"ids\": " + ids_json(codec.encode(json::as_string(*text, "encode"))) + "}";
     }
-    if (const Value* ids = doc.find("decode")) {
+    if (const Json* messages = json::find(doc, "chat")) {
+      if (!chat) chat = chat_template(codec.path());
+      const Json* generation = json::find(doc, "add_generation_prompt");
+      json::as_array(*messages, "chat");
+      const std::string text =
+          chat->render(messages->dump(), generation == nullptr || json::as_bool(*generation, "add_generation_prompt"));
+      return "{\"text\": " + json::quote(text) + ", \"ids\": " + ids_json(codec.encode(text, false)) + "}";
+    }
+    if (const Json* ids = json::find(doc, "decode")) {
       mtp_edge::TextStream stream(codec);
       std::string text, pieces;
       const auto piece = [&](const std::string& p) {
         text += p;
-        pieces += (pieces.empty() ? "" : ", ") + mtp_edge::json::quote(p);
+        pieces += (pieces.empty() ? "" : ", ") + json::quote(p);
       };
-      for (const Value& id : ids->as_array("decode")) piece(stream.push(id.as_int("a token id")));
+      for (const Json& id : json::as_array(*ids, "decode")) piece(stream.push(json::as_int(id, "a token id")));
       piece(stream.finish());
-      return "{\"text\": " + mtp_edge::json::quote(text) + ", \"pieces\": [" + pieces + "]}";
+      return "{\"text\": " + json::quote(text) + ", \"pieces\": [" + pieces + "]}";
     }
-  } catch (const mtp_edge::json::TypeError& e) {
+  } catch (const json::TypeError& e) {
     throw RunnerError(std::string(e.what()) + ".");
   }
-  throw RunnerError("a request is {\"encode\": \"text\"} or {\"decode\": [ids]}.");
+  throw RunnerError("a request is {\"encode\": \"text\"}, {\"decode\": [ids]} or {\"chat\": [messages]}.");
 }
 
 int fail(const std::string& message) {

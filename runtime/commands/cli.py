@@ -122,6 +122,9 @@ def add_generate(subparsers) -> None:
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model folder)")
     prompt.add_argument("--prompt-ids", help="prompt token ids, comma-separated")
+    p.add_argument("--chat", action="store_true",
+                   help="send --prompt as one user turn of the folder's chat template (tokenizer_config.json or "
+                        "chat_template.jinja), rendered as transformers' apply_chat_template(add_generation_prompt=True)")
     add_draft_arguments(p)
     p.add_argument("--max-new-tokens", type=WholeNumber(1), default=64)
     p.add_argument("--max-seq-len", type=WholeNumber(2), default=1024, help="KV-cache positions (default 1024)")
@@ -143,7 +146,7 @@ def cmd_generate(args) -> int:
     from mtp_edge.runtime.errors import GenerationError
     from mtp_edge.runtime.sampling import SamplingConfig
     from mtp_edge.runtime.speculative import generate
-    from mtp_edge.runtime.tokenizer import TextCodec, TextStream, parse_prompt_ids
+    from mtp_edge.runtime.tokenizer import ChatTemplate, TextCodec, TextStream, chat_messages, parse_prompt_ids
 
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                               rule=args.sampling_rule)
@@ -152,8 +155,19 @@ def cmd_generate(args) -> int:
     if args.prompt is not None:
         if codec is None:
             raise GenerationError(f"{folder} has no tokenizer.json: pass --prompt-ids instead of --prompt.")
-        prompt = codec.encode(args.prompt)
+        if args.chat:
+            template = ChatTemplate.from_folder(folder)
+            if template is None:
+                raise GenerationError(f"{folder} has no chat template (neither chat_template.jinja nor a \"chat_template\" in "
+                                      "tokenizer_config.json): its target checkpoint had none; send the prompt as plain "
+                                      "text (without --chat).")
+            # As transformers' apply_chat_template(tokenize=True): the template writes BOS, the encode adds none.
+            prompt = codec.encode(template.render(chat_messages(args.prompt)), add_special_tokens=False)
+        else:
+            prompt = codec.encode(args.prompt)
     else:
+        if args.chat:
+            raise GenerationError("--chat takes --prompt TEXT (the user's turn), not --prompt-ids.")
         prompt = parse_prompt_ids(args.prompt_ids)
     k = 0 if args.no_draft else args.k
     if args.bundle:

@@ -311,6 +311,35 @@ JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeEncode(JNIEnv* 
   return to_java_ints(env, ids.data(), ids.size());
 }
 
+// A chat (a JSON array of messages, UTF-8 bytes) through the bundle's chat template: which = 0, the
+// prompt ids (encoded without the tokenizer's special tokens: the template writes BOS) as int[];
+// which = 1, the rendered text as UTF-8 bytes.
+JNIEXPORT jobject JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeChat(JNIEnv* env, jclass, jlong handle, jbyteArray utf8,
+                                                                    jint which) {
+  mtp_runner* runner = handle_of(env, handle);
+  if (runner == nullptr) return nullptr;
+  std::string messages;
+  if (!from_java_bytes(env, utf8, messages)) return nullptr;
+  char error[kErrorSize] = {0};
+  size_t n = 0;
+  if (which == 0) {
+    if (mtp_runner_encode_chat(runner, messages.c_str(), nullptr, 0, &n, error, sizeof error) != 0) {
+      throw_java(env, error[0] ? error : "chat encoding failed");
+      return nullptr;
+    }
+    std::vector<int64_t> ids(n);
+    mtp_runner_encode_chat(runner, messages.c_str(), ids.data(), ids.size(), &n, error, sizeof error);
+    return to_java_ints(env, ids.data(), ids.size());
+  }
+  if (mtp_runner_chat_text(runner, messages.c_str(), nullptr, 0, &n, error, sizeof error) != 0) {
+    throw_java(env, error[0] ? error : "chat rendering failed");
+    return nullptr;
+  }
+  std::vector<char> text(n + 1);
+  mtp_runner_chat_text(runner, messages.c_str(), text.data(), text.size(), &n, error, sizeof error);
+  return to_java_bytes(env, text.data(), n);
+}
+
 // The text of token ids, as UTF-8 bytes (invalid sequences as U+FFFD).
 JNIEXPORT jbyteArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeDecode(JNIEnv* env, jclass, jlong handle, jintArray ids) {
   mtp_runner* runner = handle_of(env, handle);

@@ -408,6 +408,42 @@ public final class MtpEdgeRunner implements AutoCloseable {
   }
 
   /**
+   * The prompt ids of a chat through the bundle's chat template (its target checkpoint's, from
+   * tokenizer_config.json or chat_template.jinja), as transformers'
+   * {@code apply_chat_template(messages, add_generation_prompt=True)} gives them: the rendered text
+   * encoded without the tokenizer's own special tokens (the template writes BOS). Pass them to
+   * {@link #generate}.
+   *
+   * @param messagesJson a JSON array of messages, e.g. {@code [{"role": "user", "content": "Hi"}]}
+   * @throws MtpEdgeException when the bundle has no chat template (or a modified one), or the template
+   *     refuses the messages
+   */
+  public synchronized int[] encodeChat(String messagesJson) throws MtpEdgeException {
+    return (int[]) nativeChat(checkedHandle(), utf8(messagesJson), 0);
+  }
+
+  /** The text {@link #encodeChat} encodes: the chat rendered with the bundle's chat template. */
+  public synchronized String chatText(String messagesJson) throws MtpEdgeException {
+    return new String((byte[]) nativeChat(checkedHandle(), utf8(messagesJson), 1), StandardCharsets.UTF_8);
+  }
+
+  /** {@code text} as one user turn, for {@link #encodeChat}: {@code [{"role": "user", "content": text}]}. */
+  public static String userTurn(String text) {
+    StringBuilder out = new StringBuilder("[{\"role\": \"user\", \"content\": \"");
+    for (int i = 0; i < text.length(); i++) {
+      char c = text.charAt(i);
+      if (c == '"' || c == '\\') {
+        out.append('\\').append(c);
+      } else if (c < 0x20) {
+        out.append(String.format("\\u%04x", (int) c));
+      } else {
+        out.append(c);
+      }
+    }
+    return out.append("\"}]").toString();
+  }
+
+  /**
    * The text of token ids (special tokens as their text; invalid UTF-8 as U+FFFD), as the Python
    * {@code tokenizers} library decodes them.
    *
@@ -508,6 +544,8 @@ public final class MtpEdgeRunner implements AutoCloseable {
   private static native int[] nativeEncode(long handle, byte[] utf8);
 
   private static native byte[] nativeDecode(long handle, int[] tokens);
+
+  private static native Object nativeChat(long handle, byte[] messagesJson, int which);
 
   private static native long[] nativeLastHistogram(long handle, int which);
 
