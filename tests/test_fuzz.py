@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mtp_edge.export.bundle import ExportSettings
-from mtp_edge.runtime.fuzz import (EXERCISED, build_pair, fuzz_bundle, fuzz_eager, fuzz_exported, fuzz_native,
-                                   random_case, random_pair_config, reproduce)
+from mtp_edge.runtime.fuzz import (EXERCISED, build_pair, export_pair, fuzz_bundle, fuzz_eager, fuzz_exported,
+                                   fuzz_native, random_case, random_pair_config, reproduce)
 
 BIN = Path(sys.executable).parent
 
@@ -189,11 +189,15 @@ def test_fuzz_random_pairs_exported_to_onnx():
 
 
 @pytest.mark.slow
-def test_a_pte_export_at_k_1_regression():
+@pytest.mark.native
+def test_a_pte_export_at_k_1_regression(tmp_path):
     """Found by the exported-pair fuzz: a .pte export at K = 1 raised (torch.export took verify's 1..2 tokens
-    for the static size 2). The reproducer line now exports and its random requests pass."""
+    for the static size 2), and then the native runner refused verify's 3-token capacity. Reproducer
+    {"backend":"pte-exported","pair_seed":9}: it now exports, and random requests pass in Python and natively."""
     pair = random_pair_config(9)
     assert pair.max_k == 1
-    assert reproduce('{"backend":"pte-exported","pair_seed":9}').ok
-    report = fuzz_exported("pte", 12, seed=0, pairs=1, progress=False)  # another config, exported to .pte
-    assert report.pairs == 1 and report.mismatches == 0 and report.eager_differences == 0, report.reproducers[:3]
+    bundle = export_pair(pair, "pte", tmp_path)
+    report = fuzz_bundle(bundle, "pte", 12, seed=0, progress=False)
+    assert report.mismatches == 0 and report.eager_compared > 0 and report.eager_differences == 0, report.reproducers[:3]
+    native = fuzz_native(bundle, 12, seed=1, progress=False)
+    assert native.cases == 12 and native.mismatches == 0, native.reproducers[:3]

@@ -186,7 +186,9 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
     const std::string i64 = "int64", f32 = "float32";
     check_signature(methods, "prefill", path, {{{1, C}, i64}, {{1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
     // One verify for every token count 1..K+1 (dynamic): the manifest gives its largest shapes.
-    check_signature(methods, "verify", path, {{{1, K + 1}, i64}, {{1}, i64}}, {{{K + 1, V}, f32}, {{K + 1, H}, f32}});
+    const int64_t verify_max = verify_capacity(K);
+    check_signature(methods, "verify", path, {{{1, verify_max}, i64}, {{1}, i64}},
+                    {{{verify_max, V}, f32}, {{verify_max, H}, f32}});
     const Json* lengths = json::find(json::at(methods, "verify", "methods"), "lengths");
     const auto* range = lengths == nullptr ? nullptr : &json::as_array(*lengths, "methods.verify.lengths");
     if (range == nullptr || range->size() != 2 || json::as_int((*range)[0], "methods.verify.lengths") > 1 ||

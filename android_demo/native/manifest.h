@@ -22,6 +22,10 @@ constexpr int64_t kSchemaVersion = 3;
 constexpr const char* kProgramMetadata[] = {"get_schema_version", "get_k",         "get_max_seq_len", "get_vocab_size",
                                             "get_prefill_chunk",  "get_pad_token", "get_eos_ids"};
 
+// The most tokens a bundle's verify method takes: K + 1, but 3 at K = 1 (export.pte.dynamic_lengths:
+// torch.export cannot take 1..2 as a dynamic size). The runner never verifies more than K + 1.
+inline int64_t verify_capacity(int64_t k) { return k + 1 > 3 ? k + 1 : 3; }
+
 struct Manifest {
   std::string bundle_dir;
   std::string manifest_path;

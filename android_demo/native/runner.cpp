@@ -417,7 +417,7 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
     }
   };
   check_tokens("prefill", m.prefill_chunk);
-  check_tokens("verify", m.k + 1);  // its largest token count
+  check_tokens("verify", verify_capacity(m.k));  // its largest token count
 
   s.prefill_tokens.assign(m.prefill_chunk, m.pad_token);
   s.verify_tokens.assign(m.k + 1, m.pad_token);
