@@ -22,6 +22,8 @@ def compile_driver(out_dir: Path, driver: str, *sources: str) -> Path:
     exe = out_dir / driver
     subprocess.run(
         [compiler, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", f"-I{NATIVE}",
+         # json.cpp reads through the vendored nlohmann/json, as the runner's CMake build includes it
+         "-isystem", str(NATIVE / "third_party" / "nlohmann_json" / "include"),
          str(ROOT / "tests" / "native" / f"{driver}.cpp"), *(str(NATIVE / s) for s in sources), "-o", str(exe)],
         check=True,
     )

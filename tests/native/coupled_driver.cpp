@@ -1,7 +1,8 @@
 // Runs Gumbel-max coupling cases from stdin through android_demo/native/sampling.cpp and prints the
 // results; tests/test_coupled_sampling.py runs the same cases through runtime/sampling.py and compares
 // the two outputs exactly. Build:
-//   g++ -std=c++17 -O2 -ffp-contract=off -I android_demo/native tests/native/coupled_driver.cpp
+//   g++ -std=c++17 -O2 -ffp-contract=off -I android_demo/native
+//       -isystem android_demo/native/third_party/nlohmann_json/include tests/native/coupled_driver.cpp
 //       android_demo/native/sampling.cpp android_demo/native/json.cpp -o coupled_driver
 //
 // One command a line; floats are C hex floats (0x1.8p-1) so both sides read the same bits, seeds
