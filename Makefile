@@ -1,5 +1,7 @@
 # Quick start: `make demo` runs the main job, `make test` runs the tests.
-# Both create (or reuse) .venv inside the repository and install the pinned dependencies.
+# Both create (or reuse) .venv inside the repository and install the pinned dependencies. --no-compile:
+# pip would byte-compile every module of torch, executorch and the rest (85 s instead of 35 s here);
+# Python compiles the ones a run imports, once, on first import.
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.10 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -18,7 +20,7 @@ PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet --no-compile -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -163,22 +163,32 @@ class CostTable:
         if method == "decode":
             if n_tokens != 1:
                 raise DraftPolicyError(f"a decode call runs 1 token, got n_tokens={n_tokens}; time it as 'verify'.")
-            return replace(self, decode=ema(self.decode, seconds))
+            return self._updated(decode=ema(self.decode, seconds))
         if method == "verify":
             if n_tokens not in self.verify:
                 raise DraftPolicyError(
                     f"no verify[{n_tokens}] in the cost table: it covers 2..{self.max_k + 1} tokens."
                 )
-            return replace(self, verify={**self.verify, n_tokens: ema(self.verify[n_tokens], seconds)})
+            return self._updated(verify=MappingProxyType({**self.verify, n_tokens: ema(self.verify[n_tokens], seconds)}))
         if method == "draft_step":
-            return replace(self, draft_step=ema(self.draft_step, seconds / n_tokens))
+            return self._updated(draft_step=ema(self.draft_step, seconds / n_tokens))
         if method == "draft_call":
             if n_tokens > self.max_k:
                 raise DraftPolicyError(f"draft_call[{n_tokens}] is beyond the cost table's K = {self.max_k}.")
             # The first timing of a call length seeds its entry.
             old = self.draft_call.get(n_tokens, seconds)
-            return replace(self, draft_call={**self.draft_call, n_tokens: ema(old, seconds)})
+            calls = {**self.draft_call, n_tokens: ema(old, seconds)}
+            return self._updated(draft_call=MappingProxyType(dict(sorted(calls.items()))))
         raise DraftPolicyError(f"unknown call {method!r}: expected one of {', '.join(CALLS)}.")
+
+    def _updated(self, **entries) -> CostTable:
+        """A copy with entries that are valid by construction (an average of valid seconds), without
+        __post_init__'s validation: the loop folds in a timing every call, and on a fast .pte
+        revalidating the whole table each time was a measurable part of a plain round."""
+        table = object.__new__(CostTable)
+        for name in ("decode", "draft_step", "verify", "draft_call"):
+            object.__setattr__(table, name, entries.get(name, getattr(self, name)))
+        return table
 
     def to_json(self) -> dict:
         # JSON keys are strings; from_json turns them back into lengths.
@@ -357,6 +367,10 @@ class DraftPolicy:
     wait (at most MAX_PROBE_BACKOFF times probe_every), a drafting win resets it. Counted in rounds,
     not time, so seeded runs repeat. margin: drafting must beat plain decoding by this fraction.
     frozen: timings never change the costs, so decisions depend only on the seeded tokens.
+    probing: (probe_interval, plain_streak) to start from, where a live generation on the same backend
+    left them (tuning.remember): a chat of many short replies would otherwise pay the first, closest
+    probes in every reply although the drafter never paid (shipped pair's .pte: about 2.5 probe rounds
+    in each 64-token generation, each also re-planning verify for a new token count).
     """
 
     def __init__(
@@ -371,6 +385,7 @@ class DraftPolicy:
         frozen: bool = False,
         margin: float = 0.05,
         stickiness: float = 0.05,
+        probing: tuple[int, int] | None = None,
     ):
         self.max_k = costs.max_k if max_k is None else max_k
         if not 0 <= self.max_k <= costs.max_k:
@@ -400,6 +415,13 @@ class DraftPolicy:
         self.last_k = 0  # the previous round's draft length
         self.probe_interval = probe_every  # plain rounds until the next probe; doubles while probes lose
         self.plain_streak = 0  # rounds in a row where k = 0 won
+        if probing is not None:  # where an earlier generation's probing ended (tuning.remember)
+            interval, streak = probing
+            if isinstance(interval, bool) or not isinstance(interval, int) or isinstance(streak, bool) or not isinstance(streak, int) \
+                    or streak < 0 or interval < 0:
+                raise DraftPolicyError(f"probing must be (plain rounds between probes, plain rounds so far) >= 0, got {probing!r}.")
+            self.probe_interval = min(max(interval, probe_every), MAX_PROBE_BACKOFF * probe_every)
+            self.plain_streak = streak
         self.histogram = [0] * (self.max_k + 1)  # rounds per k handed out, probes included
         self.probe_rounds = 0
 
@@ -439,6 +461,11 @@ class DraftPolicy:
     def observe_call(self, method: str, n_tokens: int, seconds: float) -> None:
         if not self.frozen:
             self.costs = self.costs.measured(method, n_tokens, seconds, self.timing_weight)
+
+    @property
+    def probing(self) -> tuple[int, int]:
+        """Where probing stands: (plain rounds between probes now, plain rounds since the last probe)."""
+        return self.probe_interval, self.plain_streak
 
     def stats(self) -> dict:
         return {

@@ -700,16 +700,18 @@ def _fuzz_native(bundle_dir, cases: int, seed: int, arch: str, progress: bool) -
         batch.append((case, run_case(backend, backend, case, window=window)))
         if len(batch) < 50 and j < cases - 1:
             continue
-        lines = []
+        lines, with_plain = [], []
         for c, _ in batch:
             lines.append(native_request(c))
-            if not SamplingConfig(**c.sampling).depends_on_draft_lengths:  # its K = 0 run must give the same tokens
+            # Greedy and coupled: the runner's own K = 0 run must give the same tokens.
+            with_plain.append(not SamplingConfig(**c.sampling).depends_on_draft_lengths)
+            if with_plain[-1]:
                 lines.append(native_request(Case(**{**c.to_json(), "k": 0, "costs": None, "draft_p_min": None})))
         answers = iter(run_requests(bundle_dir, lines, arch=arch, progress=False))
-        for c, outcome in batch:
+        for (c, outcome), plain_asked in zip(batch, with_plain):
             native = next(answers)
             problems = native_accounting(c, native.tokens, native.stats, backend.max_seq_len)
-            if not SamplingConfig(**c.sampling).depends_on_draft_lengths:
+            if plain_asked:
                 plain = next(answers)
                 if (native.tokens, native.stats["stop_reason"]) != (plain.tokens, plain.stats["stop_reason"]):
                     problems.append(f"native: speculative {native.tokens} ({native.stats['stop_reason']}) differs from "
@@ -751,9 +753,9 @@ def reproduce(line: str, wrap=None) -> Outcome:
         with tempfile.TemporaryDirectory(prefix="mtp-edge-fuzz-") as folder:
             pair = random_pair_config(data["pair_seed"])
             bundle = export_pair(pair, data["backend"].removesuffix("-exported"), folder)
-            backend = open_bundle(bundle, data["backend"].removesuffix("-exported"))
             if case is None:
                 return Outcome(True, [], {})  # the export itself was the finding, and it now succeeds
+            backend = open_bundle(bundle, data["backend"].removesuffix("-exported"))
             return run_case(backend, backend, case, window=pair.target_cfg.sliding_window)
     window = read_manifest(data["bundle"], verify_hashes=False).target_config.sliding_window
     if data["backend"].startswith("native"):
@@ -781,6 +783,17 @@ def _tick(report: BackendReport, total: int, say) -> None:
         say(f"{report.backend}: {report.cases}/{total} cases, {report.mismatches} mismatches")
 
 
+def _bundles_holding(fmt: str, bundles, refusal: str) -> list:
+    """The given bundles that hold format `fmt`; none is a one-line error starting with `refusal`."""
+    from mtp_edge.export.manifest import read_manifest
+    from mtp_edge.models.errors import MtpEdgeError
+
+    holding = [b for b in bundles if fmt in read_manifest(b, verify_hashes=False).formats]
+    if not holding:
+        raise MtpEdgeError(f"{refusal} ({', '.join(map(str, bundles)) or 'no --bundle given'}).")
+    return holding
+
+
 def run_fuzz(backends=("eager",), cases: int = 200, seed: int = 0, bundles=(), progress: bool = True,
              exported_pairs: int = 0) -> dict:
     """The report of `mtp-edge fuzz`: per backend the cases run, the mismatches and what the cases exercised.
@@ -794,24 +807,11 @@ def run_fuzz(backends=("eager",), cases: int = 200, seed: int = 0, bundles=(), p
         if name == "eager":
             reports.append(fuzz_eager(cases, seed, progress=progress))
         elif name in ("native", "arm64"):
-            from mtp_edge.export.manifest import read_manifest
-            from mtp_edge.models.errors import MtpEdgeError
-
-            holding = [b for b in bundles if "pte" in read_manifest(b, verify_hashes=False).formats]
-            if not holding:
-                raise MtpEdgeError(f"--backends {name}: the native runner runs .pte bundles and none of the given "
-                                   f"bundles holds one ({', '.join(map(str, bundles)) or 'no --bundle given'}).")
-            for bundle in holding:
+            for bundle in _bundles_holding("pte", bundles, f"--backends {name}: the native runner runs .pte bundles and none of "
+                                                            "the given bundles holds one"):
                 reports.append(fuzz_native(bundle, cases, seed, arch=name, progress=progress))
         else:
-            from mtp_edge.export.manifest import read_manifest
-            from mtp_edge.models.errors import MtpEdgeError
-
-            holding = [b for b in bundles if name in read_manifest(b, verify_hashes=False).formats]
-            if not holding:
-                raise MtpEdgeError(f"--backends {name}: none of the given bundles holds {name} "
-                                   f"({', '.join(map(str, bundles)) or 'no --bundle given'}).")
-            for bundle in holding:
+            for bundle in _bundles_holding(name, bundles, f"--backends {name}: none of the given bundles holds {name}"):
                 reports.append(fuzz_bundle(bundle, name, cases, seed, progress=progress))
     return {"seed": seed, "ok": all(r.mismatches == 0 for r in reports),
             "backends": [asdict(r) for r in reports]}

@@ -42,6 +42,9 @@ _measured: "weakref.WeakKeyDictionary[object, CostTable]" = weakref.WeakKeyDicti
 # drafter was seen to do, not from the uninformed prior (which, when plain decoding wins at 50%,
 # would leave only probe rounds to learn from, one every probe_every rounds).
 _acceptance: "weakref.WeakKeyDictionary[object, AcceptanceEstimate]" = weakref.WeakKeyDictionary()
+# Where a backend's last live generation left its probing (DraftPolicy.probing): while drafting does
+# not pay, the wait between probe rounds keeps growing across generations instead of restarting.
+_probing: "weakref.WeakKeyDictionary[object, tuple[int, int]]" = weakref.WeakKeyDictionary()
 # Pseudo-rounds a tuning.json acceptance counts for, before the first round of a generation.
 TUNED_ACCEPTANCE_WEIGHT = 8.0
 
@@ -194,12 +197,13 @@ def cost_table(backend, max_k: int, *, frozen: bool) -> tuple[CostTable, str]:
 
 
 def remember(backend, policy: DraftPolicy) -> None:
-    """Keep a live generation's cost table and acceptance for the next generation on the same backend."""
+    """Keep a live generation's cost table, acceptance and probing for the next generation on the same backend."""
     costs, before = policy.costs, _measured.get(backend)
     if not costs.draft_call and before is not None and before.draft_call:  # a sampling run weighed no one-call draft
         costs = replace(costs, draft_call={k: s for k, s in before.draft_call.items() if k <= costs.max_k})
     _measured[backend] = costs
     _acceptance[backend] = policy.acceptance
+    _probing[backend] = policy.probing
 
 
 def starting_acceptance(backend, max_k: int, *, frozen: bool) -> AcceptanceEstimate | None:
@@ -232,4 +236,5 @@ def make_policy(backend, max_k: int, *, frozen: bool = False, greedy: bool = Tru
         costs = replace(costs, draft_call={})
     max_k = min(max_k, costs.max_k)
     acceptance = starting_acceptance(backend, max_k, frozen=frozen)
-    return DraftPolicy(costs, max_k, acceptance=acceptance, frozen=frozen), source
+    probing = None if frozen else _probing.get(backend)  # a frozen run must repeat: it starts afresh
+    return DraftPolicy(costs, max_k, acceptance=acceptance, frozen=frozen, probing=probing), source

@@ -91,8 +91,7 @@ def demo_cache(shared_dir):
 # longest first (the order below, then the other `slow` tests, then the rest in file order), so that
 # the two workers finish together; costs are single-core seconds measured on the 2-core dev machine.
 RUN_FIRST = [
-    "shipped-eval-pte",      # export the shipped pair 8da4w+emb4 .pte, `mtp-edge eval`, the quantized .pte checks
-    "shipped-demo",          # `mtp-edge demo` from an empty cache (exports .pte + ONNX); native, tune, quantized reuse it
+    "shipped-demo",          # `mtp-edge demo` from an empty cache (exports .pte + ONNX); native, tune, eval, quantized reuse it
     "tiny-xnnpack",          # tiny pair fp32 .pte (XNNPACK) + ONNX: test_export_pte, test_clustered_head
     "optimum-cli",           # the same export through optimum-cli and mtp-edge export
     "tiny-portable",         # tiny pair fp32 .pte (portable): test_export_pte, test_native_runner, test_android_bridge

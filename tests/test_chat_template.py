@@ -27,7 +27,7 @@ from mtp_edge.export.bundle import ExportSettings
 from mtp_edge.runtime.native import build
 from mtp_edge.runtime.tokenizer import ChatTemplate, TextCodec, chat_messages
 
-from test_native_text import K, CHUNK, MAX_SEQ, gemma_style_tokenizer
+from test_native_text import K, CHUNK, MAX_SEQ, gemma_style_tokenizer, runner, text_tool  # noqa: F401 (fixtures)
 
 MTP_EDGE = str(Path(sys.executable).with_name("mtp-edge"))
 
@@ -103,16 +103,6 @@ CHATS = [
     [{"role": "user", "content": ""}],
     [{"role": "user", "content": [{"type": "text", "text": " crème brûlée "}, {"type": "image"}]}],
 ]
-
-
-@pytest.fixture(scope="session")
-def runner() -> Path:
-    return build.build_runner(progress=False)
-
-
-@pytest.fixture(scope="session")
-def text_tool(runner) -> Path:
-    return runner.with_name("mtp_edge_text")
 
 
 def write_checkpoint_files(folder: Path, template: str | None, *, as_jinja: bool = False) -> Path:

@@ -211,6 +211,22 @@ def test_probes_turn_drafting_back_on_after_acceptance_improves():
         assert policy.stats()["probe_rounds"] == len(probes)
 
 
+def test_probing_carries_over_from_an_earlier_generation():
+    """A reply of a chat starts its probing where the last one on the backend ended: while drafting
+    does not pay, the wait between probes keeps doubling instead of restarting at probe_every."""
+    costs = CostTable(decode=1.0, draft_step=0.5, verify={2: 3.0, 3: 4.0})
+    first = DraftPolicy(costs, probe_every=3, probe_k=1)
+    for _ in range(40):
+        first.next_k()
+    assert first.stats()["probe_rounds"] == 3 and first.probing == (24, 16)  # waits of 3, 6, 12; now 24
+    fresh, carried = DraftPolicy(costs, probe_every=3, probe_k=1), DraftPolicy(costs, probe_every=3, probe_k=1, probing=first.probing)
+    assert [fresh.next_k() for _ in range(4)] == [0, 0, 0, 1]
+    assert [carried.next_k() for _ in range(9)] == [0] * 8 + [1]  # 16 plain rounds so far: the probe after 24
+    assert DraftPolicy(costs, probe_every=3, probing=(10_000, 0)).probing == (48, 0)  # at most MAX_PROBE_BACKOFF x probe_every
+    with pytest.raises(DraftPolicyError, match="probing"):
+        DraftPolicy(costs, probing=(-1, 0))
+
+
 def test_policy_stats_count_rounds():
     costs = CostTable(decode=1.0, draft_step=0.5, verify={2: 3.0, 3: 4.0})
     policy = DraftPolicy(costs, probe_every=3, probe_k=1)
@@ -355,10 +371,14 @@ def scenario(rng: random.Random) -> tuple[list[str], list[tuple]]:
     margin = rng.choice([0.0, 0.05, rng.uniform(0.0, 0.3)])
     stickiness = rng.choice([0.0, 0.05, rng.uniform(0.0, 0.3)])
 
+    # Probing carried over from an earlier generation (tuning.remember), or fresh.
+    probing = (rng.randint(0, 100), rng.randint(0, 100)) if rng.random() < 0.3 else None
+
     h = float.hex
     lines = [" ".join(["costs", h(costs.decode), h(costs.draft_step), *map(h, costs.verify.values())])]
     lines += [f"call {k} {h(s)}" for k, s in costs.draft_call.items()]
-    lines.append(f"policy {max_k} {h(pa)} {h(pr)} {h(decay)} {probe_every} {probe_k} {h(weight)} {int(frozen)} {h(margin)} {h(stickiness)}")
+    lines.append(f"policy {max_k} {h(pa)} {h(pr)} {h(decay)} {probe_every} {probe_k} {h(weight)} {int(frozen)} {h(margin)} {h(stickiness)}"
+                 + ("" if probing is None else f" {probing[0]} {probing[1]}"))
     policy = DraftPolicy(
         costs,
         max_k,
@@ -369,6 +389,7 @@ def scenario(rng: random.Random) -> tuple[list[str], list[tuple]]:
         frozen=frozen,
         margin=margin,
         stickiness=stickiness,
+        probing=probing,
     )
 
     def drafter():
@@ -507,3 +528,21 @@ def test_draft_lengths_are_sticky_until_another_beats_them_by_the_stickiness():
     assert far.next_k() == choose_k(costs, far.acceptance, 3, 0.05) != 1
     with pytest.raises(DraftPolicyError, match="stickiness must be a finite number >= 0"):
         DraftPolicy(costs, 3, stickiness=-0.1)
+
+
+def test_a_live_generation_leaves_its_probing_to_the_next_on_the_same_backend(backend_for):
+    from mtp_edge.runtime import tuning
+    from mtp_edge.runtime.sampling import SamplingConfig
+    from mtp_edge.runtime.speculative import generate
+
+    backend = backend_for(64)
+    first = generate(backend, [1, 5, 9], k="auto", max_new_tokens=20)
+    policy, _ = tuning.make_policy(backend, backend.max_draft)
+    assert first.stats.policy is not None and policy.probing == tuning._probing[backend]
+    assert policy.acceptance == tuning._acceptance[backend]
+    # A seeded rejection-rule run must repeat: it starts from a fresh, frozen policy.
+    frozen, _ = tuning.make_policy(backend, backend.max_draft, frozen=True)
+    assert frozen.probing == (frozen.probe_every, 0)
+    seeded = SamplingConfig(temperature=0.8, seed=3)
+    runs = [generate(backend, [1, 5, 9], k="auto", max_new_tokens=20, sampling=seeded).tokens for _ in range(2)]
+    assert runs[0] == runs[1]

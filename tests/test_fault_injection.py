@@ -440,10 +440,8 @@ def _pages(size: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("room", ["none", "all-but-manifest"])  # the first write, and the last
-def test_full_disk_export_fails_cleanly(tiny_dirs, tmpfs, tmp_path_factory, room):
-    reference = tmp_path_factory.getbasetemp() / "fault-injection-small-onnx"
-    if not (reference / MANIFEST).is_file():  # the same export on a roomy disk: the sizes to leave room for
-        write_bundle(*tiny_dirs, reference, SMALL, progress=False)
+def test_full_disk_export_fails_cleanly(tiny_dirs, tmpfs, shared_export, room):
+    reference = shared_export(tiny_dirs, SMALL)  # the same export on a roomy disk: the sizes to leave room for
     sizes = {p.name: p.stat().st_size for p in reference.iterdir()}
     pages = {"none": 64,
              "target-graph": _pages(sizes["target.onnx"]) + 2,

@@ -87,6 +87,7 @@ def test_validate_arch_arm64_command(arm64_runner, tiny_bundle):
     assert report["ok"] and report["tokens_must_match"] and report["tokens_identical"]  # fp32: the same tokens as x86
     top1 = report["top1_agreement"]  # teacher-forced target argmax, ARM vs x86, at every position
     assert top1["positions"] >= 2 * 24 and top1["agreement"] == 1.0 and top1["first_disagreement"] == [None, None]
+    assert top1["disagreement_logit_gaps"] == [] and top1["near_tie_share"] == 0.0 and top1["median_top2_logit_gap"] > 0
     assert all(c["token_identical"] and c["first_divergence"] == [None, None] for c in report["cases"])
     assert report["native_speculative_equals_plain"] and report["native_auto_equals_plain"]
 
@@ -109,3 +110,17 @@ def test_missing_tools_name_the_apt_line(monkeypatch):
     assert "apt-get install -y g++-12-aarch64-linux-gnu qemu-user" in str(e.value)
     with pytest.raises(build.NativeError, match="arch 'x86' is unknown; choose from native, arm64"):
         build.runner_command(Path("runner"), "x86")
+
+
+def test_top1_agreement_measures_how_close_the_disagreements_were():
+    """Pure arithmetic (no runner): the x86 logit gap at each position the other arch's argmax differs."""
+    import torch
+
+    from mtp_edge.runtime.native.validate import top1_agreement
+
+    x86 = [torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.9], [5.0, 0.0, 4.0]]), torch.tensor([[0.0, 0.0, 1.0]])]
+    report = top1_agreement([[0, 2, 0], [1]], x86)  # position 2 (a near-tie, 0.1) and the last (1.0) differ
+    assert (report["positions"], report["agreeing"]) == (4, 2) and report["agreement"] == 0.5
+    assert report["disagreement_logit_gaps"] == pytest.approx([0.1, 1.0])
+    # Top-two gaps 2.0, 0.1, 1.0, 1.0: three of four positions are within the widest disagreement (1.0).
+    assert report["median_top2_logit_gap"] == pytest.approx(1.0) and report["near_tie_share"] == 0.75

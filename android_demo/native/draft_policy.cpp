@@ -260,6 +260,15 @@ DraftPolicy::DraftPolicy(const CostTable& costs, const DraftPolicyOptions& optio
   } else {
     acceptance_ = AcceptanceEstimate(max_k_, options.prior_accept, options.prior_reject, options.decay);
   }
+  if (options.probing) {
+    const auto [interval, streak] = *options.probing;
+    if (interval < 0 || streak < 0) {
+      throw RunnerError("probing must be (plain rounds between probes, plain rounds so far) >= 0, got (" +
+                        std::to_string(interval) + ", " + std::to_string(streak) + ").");
+    }
+    probe_interval_ = std::min(std::max(interval, probe_every_), kMaxProbeBackoff * probe_every_);
+    plain_streak_ = streak;
+  }
   if (probe_k_ > max_k_) probe_k_ = max_k_;
   histogram_.assign(max_k_ + 1, 0);
 }

@@ -15,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mtp_edge {
@@ -89,6 +90,10 @@ struct DraftPolicyOptions {
   // Where the estimate starts (the runner's last live generation), instead of the prior; used
   // when it covers max_k positions, as DraftPolicy(acceptance=...) in Python.
   std::optional<AcceptanceEstimate> acceptance;
+  // Where probing starts (probe_interval, plain_streak), where the runner's last live generation left
+  // it, as DraftPolicy(probing=...) in Python: while drafting does not pay, the wait between probes
+  // keeps growing across generations instead of restarting in each reply.
+  std::optional<std::pair<int, int>> probing;
 };
 
 class DraftPolicy {
@@ -108,6 +113,8 @@ class DraftPolicy {
   long long probe_rounds() const { return probe_rounds_; }
   int max_k() const { return max_k_; }
   bool frozen() const { return frozen_; }
+  // (plain rounds between probes now, plain rounds since the last probe): DraftPolicy.probing.
+  std::pair<int, int> probing() const { return {probe_interval_, plain_streak_}; }
 
  private:
   Plan plan_for(int k, const std::vector<double>& rates) const;

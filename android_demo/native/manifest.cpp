@@ -185,10 +185,8 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
     const int64_t V = m.vocab_size, H = m.hidden_size, K = m.k, C = m.prefill_chunk;
     const std::string i64 = "int64", f32 = "float32";
     check_signature(methods, "prefill", path, {{{1, C}, i64}, {{1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
-    // One verify for every token count 1..K+1 (dynamic): the manifest gives its largest shapes.
-    const int64_t verify_max = verify_capacity(K);
-    check_signature(methods, "verify", path, {{{1, verify_max}, i64}, {{1}, i64}},
-                    {{{verify_max, V}, f32}, {{verify_max, H}, f32}});
+    // One verify for every token count 1..K+1 (dynamic): methods.verify.lengths gives its range, the
+    // signature its largest shapes.
     const Json* lengths = json::find(json::at(methods, "verify", "methods"), "lengths");
     const auto* range = lengths == nullptr ? nullptr : &json::as_array(*lengths, "methods.verify.lengths");
     if (range == nullptr || range->size() != 2 || json::as_int((*range)[0], "methods.verify.lengths") > 1 ||
@@ -196,6 +194,10 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
       throw RunnerError(path + ": method verify does not take every token count 1.." + std::to_string(K + 1) +
                         " (methods.verify.lengths); re-export the bundle with this version of mtp-edge.");
     }
+    m.verify_capacity = json::as_int((*range)[1], "methods.verify.lengths");
+    const int64_t verify_max = m.verify_capacity;
+    check_signature(methods, "verify", path, {{{1, verify_max}, i64}, {{1}, i64}},
+                    {{{verify_max, V}, f32}, {{verify_max, H}, f32}});
     m.has_drafter = json::find(methods, "draft") != nullptr;
     if (m.has_drafter) {
       const Json& outs = json::at(json::at(methods, "draft", "methods"), "outputs", "methods.draft");

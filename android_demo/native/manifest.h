@@ -22,10 +22,6 @@ constexpr int64_t kSchemaVersion = 3;
 constexpr const char* kProgramMetadata[] = {"get_schema_version", "get_k",         "get_max_seq_len", "get_vocab_size",
                                             "get_prefill_chunk",  "get_pad_token", "get_eos_ids"};
 
-// The most tokens a bundle's verify method takes: K + 1, but 3 at K = 1 (export.pte.dynamic_lengths:
-// torch.export cannot take 1..2 as a dynamic size). The runner never verifies more than K + 1.
-inline int64_t verify_capacity(int64_t k) { return k + 1 > 3 ? k + 1 : 3; }
-
 struct Manifest {
   std::string bundle_dir;
   std::string manifest_path;
@@ -34,6 +30,9 @@ struct Manifest {
   int64_t program_bytes = 0;
 
   int64_t k = 0;               // largest K: verify takes n = 1..K + 1 tokens
+  // The most tokens the program's verify takes (methods.verify.lengths[1]): K + 1, or more where the
+  // export needed it (3 at K = 1: export.pte.dynamic_lengths). The runner never verifies more than K + 1.
+  int64_t verify_capacity = 0;
   int64_t prefill_chunk = 0;   // tokens per prefill call
   int64_t max_seq_len = 0;     // usable cache positions; the buffers carry slack past it
   int64_t buffer_length = 0;

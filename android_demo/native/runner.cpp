@@ -233,6 +233,7 @@ struct Runner::Impl {
   // whose policy follows live timings), as tuning.py keeps one per backend.
   std::optional<CostTable> measured;
   std::optional<AcceptanceEstimate> last_acceptance;  // where the last live generation's estimate ended
+  std::optional<std::pair<int, int>> last_probing;    // and where its probing stood (DraftPolicy::probing)
 
   std::vector<EValue> run(const char* name, std::vector<EValue> inputs) {
     const auto start = Clock::now();
@@ -417,7 +418,7 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
     }
   };
   check_tokens("prefill", m.prefill_chunk);
-  check_tokens("verify", verify_capacity(m.k));  // its largest token count
+  check_tokens("verify", m.verify_capacity);  // its largest token count
 
   s.prefill_tokens.assign(m.prefill_chunk, m.pad_token);
   s.verify_tokens.assign(m.k + 1, m.pad_token);
@@ -661,6 +662,7 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
       if (!sampling.greedy()) costs.draft_call.clear();
       policy_options.max_k = static_cast<int>(std::min<int64_t>(bound, costs.max_k()));
       policy_options.acceptance = s.last_acceptance;  // as tuning.starting_acceptance
+      policy_options.probing = s.last_probing;        // as tuning.make_policy
       policy.emplace(costs, policy_options);
       cost_source = "measured";
     }
@@ -827,6 +829,7 @@ Generation Runner::generate(const std::vector<int64_t>& prompt, const GenerateOp
       }
       s.measured = costs;
       s.last_acceptance = policy->acceptance();
+      s.last_probing = policy->probing();
     }
   }
   return result;

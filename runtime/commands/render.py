@@ -205,6 +205,11 @@ def format_validate(report: dict) -> str:
     if top1:
         lines.append(f"{arch} vs x86 target top-1 (teacher-forced): {top1['agreeing']}/{top1['positions']} positions agree "
                      f"({top1['agreement']:.2%}; at least 99% required)")
+        gaps = top1.get("disagreement_logit_gaps")
+        if gaps:
+            lines.append(f"  where they differ, x86's logit of its own top token leads {arch}'s choice by {gaps[0]:.3g} to "
+                         f"{gaps[-1]:.3g} (x86's median top-two gap: {top1['median_top2_logit_gap']:.3g}; "
+                         f"{top1['near_tie_share']:.1%} of positions are within {gaps[-1]:.3g})")
     lines.append("us/round: time per round outside the ExecuTorch method calls (sampling, accept rule, copies, bookkeeping)")
     if arch != "native":
         lines.append(f"{arch} tok/s and us/round are emulated (qemu-aarch64 on this machine), not a phone's")

@@ -8,6 +8,7 @@
 //   costs <decode> <draft_step> <verify_2> ... <verify_K+1>    a new cost table
 //   call <k> <seconds>                                         add draft_call[k] to it
 //   policy <max_k> <prior_accept> <prior_reject> <decay> <probe_every> <probe_k> <timing_weight> <frozen 0|1> <margin> <stickiness>
+//          [<probe_interval> <plain_streak>]                 (optional: probing to start from)
 //   next                      prints "<k> <mode> <probe 0|1> <tokens> <seconds>" (hex floats)
 //   plan <max_k> <a_1> ... <a_n>   best_plan on the cost table and these rates; prints as next does
 //   observe <drafted> <accepted>
@@ -19,6 +20,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "draft_policy.h"
@@ -74,6 +76,10 @@ int main() {
         options.frozen = read_int(in) != 0;
         options.margin = read_double(in);
         options.stickiness = read_double(in);
+        if (in >> std::ws && !in.eof()) {
+          const int interval = read_int(in);
+          options.probing = std::make_pair(interval, read_int(in));
+        }
         policy = std::make_unique<DraftPolicy>(costs, options);
       } else if (command == "plan") {
         const int max_k = read_int(in);
