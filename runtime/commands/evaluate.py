@@ -158,5 +158,7 @@ def evaluate_bundle(bundle_dir, *, backend: str | None = None, reference_model=N
                        "fp32_over_bundle": {f: fp32 / per_format[f] for f in formats}}
     if rss:
         components = {"pte": ["program"], "onnx": ["target", "drafter"]}
-        report["peak_rss"] = {f"{f}:{role}": component_rss(bundle_dir, f, role) for f in formats for role in components[f]}
+        # The evaluated format's components only: a bundle of both formats would otherwise pay a
+        # subprocess per component of the other format, whose figures its own eval reports.
+        report["peak_rss"] = {f"{backend}:{role}": component_rss(bundle_dir, backend, role) for role in components[backend]}
     return report
