@@ -121,6 +121,7 @@ def test_top1_agreement_measures_how_close_the_disagreements_were():
     x86 = [torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.9], [5.0, 0.0, 4.0]]), torch.tensor([[0.0, 0.0, 1.0]])]
     report = top1_agreement([[0, 2, 0], [1]], x86)  # position 2 (a near-tie, 0.1) and the last (1.0) differ
     assert (report["positions"], report["agreeing"]) == (4, 2) and report["agreement"] == 0.5
+    assert report["first_disagreement"] == [1, 0]
     assert report["disagreement_logit_gaps"] == pytest.approx([0.1, 1.0])
     # Top-two gaps 2.0, 0.1, 1.0, 1.0: three of four positions are within the widest disagreement (1.0).
     assert report["median_top2_logit_gap"] == pytest.approx(1.0) and report["near_tie_share"] == 0.75

@@ -65,20 +65,22 @@ def top1_agreement(other_argmax: list[list[int]], x86_logits: list) -> dict:
     import torch
 
     same = total = 0
-    gaps, top2_gaps = [], []
+    gaps, top2_gaps, first = [], [], []
     for argmax, logits in zip(other_argmax, x86_logits):
         top2 = logits.topk(2, dim=-1).values
         top2_gaps.append(top2[:, 0] - top2[:, 1])
+        best = logits.argmax(dim=-1).tolist()
+        first.append(first_divergence(argmax, best))
         for i, token in enumerate(argmax):
             total += 1
-            best = int(logits[i].argmax())
-            if token == best:
+            if token == best[i]:
                 same += 1
             else:
-                gaps.append(float(logits[i, best] - logits[i, token]))
+                gaps.append(float(logits[i, best[i]] - logits[i, token]))
     all_gaps = torch.cat(top2_gaps) if top2_gaps else torch.zeros(0)
     widest = max(gaps, default=0.0)
     return {"positions": total, "agreeing": same, "agreement": same / total if total else 1.0,
+            "first_disagreement": first,
             "disagreement_logit_gaps": sorted(gaps),
             "median_top2_logit_gap": float(all_gaps.median()) if all_gaps.numel() else None,
             "near_tie_share": float((all_gaps <= widest).double().mean()) if gaps and all_gaps.numel() else 0.0}
@@ -327,7 +329,6 @@ def validate_bundle(bundle_dir: str | Path, *, max_new_tokens: int = 64, num_pro
         arm = run_requests(bundle_dir, [score_request(seq) for seq in sequences], runner=exe, arch=arch)
         x86 = [teacher_forced_logits(backend, seq) for seq in sequences]
         top1 = top1_agreement([r.argmax for r in arm], x86)
-        top1["first_disagreement"] = [first_divergence(r.argmax, [int(i) for i in ref.argmax(dim=-1)]) for r, ref in zip(arm, x86)]
     by_case = {row["case"]: row["native_tokens"] for row in rows}
     greedy_plain = by_case["greedy K=0"]
     recipe = manifest.quantization.recipe_for("pte")
