@@ -7,6 +7,8 @@ docstring says what upstream does, why it is patched and what it measured:
   patched_for_export()              the context the lowering and to_executorch run in; enters
     weights_shared_while_lowering()   XnnpackBackend.copy_exported_program_for_preprocess shares tensors
     embedding_tables_packed_once()    a CPU kernel on quant_fusion::_pack_embedding_weight
+    decomposed_in_one_pass()          XnnpackPartitioner.ops_to_not_decompose drops a check that passes everywhere
+    xnnpack_passes_that_apply()       XNNPACKPassManager skips passes whose operators a partition lacks
   release_weights(*modules)         after torch.export: the modules drop their weights (nn.Module._parameters/_buffers)
   release_lowered_copies(edge)      after lowering:
     drop_merged_delegate_data(edge)   LoweredBackendModule._named_data_store_output = None
@@ -264,7 +266,111 @@ def embedding_tables_packed_once(rows_per_block: int = PACK_ROWS) -> Iterator[Pa
 def patched_for_export() -> Iterator[None]:
     """The one place the export's patches of executorch are applied: to_edge_transform_and_lower and
     to_executorch run inside it (weights_shared_while_lowering, embedding_tables_packed_once)."""
-    with weights_shared_while_lowering(), embedding_tables_packed_once():
+    with weights_shared_while_lowering(), embedding_tables_packed_once(), decomposed_in_one_pass(), \
+            xnnpack_passes_that_apply():
+        yield
+
+
+# --------------------------------------------------------------------------- lowering time
+
+
+@contextlib.contextmanager
+def _class_attribute(cls, name: str, value) -> Iterator[None]:
+    own = cls.__dict__.get(name)
+    setattr(cls, name, value)
+    try:
+        yield
+    finally:
+        if own is None:
+            delattr(cls, name)
+        else:
+            setattr(cls, name, own)
+
+
+@contextlib.contextmanager
+def decomposed_in_one_pass() -> Iterator[None]:
+    """Lower to XNNPACK without decomposing each program twice more than it needs.
+
+    Upstream: to_edge_transform_and_lower (executorch 1.5.1, exir/program/_program.py,
+    _gen_edge_manager_for_partitioners) asks each partitioner which operators to keep whole. XNNPACK
+    answers with a list (aten.linear, ...) and a per-node check, and a partitioner with a check takes
+    the EDGE_DO_NOT_DECOMP path: decompose with the kept operators out of the table, rename the nodes
+    that pass the check into a private namespace, decompose again with the full table, rename them
+    back. Each decomposition re-traces the whole program on fake tensors. A partitioner without a check
+    takes a path that decomposes once, keeping every listed operator.
+
+    Patch: XnnpackPartitioner.ops_to_not_decompose drops its check (returns it as None) when every node
+    of a kept operator in the program passes it; then both paths keep the same nodes and give the same
+    program, and the one-pass path is taken. Where a node fails the check (e.g. a linear whose weight
+    is computed, or the tanh-GELU that xnnpack_partitioner keeps out), the check is returned as upstream
+    returns it.
+
+    Measured: with xnnpack_passes_that_apply, a 28% shorter lowering (figures there); byte-identical .pte.
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    upstream = XnnpackPartitioner.ops_to_not_decompose
+
+    def ops_to_not_decompose(self, ep):
+        ops, check = upstream(self, ep)
+        if check is not None:
+            kept = set(ops)
+            if all(check(node) for node in ep.graph_module.graph.nodes
+                   if node.op == "call_function" and node.target in kept):
+                return ops, None
+        return ops, check
+
+    with _class_attribute(XnnpackPartitioner, "ops_to_not_decompose", ops_to_not_decompose):
+        yield
+
+
+def _xnnpack_pass_operators() -> dict:
+    """XNNPACK pass -> the edge operators it rewrites: without one of them in a partition, the pass
+    changes nothing but still re-traces the partition. Only passes whose operators no earlier pass in
+    XNNPACKPassManager's list creates."""
+    from executorch.backends.xnnpack import _passes as xnnpack_passes
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    aten = exir_ops.edge.aten
+    batch_norm = {aten.native_batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+    return {
+        xnnpack_passes.FuseBatchNormPass: batch_norm,
+        xnnpack_passes.DecomposeBatchNorm: batch_norm,
+        xnnpack_passes.FuseActivationPass: {aten.relu.default, aten.hardtanh.default},
+        xnnpack_passes.DecomposeConcatenate: {aten.cat.default},
+        xnnpack_passes.InsertPadQDQPass: {aten.constant_pad_nd.default},
+        xnnpack_passes.Conv1dUnsqueezePass: {aten.convolution.default} | batch_norm,  # DecomposeBatchNorm makes convolutions
+        xnnpack_passes.PReLUReshapePass: {aten._prelu_kernel.default},
+    }
+
+
+@contextlib.contextmanager
+def xnnpack_passes_that_apply() -> Iterator[None]:
+    """Preprocess each XNNPACK partition with only the passes that can change it.
+
+    Upstream: XnnpackBackend.preprocess (executorch 1.5.1) runs XNNPACKPassManager's 17 passes on every
+    partition, and each pass ends by re-tracing the partition node by node (_ExportPassBase.call), also
+    when it found nothing to rewrite. The shipped pair's program has 36 partitions.
+
+    Patch: XNNPACKPassManager drops, per partition, the passes of _xnnpack_pass_operators whose
+    operators the partition does not contain (batch norm, convolution, PReLU, padding, ReLU...).
+
+    Measured with decomposed_in_one_pass, the shipped pair's .pte export with its default recipe
+    (8da8w+emb8), with and without both patches run side by side on this 2-core machine: lowering
+    262.1 -> 189.5 s, the whole export 294 -> 230 s; the .pte bytes are the same (also on the fp32
+    tiny pair).
+    """
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+
+    upstream = XNNPACKPassManager.__init__
+    rewrites = _xnnpack_pass_operators()
+
+    def __init__(self, exported_program, passes=None):
+        upstream(self, exported_program, passes)
+        present = {node.target for node in exported_program.graph_module.graph.nodes if node.op == "call_function"}
+        self.passes = [p for p in self.passes if p not in rewrites or rewrites[p] & present]
+
+    with _class_attribute(XNNPACKPassManager, "__init__", __init__):
         yield
 
 

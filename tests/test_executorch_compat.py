@@ -8,6 +8,8 @@ with them: byte-identical programs) sit beside them.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -392,20 +394,101 @@ def test_deserialize_pte_binary_still_reads_the_memory_plan(tmp_path):
     assert any("add" in op for op in method["operators"])
 
 
+# --------------------------------------------------------------------------- decomposed_in_one_pass, xnnpack_passes_that_apply
+
+
+class _Block(nn.Module):
+    """What the pair's graphs hold around their linears: a norm, tanh-GELU, a concatenation, ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.norm = nn.LayerNorm(8)
+        self.up = nn.Linear(8, 16)
+        self.down = nn.Linear(16, 8, bias=False)
+
+    def forward(self, x):
+        h = self.down(nn.functional.gelu(self.up(self.norm(x)), approximate="tanh"))
+        return torch.relu(torch.cat([h, x], dim=-1))
+
+
+def _program_bytes(module: nn.Module, x: torch.Tensor, patched: bool) -> bytes:
+    from executorch.exir import to_edge_transform_and_lower
+
+    context = compat.patched_for_export() if patched else contextlib.nullcontext()
+    with context:
+        edge = to_edge_transform_and_lower(_exported(module, x), partitioner=[compat.xnnpack_partitioner()])
+        return edge.to_executorch().buffer
+
+
+def test_xnnpack_partitioner_still_asks_for_the_two_pass_decomposition():
+    """When this fails, decomposed_in_one_pass is obsolete: XNNPACK's partitioner no longer returns a
+    per-node check with the operators it keeps whole, so to_edge_transform_and_lower already takes its
+    one-pass path."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir.program._program import _can_skip_using_EDGE_DO_NOT_DECOMP
+
+    program = _mlp_program().run_decompositions({})
+    assert not _can_skip_using_EDGE_DO_NOT_DECOMP(XnnpackPartitioner(), program)
+    with compat.decomposed_in_one_pass():
+        assert _can_skip_using_EDGE_DO_NOT_DECOMP(XnnpackPartitioner(), program)
+    assert not _can_skip_using_EDGE_DO_NOT_DECOMP(XnnpackPartitioner(), program)
+
+
+def test_the_check_stays_where_a_kept_node_fails_it():
+    """A linear whose weight is computed is not XNNPACK's: the partitioner keeps its per-node check."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class ComputedWeight(nn.Module):
+        def forward(self, x, w):
+            return nn.functional.linear(x, w * 2)
+
+    program = _exported(ComputedWeight(), torch.randn(2, 8), torch.randn(4, 8)).run_decompositions({})
+    with compat.decomposed_in_one_pass():
+        assert XnnpackPartitioner().ops_to_not_decompose(program)[1] is not None
+
+
+def test_xnnpack_still_runs_every_pass_on_every_partition():
+    """When this fails, xnnpack_passes_that_apply is obsolete or must be re-checked: XNNPACK's pass
+    manager no longer runs its full pass list on a partition without batch norm, convolution or
+    padding (or a pass it skips was renamed)."""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+
+    program = _mlp_program()
+    assert set(compat._xnnpack_pass_operators()) <= set(XNNPACKPassManager(program).passes)
+    with compat.xnnpack_passes_that_apply():
+        kept = XNNPACKPassManager(program).passes
+    assert compat._xnnpack_pass_operators().keys() - set(kept)
+    assert set(compat._xnnpack_pass_operators()) <= set(XNNPACKPassManager(program).passes)
+
+
+@pytest.mark.parametrize("module", [_Mlp, _Block])
+def test_lowering_patches_give_the_same_program(module):
+    """Both lowering-time patches change how long lowering takes, not what it produces."""
+    x = torch.randn(3, 8)
+    assert _program_bytes(module(), x, patched=True) == _program_bytes(module(), x, patched=False)
+
+
 # --------------------------------------------------------------------------- patched_for_export
 
 
-def test_patched_for_export_applies_both_patches_and_undoes_them():
-    """When this fails, patched_for_export no longer enters weights_shared_while_lowering and
-    embedding_tables_packed_once, or leaves one of them applied after the export."""
+def test_patched_for_export_applies_its_patches_and_undoes_them():
+    """When this fails, patched_for_export no longer enters weights_shared_while_lowering,
+    embedding_tables_packed_once, decomposed_in_one_pass and xnnpack_passes_that_apply, or leaves one
+    of them applied after the export."""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
     table = torch.randint(-8, 8, (16, 32), dtype=torch.int8, generator=torch.Generator().manual_seed(2))
     pack = torch.ops.quant_fusion._pack_embedding_weight
+    upstream = XnnpackPartitioner.ops_to_not_decompose, XNNPACKPassManager.__init__
     with compat.patched_for_export():
         assert "copy_exported_program_for_preprocess" in XnnpackBackend.__dict__
         assert pack(table, 4).data_ptr() == pack(table, 4).data_ptr()
+        assert (XnnpackPartitioner.ops_to_not_decompose, XNNPACKPassManager.__init__) != upstream
     assert "copy_exported_program_for_preprocess" not in XnnpackBackend.__dict__
+    assert (XnnpackPartitioner.ops_to_not_decompose, XNNPACKPassManager.__init__) == upstream
     assert pack(table, 4).data_ptr() != pack(table, 4).data_ptr()
 
 
