@@ -530,6 +530,28 @@ def test_draft_lengths_are_sticky_until_another_beats_them_by_the_stickiness():
         DraftPolicy(costs, 3, stickiness=-0.1)
 
 
+def test_drafting_starts_past_the_margin_and_stops_below_plain():
+    """Hysteresis between drafting and plain decoding: k = 1 must beat plain by the margin to start,
+    and once chosen on merit goes on while it predicts at least plain's rate; a probe never holds."""
+    costs = CostTable(decode=1.0, draft_step=0.1, verify={2: 1.2})  # k = 1 rate: (1 + a) / 1.3
+
+    def policy(a: float, **kwargs) -> DraftPolicy:
+        estimate = AcceptanceEstimate(1, accepted=(1000 * a,), rejected=(1000 * (1 - a),))
+        return DraftPolicy(costs, acceptance=estimate, margin=0.05, **kwargs)
+
+    assert policy(0.40, probe_every=0).next_k() == 1  # 1.077x plain: past the margin
+    between = policy(0.33, probe_every=0)  # 1.023x: within the margin
+    assert between.next_k() == 0
+    between.last_k = 1  # ...but it was drafting on merit: it goes on
+    assert between.next_k() == 1 and between.next_k() == 1
+    below = policy(0.28, probe_every=0)  # 0.985x: plain wins
+    below.last_k = 1
+    assert below.next_k() == 0
+    probed = policy(0.33, probe_every=1, probe_k=1)
+    assert [probed.next_plan().probe for _ in range(2)] == [False, True]
+    assert probed.next_k() == 0  # the probe's k does not hold, though it is within the margin
+
+
 def test_a_live_generation_leaves_its_probing_to_the_next_on_the_same_backend(backend_for):
     from mtp_edge.runtime import tuning
     from mtp_edge.runtime.sampling import SamplingConfig

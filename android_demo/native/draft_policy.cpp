@@ -279,6 +279,10 @@ Plan DraftPolicy::next_plan() {
   if (plan.k > 0 && last_k_ > 0 && last_k_ <= max_k_ && plan.k != last_k_) {
     const Plan kept = plan_for(last_k_, rates);
     if (plan.tokens / plan.seconds <= (kept.tokens / kept.seconds) * (1.0 + stickiness_)) plan = kept;
+  } else if (plan.k == 0 && last_k_ > 0 && last_k_ <= max_k_ && !last_probe_) {
+    // Hysteresis: a length chosen on merit (not a probe) goes on while it still predicts plain's rate.
+    const Plan kept = plan_for(last_k_, rates);
+    if (kept.tokens / kept.seconds >= plan.tokens / plan.seconds) plan = kept;
   }
   if (plan.k == 0 && probe_k_ > 0 && probe_every_ > 0) {
     if (plain_streak_ >= probe_interval_) {
@@ -296,6 +300,7 @@ Plan DraftPolicy::next_plan() {
   }
   ++histogram_[plan.k];
   last_k_ = plan.k;
+  last_probe_ = plan.probe;
   return plan;
 }
 

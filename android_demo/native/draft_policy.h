@@ -130,6 +130,7 @@ class DraftPolicy {
   double margin_;
   double stickiness_;
   int last_k_ = 0;  // the previous round's draft length
+  bool last_probe_ = false;  // whether the previous round was a probe
   int plain_streak_ = 0;
   std::vector<long long> histogram_;
   long long probe_rounds_ = 0;
