@@ -229,3 +229,38 @@ def test_jvm_text_in_and_out(jni_library, java_classes, tiny_bundle, tmp_path): 
     assert answers[2]["ids"] == emoji_ids and answers[3]["text"] == codec.decode(emoji_ids) == "<bos>" + emoji
     assert answers[5].get("exception") == EXCEPTION and "no tokenizer.json" in answers[5]["message"]
     assert "exception" not in answers[6] and answers[6]["tokens"]
+
+
+def test_jvm_chat_through_the_template(jni_library, java_classes, tiny_bundle, tmp_path):  # noqa: F811
+    """encodeChat / chatText / userTurn through Java (JNI over the C API's mtp_runner_encode_chat and
+    mtp_runner_chat_text): a Gemma-style chat template beside a copy of the tiny bundle renders and
+    encodes as the Python runtime (transformers' renderer) does; the ids generate as the Python pte
+    backend's; a bundle without a template, or messages the template refuses, throw the runner's message."""
+    import base64
+
+    from mtp_edge.runtime.tokenizer import ChatTemplate, TextCodec
+    from test_chat_template import GEMMA_TEMPLATE, add_artifacts, pad_vocabulary, write_checkpoint_files
+
+    folder = write_checkpoint_files(tmp_path / "tok", GEMMA_TEMPLATE)
+    pad_vocabulary(folder / "tokenizer.json", 512)  # the tiny model's
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    add_artifacts(bundle, {"tokenizer": folder / "tokenizer.json", "tokenizer_config": folder / "tokenizer_config.json"})
+    plain = tmp_path / "no-template"
+    shutil.copytree(tiny_bundle, plain)
+    add_artifacts(plain, {"tokenizer": folder / "tokenizer.json"})
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello \"there\" \u00e9"}]
+    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    answers = _jvm(jni_library, java_classes, [
+        f"open {bundle}", f"chat {b64(json.dumps(chat))}", f'user_turn {b64(chr(34) + "quoted" + chr(34) + chr(10) + "x")}',
+        f"chat {b64(json.dumps([{'role': 'user', 'content': 'a'}] * 2))}", f"open {plain}", f"chat {b64(json.dumps(chat))}",
+        "close"])
+    ours, codec = ChatTemplate.from_folder(bundle), TextCodec(bundle / "tokenizer.json")
+    want = ours.render(chat)
+    assert answers[1] == {"op": "chat", "ids": codec.encode(want, add_special_tokens=False), "text": want}
+    assert json.loads(answers[2]["json"]) == [{"role": "user", "content": '"quoted"\nx'}]  # valid JSON, escapes kept
+    assert answers[3].get("exception") == EXCEPTION and "Conversation roles must alternate" in answers[3]["message"]
+    assert answers[5].get("exception") == EXCEPTION and "no chat template" in answers[5]["message"]
+    ids = answers[1]["ids"]
+    generated = _jvm(jni_library, java_classes, [f"open {bundle}", _gen(ids, K, 4, GREEDY), "close"])[1]
+    assert generated["tokens"] == generate(PteBackend(bundle), ids, k=K, max_new_tokens=4).tokens

@@ -135,6 +135,16 @@ public final class BridgeDriver {
             emit("{\"op\":\"encode\",\"ids\":" + json(runner.encode(text(f.length > 1 ? f[1] : ""))) + "}");
             break;
           }
+          case "chat": {
+            String messages = text(f[1]);
+            int[] ids = runner.encodeChat(messages);
+            emit("{\"op\":\"chat\",\"ids\":" + json(ids) + ",\"text\":" + str(runner.chatText(messages)) + "}");
+            break;
+          }
+          case "user_turn": {
+            emit("{\"op\":\"user_turn\",\"json\":" + str(MtpEdgeRunner.userTurn(text(f[1]))) + "}");
+            break;
+          }
           case "decode": {
             emit("{\"op\":\"decode\",\"text\":" + str(runner.decode(ints(f, 1))) + "}");
             break;
