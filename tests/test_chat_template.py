@@ -76,9 +76,10 @@ GEMMA_TEMPLATE = """{{ bos_token }}
 
 # The same turns without whitespace control: trim_blocks / lstrip_blocks (transformers' Jinja settings)
 # decide the output, a comment, an expression indented on its line, a namespace, a string method and
-# a filter, the last newline of the template (dropped), and a role the template refuses. (minja has the
-# filters and methods chat templates use, not all of Jinja's: e.g. the `replace` filter is missing,
-# the `.replace()` method is there; a template that needs a missing one fails natively with one line.)
+# filters (trim; replace, which the native side adds to minja, with and without a count, and with an
+# empty pattern), the last newline of the template (dropped), and a role the template refuses. (minja has
+# the filters and methods chat templates use, not all of Jinja's: a template that needs a missing one
+# fails natively with one line.)
 LOOSE_TEMPLATE = """{# a Gemma-like template written loosely #}
 {{ bos_token }}
 {% set ns = namespace(turns=0) %}
@@ -88,7 +89,8 @@ LOOSE_TEMPLATE = """{# a Gemma-like template written loosely #}
     {% endif %}
     {% set ns.turns = ns.turns + 1 %}
 <start_of_turn>{{ 'model' if message.role == 'assistant' else message.role }}
-    {{ message.content.replace('\\r', '') | trim }}<end_of_turn>
+    {{ message.content.replace('\\r', '') | replace('  ', ' ') | replace('o', '0', 1) | trim }}<end_of_turn>
+    {{- message.role | replace('', '.', 3) | replace('', '|') -}}
 {% endfor %}
 {% if add_generation_prompt %}
 <start_of_turn>model

@@ -144,6 +144,29 @@ std::string ChatTemplate::render(const std::string& messages_json, bool add_gene
   return impl_->render(std::move(messages), add_generation_prompt);
 }
 
+// Python's str.replace(old, new, count), count < 0 meaning all; an empty `old` matches before every
+// character (UTF-8 code point) and at the end, as in Python.
+static std::string replace_text(const std::string& text, const std::string& old, const std::string& with, int64_t count) {
+  std::string out;
+  size_t at = 0;
+  for (int64_t done = 0; count < 0 || done < count; ++done) {
+    if (old.empty()) {
+      out += with;
+      if (at == text.size()) return out;
+      size_t next = at + 1;
+      while (next < text.size() && (static_cast<unsigned char>(text[next]) & 0xC0) == 0x80) ++next;
+      out.append(text, at, next - at);
+      at = next;
+      continue;
+    }
+    const size_t found = text.find(old, at);
+    if (found == std::string::npos) break;
+    out.append(text, at, found - at).append(with);
+    at = found + old.size();
+  }
+  return out.append(text, at, std::string::npos);
+}
+
 std::string ChatTemplate::Impl::render(Json messages, bool add_generation_prompt) const {
   if (!messages.is_array()) throw RunnerError("chat messages must be a JSON array of {\"role\", \"content\"} objects.");
   for (const Json& message : messages) {
@@ -164,6 +187,13 @@ std::string ChatTemplate::Impl::render(Json messages, bool add_generation_prompt
     std::ostringstream out;
     out << std::put_time(&local, format.c_str());
     return minja::Value(out.str());
+  }));
+  // Jinja's `replace` filter, s | replace(old, new[, count]) as Python's str.replace: minja has the
+  // string method .replace() but not the filter, and minja looks filters up in the context.
+  context->set("replace", minja::Value::callable([](const std::shared_ptr<minja::Context>&, minja::ArgumentsValue& args) {
+    args.expectArgs("replace", {3, 4}, {0, 0});
+    return minja::Value(replace_text(args.args[0].to_str(), args.args[1].get<std::string>(), args.args[2].get<std::string>(),
+                                     args.args.size() > 3 ? args.args[3].get<int64_t>() : -1));
   }));
   try {
     return root->render(context);
