@@ -232,10 +232,12 @@ def test_jvm_text_in_and_out(jni_library, java_classes, tiny_bundle, tmp_path): 
 
 
 def test_jvm_chat_through_the_template(jni_library, java_classes, tiny_bundle, tmp_path):  # noqa: F811
-    """encodeChat / chatText / userTurn through Java (JNI over the C API's mtp_runner_encode_chat and
-    mtp_runner_chat_text): a Gemma-style chat template beside a copy of the tiny bundle renders and
-    encodes as the Python runtime (transformers' renderer) does; the ids generate as the Python pte
-    backend's; a bundle without a template, or messages the template refuses, throw the runner's message."""
+    """encodeChat / chatText / userTurn / hasChatTemplate / generateChat through Java (JNI over the C API's
+    mtp_runner_encode_chat, mtp_runner_chat_text, mtp_runner_has_chat_template and
+    mtp_runner_generate_chat): a Gemma-style chat template beside a copy of the tiny bundle renders and
+    encodes as the Python runtime (transformers' renderer) does; the chat generates the Python pte
+    backend's tokens, its text streamed; a bundle without a template, or messages the template refuses,
+    throw the runner's message."""
     import base64
 
     from mtp_edge.runtime.tokenizer import ChatTemplate, TextCodec
@@ -253,14 +255,17 @@ def test_jvm_chat_through_the_template(jni_library, java_classes, tiny_bundle, t
     b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
     answers = _jvm(jni_library, java_classes, [
         f"open {bundle}", f"chat {b64(json.dumps(chat))}", f'user_turn {b64(chr(34) + "quoted" + chr(34) + chr(10) + "x")}',
-        f"chat {b64(json.dumps([{'role': 'user', 'content': 'a'}] * 2))}", f"open {plain}", f"chat {b64(json.dumps(chat))}",
-        "close"])
+        f"chat {b64(json.dumps([{'role': 'user', 'content': 'a'}] * 2))}", "has_chat", f"chatgen {K} 6 {b64(json.dumps(chat))}",
+        f"open {plain}", f"chat {b64(json.dumps(chat))}", "has_chat", f"chatgen {K} 6 {b64(json.dumps(chat))}", "close"])
     ours, codec = ChatTemplate.from_folder(bundle), TextCodec(bundle / "tokenizer.json")
     want = ours.render(chat)
     assert answers[1] == {"op": "chat", "ids": codec.encode(want, add_special_tokens=False), "text": want}
     assert json.loads(answers[2]["json"]) == [{"role": "user", "content": '"quoted"\nx'}]  # valid JSON, escapes kept
     assert answers[3].get("exception") == EXCEPTION and "Conversation roles must alternate" in answers[3]["message"]
-    assert answers[5].get("exception") == EXCEPTION and "no chat template" in answers[5]["message"]
-    ids = answers[1]["ids"]
-    generated = _jvm(jni_library, java_classes, [f"open {bundle}", _gen(ids, K, 4, GREEDY), "close"])[1]
-    assert generated["tokens"] == generate(PteBackend(bundle), ids, k=K, max_new_tokens=4).tokens
+    assert answers[4] == {"op": "has_chat", "value": True} and answers[8] == {"op": "has_chat", "value": False}
+    ids, streamed = answers[1]["ids"], answers[5]
+    assert streamed["prompt_tokens"] == ids
+    assert streamed["tokens"] == generate(PteBackend(bundle), ids, k=K, max_new_tokens=6).tokens
+    assert streamed["text"] == codec.decode(streamed["tokens"]) == "".join(streamed["pieces"])
+    for refused in (answers[7], answers[9]):
+        assert refused.get("exception") == EXCEPTION and "no chat template" in refused["message"]

@@ -196,19 +196,19 @@ int mtp_runner_generate(mtp_runner* runner, const int64_t* prompt, size_t prompt
   return 1;
 }
 
-int mtp_runner_generate_text(mtp_runner* runner, const char* prompt_text, int64_t k, int64_t max_new_tokens,
-                             const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens,
-                             size_t out_capacity, size_t* out_len, mtp_stats* stats, mtp_text_callback on_text,
-                             void* user_data, char* error, size_t error_size) {
+// A text or chat prompt (`chat`: a JSON array of messages) generated with its new text streamed.
+static int generate_streamed(const char* function, mtp_runner* runner, const char* prompt_text, bool chat, int64_t k,
+                             int64_t max_new_tokens, const mtp_sampling* sampling, const mtp_draft* draft,
+                             int64_t* out_tokens, size_t out_capacity, size_t* out_len, mtp_stats* stats,
+                             mtp_text_callback on_text, void* user_data, char* error, size_t error_size) {
   try {
     std::string message;
-    if (bad_arguments("mtp_runner_generate_text", runner, prompt_text != nullptr, out_tokens, out_capacity, max_new_tokens,
-                      message)) {
+    if (bad_arguments(function, runner, prompt_text != nullptr, out_tokens, out_capacity, max_new_tokens, message)) {
       set_error(error, error_size, message.c_str());
       return 1;
     }
     const mtp_edge::TextCodec& codec = runner->runner->text();
-    const std::vector<int64_t> prompt = codec.encode(prompt_text);
+    const std::vector<int64_t> prompt = chat ? runner->runner->encode_chat(prompt_text) : codec.encode(prompt_text);
     mtp_edge::TextStream stream(codec);
     std::string text;
     const auto callback = [&](int64_t token) {
@@ -229,6 +229,30 @@ int mtp_runner_generate_text(mtp_runner* runner, const char* prompt_text, int64_
     set_error(error, error_size, "unknown error during generation");
   }
   return 1;
+}
+
+int mtp_runner_generate_text(mtp_runner* runner, const char* prompt_text, int64_t k, int64_t max_new_tokens,
+                             const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens,
+                             size_t out_capacity, size_t* out_len, mtp_stats* stats, mtp_text_callback on_text,
+                             void* user_data, char* error, size_t error_size) {
+  return generate_streamed("mtp_runner_generate_text", runner, prompt_text, false, k, max_new_tokens, sampling, draft,
+                           out_tokens, out_capacity, out_len, stats, on_text, user_data, error, error_size);
+}
+
+int mtp_runner_generate_chat(mtp_runner* runner, const char* messages_json, int64_t k, int64_t max_new_tokens,
+                             const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens,
+                             size_t out_capacity, size_t* out_len, mtp_stats* stats, mtp_text_callback on_text,
+                             void* user_data, char* error, size_t error_size) {
+  return generate_streamed("mtp_runner_generate_chat", runner, messages_json, true, k, max_new_tokens, sampling, draft,
+                           out_tokens, out_capacity, out_len, stats, on_text, user_data, error, error_size);
+}
+
+int mtp_runner_has_chat_template(const mtp_runner* runner) {
+  try {
+    return runner != nullptr && runner->runner->has_chat_template() ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
 }
 
 int mtp_runner_encode(mtp_runner* runner, const char* text, int64_t* out_ids, size_t capacity, size_t* out_len,

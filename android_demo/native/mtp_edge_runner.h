@@ -124,6 +124,13 @@ int mtp_runner_chat_text(mtp_runner* runner, const char* messages_json, char* bu
                          char* error, size_t error_size);
 int mtp_runner_encode_chat(mtp_runner* runner, const char* messages_json, int64_t* out_ids, size_t capacity,
                            size_t* out_len, char* error, size_t error_size);
+/* 1 when the bundle lists a chat template (the calls above may still refuse a modified one), else 0. */
+int mtp_runner_has_chat_template(const mtp_runner* runner);
+/* mtp_runner_generate_text with a chat for prompt: its ids as mtp_runner_encode_chat gives them. */
+int mtp_runner_generate_chat(mtp_runner* runner, const char* messages_json, int64_t k, int64_t max_new_tokens,
+                             const mtp_sampling* sampling, const mtp_draft* draft, int64_t* out_tokens,
+                             size_t out_capacity, size_t* out_len, mtp_stats* stats, mtp_text_callback on_text,
+                             void* user_data, char* error, size_t error_size);
 
 /* The text of the last mtp_runner_generate_text; returns its length in bytes, writes at most
  * size - 1 of them and a NUL (buffer may be NULL with size 0); 0 after mtp_runner_generate. */

@@ -477,6 +477,10 @@ const ChatTemplate& Runner::chat() {
   return *s.chat;
 }
 
+bool Runner::has_chat_template() const {
+  return ChatTemplate::present(impl_->m.chat_template, impl_->m.tokenizer_config);
+}
+
 std::vector<int64_t> Runner::encode_chat(const std::string& messages_json, std::string* rendered) {
   const std::string text = chat().render(messages_json, /*add_generation_prompt=*/true);
   if (rendered != nullptr) *rendered = text;

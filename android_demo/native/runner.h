@@ -126,6 +126,8 @@ class Runner {
   // loaded on first use. Throws RunnerError naming the problem and the fix (none in the bundle, a
   // modified file, a template that does not parse).
   const ChatTemplate& chat();
+  // Whether the bundle lists a chat template (chat() may still refuse a modified or malformed one).
+  bool has_chat_template() const;
   // A chat (a JSON array of {"role", "content"} messages) as prompt ids: rendered with the template
   // (add_generation_prompt on) and encoded without the tokenizer's own special tokens, as
   // transformers' apply_chat_template(messages, add_generation_prompt=True) gives them. `rendered`

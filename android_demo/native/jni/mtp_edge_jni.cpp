@@ -248,10 +248,10 @@ JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerate(
 JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerateText(
     JNIEnv* env, jclass, jlong handle, jbyteArray prompt, jint k, jint max_new_tokens, jdouble temperature, jint top_k,
     jdouble top_p, jlong seed, jint rule, jint max_k, jdouble draft_p_min, jstring costs_json, jobject sink,
-    jlongArray counts, jdoubleArray times, jobjectArray texts) {
+    jlongArray counts, jdoubleArray times, jobjectArray texts, jboolean chat) {
   mtp_runner* runner = handle_of(env, handle);
   if (runner == nullptr) return nullptr;
-  std::string text;
+  std::string text;  // the prompt's text, or with `chat` a JSON array of messages
   if (!from_java_bytes(env, prompt, text)) return nullptr;
   std::vector<int64_t> out;
   try {
@@ -273,9 +273,9 @@ JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerateText(
   std::memset(&stats, 0, sizeof stats);
   size_t n = 0;
   char error[kErrorSize] = {0};
-  const int rc = mtp_runner_generate_text(runner, text.c_str(), k, max_new_tokens, &settings.sampling, &settings.draft,
-                                          out.data(), out.size(), &n, &stats, sink != nullptr ? on_text : nullptr, &t,
-                                          error, sizeof error);
+  const auto generate = chat ? mtp_runner_generate_chat : mtp_runner_generate_text;
+  const int rc = generate(runner, text.c_str(), k, max_new_tokens, &settings.sampling, &settings.draft, out.data(),
+                          out.size(), &n, &stats, sink != nullptr ? on_text : nullptr, &t, error, sizeof error);
   if (t.failed) return nullptr;  // the sink's exception is pending: it reaches the caller
   if (rc != 0) {
     throw_java(env, error[0] ? error : "generation failed");
@@ -283,6 +283,11 @@ JNIEXPORT jintArray JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeGenerateText(
   }
   if (!write_stats(env, stats, counts, times, texts)) return nullptr;
   return to_java_ints(env, out.data(), n);
+}
+
+JNIEXPORT jboolean JNICALL Java_com_mtpedge_MtpEdgeRunner_nativeHasChatTemplate(JNIEnv* env, jclass, jlong handle) {
+  mtp_runner* runner = handle_of(env, handle);
+  return runner != nullptr && mtp_runner_has_chat_template(runner) ? JNI_TRUE : JNI_FALSE;
 }
 
 // The text of the last nativeGenerateText, as UTF-8 bytes.

@@ -113,20 +113,24 @@ public final class BridgeDriver {
             emit("{\"op\":\"throw_after\",\"seen\":" + seen[0] + "}");
             break;
           }
-          case "text": {
+          case "text":
+          case "chatgen": {
             final List<String> pieces = new ArrayList<>();
             final List<Integer> pieceTokens = new ArrayList<>();
             int k = f[1].equals("auto") ? MtpEdgeRunner.K_AUTO : Integer.parseInt(f[1]);
             MtpEdgeRunner.Options options = new MtpEdgeRunner.Options().k(k).maxNewTokens(Integer.parseInt(f[2]));
-            MtpEdgeRunner.TextGeneration g = runner.generateText(text(f[3]), options, (piece, token) -> {
+            MtpEdgeRunner.TextListener listener = (piece, token) -> {
               pieces.add(piece);
               pieceTokens.add(token);
-            });
+            };
+            MtpEdgeRunner.TextGeneration g = op.equals("text")
+                ? runner.generateText(text(f[3]), options, listener)
+                : runner.generateChat(text(f[3]), options, listener);
             StringBuilder p = new StringBuilder("[");
             for (int i = 0; i < pieces.size(); i++) {
               p.append(i > 0 ? "," : "").append(str(pieces.get(i)));
             }
-            emit("{\"op\":\"text\",\"prompt_tokens\":" + json(g.promptTokens) + ",\"tokens\":" + json(g.tokens)
+            emit("{\"op\":" + str(op) + ",\"prompt_tokens\":" + json(g.promptTokens) + ",\"tokens\":" + json(g.tokens)
                 + ",\"text\":" + str(g.text) + ",\"pieces\":" + p.append(']') + ",\"piece_tokens\":" + json(pieceTokens)
                 + ",\"stats\":" + json(runner.lastStats()) + "}");
             break;
@@ -139,6 +143,10 @@ public final class BridgeDriver {
             String messages = text(f[1]);
             int[] ids = runner.encodeChat(messages);
             emit("{\"op\":\"chat\",\"ids\":" + json(ids) + ",\"text\":" + str(runner.chatText(messages)) + "}");
+            break;
+          }
+          case "has_chat": {
+            emit("{\"op\":\"has_chat\",\"value\":" + runner.hasChatTemplate() + "}");
             break;
           }
           case "user_turn": {

@@ -18,7 +18,9 @@ import java.util.concurrent.Executors;
  * the policy decided from.
  *
  * <p>The prompt is text, encoded with the bundle's tokenizer.json, and the output streams as text
- * (whole characters, through the native HFTokenizer). A prompt of numbers only (token ids separated
+ * (whole characters, through the native HFTokenizer). Where the bundle carries a chat template (its
+ * checkpoint's), the prompt is sent as the user's turn through it, as transformers'
+ * apply_chat_template would render it. A prompt of numbers only (token ids separated
  * by spaces or commas) is taken as ids and the output shown as ids, for a bundle without a
  * tokenizer.json. Generation is greedy, so switching K must not change the tokens, only the speed.
  */
@@ -94,11 +96,16 @@ public class MainActivity extends Activity {
         if (ids != null) {
           runner.generate(ids, options, token -> runOnUiThread(() -> output.append(token + " ")));
         } else {
-          runner.generateText(text, options, (piece, token) -> {
+          MtpEdgeRunner.TextListener show = (piece, token) -> {
             if (!piece.isEmpty()) {
               runOnUiThread(() -> output.append(piece));
             }
-          });
+          };
+          if (runner.hasChatTemplate()) { // an instruction-tuned checkpoint: the prompt is the user's turn
+            runner.generateChat(MtpEdgeRunner.userTurn(text), options, show);
+          } else {
+            runner.generateText(text, options, show);
+          }
         }
         final String line = describe(runner.lastStats(), useDrafter);
         runOnUiThread(() -> stats.setText(line));

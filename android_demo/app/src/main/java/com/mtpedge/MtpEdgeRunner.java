@@ -463,15 +463,37 @@ public final class MtpEdgeRunner implements AutoCloseable {
    */
   public synchronized TextGeneration generateText(String prompt, Options options, TextListener listener)
       throws MtpEdgeException {
+    return generateStreamed(utf8(prompt), false, options, listener);
+  }
+
+  /**
+   * {@link #generateText} for a chat: the prompt is the chat through the bundle's chat template, as
+   * {@link #encodeChat} gives it (e.g. {@code generateChat(userTurn(text), options, listener)}).
+   *
+   * @param messagesJson a JSON array of messages, e.g. {@code [{"role": "user", "content": "Hi"}]}
+   * @throws MtpEdgeException when the bundle has no chat template or tokenizer.json, the template
+   *     refuses the messages, or for a request it cannot serve
+   */
+  public synchronized TextGeneration generateChat(String messagesJson, Options options, TextListener listener)
+      throws MtpEdgeException {
+    return generateStreamed(utf8(messagesJson), true, options, listener);
+  }
+
+  /** Whether the bundle carries a chat template, for {@link #generateChat} (its target checkpoint's). */
+  public synchronized boolean hasChatTemplate() {
+    return nativeHasChatTemplate(checkedHandle());
+  }
+
+  private TextGeneration generateStreamed(byte[] prompt, boolean chat, Options options, TextListener listener) {
     Options o = options != null ? options : new Options();
     long handle = checkedHandle();
     long[] counts = new long[10];
     double[] times = new double[3];
     String[] texts = new String[2];
-    int[] promptTokens = nativeEncode(handle, utf8(prompt));
-    int[] tokens = nativeGenerateText(handle, utf8(prompt), o.k, o.maxNewTokens, decimal(o.temperature), o.topK,
+    int[] promptTokens = chat ? (int[]) nativeChat(handle, prompt, 0) : nativeEncode(handle, prompt);
+    int[] tokens = nativeGenerateText(handle, prompt, o.k, o.maxNewTokens, decimal(o.temperature), o.topK,
         decimal(o.topP), o.seed, o.rule.ordinal(), o.maxK, o.draftPMin, o.costsJson,
-        listener != null ? new TextSink(listener) : null, counts, times, texts);
+        listener != null ? new TextSink(listener) : null, counts, times, texts, chat);
     lastStats = new Stats(counts, times, texts, nativeLastHistogram(handle, 0), nativeLastHistogram(handle, 1),
         nativeLastPolicy(handle, 0), nativeLastPolicy(handle, 1), nativeLastStatsJson(handle));
     return new TextGeneration(promptTokens, tokens, new String(nativeLastText(handle), StandardCharsets.UTF_8));
@@ -537,7 +559,9 @@ public final class MtpEdgeRunner implements AutoCloseable {
 
   private static native int[] nativeGenerateText(long handle, byte[] prompt, int k, int maxNewTokens,
       double temperature, int topK, double topP, long seed, int rule, int maxK, double draftPMin, String costsJson,
-      Object sink, long[] counts, double[] times, String[] texts);
+      Object sink, long[] counts, double[] times, String[] texts, boolean chat);
+
+  private static native boolean nativeHasChatTemplate(long handle);
 
   private static native byte[] nativeLastText(long handle);
 
