@@ -3,7 +3,8 @@
 // Each round it picks the k in 0..max_k with the most expected tokens per second,
 //   E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k       (a_i: draft i accepted given 1..i-1 were)
 //   cost(0) = decode,  cost(k) = min(k * draft_step, draft_call[k]) + verify[k + 1],
-// ties to the smaller k, k > 0 only when it beats plain decoding by `margin`, and drafts probe_k tokens
+// ties to the smaller k, k > 0 only when it beats plain decoding by `margin` (once drafting on merit,
+// it goes on while it predicts plain's rate; between lengths it is sticky), and drafts probe_k tokens
 // anyway after probe_every plain rounds in a row (a wait that doubles while probes keep losing).
 // The derivation is in the Python module's docstring.
 //
