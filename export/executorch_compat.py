@@ -49,6 +49,21 @@ PACK_ROWS = 16384
 # --------------------------------------------------------------------------- lowering
 
 
+@contextlib.contextmanager
+def _class_attribute(cls, name: str, value) -> Iterator[None]:
+    """cls.name = value for the block; on exit the class's own attribute comes back (or, where the
+    class only inherited one, the inherited one shows through again)."""
+    own = cls.__dict__.get(name)
+    setattr(cls, name, value)
+    try:
+        yield
+    finally:
+        if own is None:
+            delattr(cls, name)
+        else:
+            setattr(cls, name, own)
+
+
 @dataclasses.dataclass
 class LoweringCopies:
     """What weights_shared_while_lowering did: how many delegated programs it copied (sharing tensors)."""
@@ -81,7 +96,6 @@ def weights_shared_while_lowering() -> Iterator[LoweringCopies]:
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
     copies = LoweringCopies()
-    own = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
 
     def copy_sharing_tensors(cls, program, compile_specs):
         memo = {id(t): t for values in (program.state_dict, program.constants) for t in values.values()
@@ -89,14 +103,8 @@ def weights_shared_while_lowering() -> Iterator[LoweringCopies]:
         copies.programs += 1
         return copy.deepcopy(program, memo)
 
-    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_tensors)
-    try:
+    with _class_attribute(XnnpackBackend, "copy_exported_program_for_preprocess", classmethod(copy_sharing_tensors)):
         yield copies
-    finally:
-        if own is None:
-            del XnnpackBackend.copy_exported_program_for_preprocess
-        else:
-            XnnpackBackend.copy_exported_program_for_preprocess = own
 
 
 def _lowered_modules(edge) -> Iterator:
@@ -265,26 +273,14 @@ def embedding_tables_packed_once(rows_per_block: int = PACK_ROWS) -> Iterator[Pa
 @contextlib.contextmanager
 def patched_for_export() -> Iterator[None]:
     """The one place the export's patches of executorch are applied: to_edge_transform_and_lower and
-    to_executorch run inside it (weights_shared_while_lowering, embedding_tables_packed_once)."""
+    to_executorch run inside it (weights_shared_while_lowering, embedding_tables_packed_once,
+    decomposed_in_one_pass, xnnpack_passes_that_apply)."""
     with weights_shared_while_lowering(), embedding_tables_packed_once(), decomposed_in_one_pass(), \
             xnnpack_passes_that_apply():
         yield
 
 
 # --------------------------------------------------------------------------- lowering time
-
-
-@contextlib.contextmanager
-def _class_attribute(cls, name: str, value) -> Iterator[None]:
-    own = cls.__dict__.get(name)
-    setattr(cls, name, value)
-    try:
-        yield
-    finally:
-        if own is None:
-            delattr(cls, name)
-        else:
-            setattr(cls, name, own)
 
 
 @contextlib.contextmanager
