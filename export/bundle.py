@@ -112,14 +112,27 @@ def write_bundle(
 
     started = time.perf_counter()
     buffer = buffer_length(max_seq_len, k, prefill_chunk)
-    # A quantized .pte is loaded quantizing tensor by tensor (the fp32 model is never whole in memory);
-    # fp32 modules are loaded only for the ONNX export (it quantizes the exported graphs) or an fp32 .pte.
-    stream_quantized = "pte" in formats and not recipes["pte"].is_none
+    # A quantized recipe is applied while loading, tensor by tensor (the fp32 model is never whole in
+    # memory), once per format: torchao's tensors for the .pte, onnxruntime's packed layout for ONNX.
+    quantized = {fmt: not recipes[fmt].is_none for fmt in formats}
     target = drafter = None
-    if "onnx" in formats or not stream_quantized:
+
+    def load(fmt: str):
+        from mtp_edge.quantize.streaming import load_quantized_pair
+
+        nonlocal target, drafter
+        target = drafter = None  # the other format's modules go before these load
+        gc.collect()
+        if not quantized[fmt]:
+            if progress:
+                print(f"[bundle] loading {target_dir} + {drafter_dir}", file=sys.stderr, flush=True)
+            target, drafter = load_pair(target_dir, drafter_dir, buffer)
+            return {}
         if progress:
-            print(f"[bundle] loading {target_dir} + {drafter_dir}", file=sys.stderr, flush=True)
-        target, drafter = load_pair(target_dir, drafter_dir, buffer)
+            print(f"[bundle] loading {target_dir} + {drafter_dir}, quantizing while loading ({fmt})", file=sys.stderr, flush=True)
+        target, drafter, report = load_quantized_pair(target_dir, drafter_dir, buffer, recipes[fmt], progress=progress,
+                                                      form="onnx" if fmt == "onnx" else "torchao")
+        return report
 
     with _staged(out_dir) as tmp:
         artifacts, onnx_graphs, methods, sizes, details = {}, {}, {}, {}, {}
@@ -129,11 +142,12 @@ def write_bundle(
             recipe = schemes.pop("recipe")
         else:  # the per-format defaults differ
             schemes, recipe = {}, "default (" + ", ".join(f"{f}: {t}" for f, t in texts.items()) + ")"
-        if "onnx" in formats:  # first: it quantizes the exported graphs, so it needs the fp32 modules
+        if "onnx" in formats:
             from .onnx import export_onnx
 
+            load("onnx")
             info = export_onnx(target, drafter, tmp, max_seq_len=max_seq_len, external_data=settings.onnx_external_data,
-                               recipe=recipes["onnx"], progress=progress)
+                               progress=progress)
             onnx_graphs = {role: OnnxGraph.from_json(graph) for role, graph in info["graphs"].items()}
             artifacts["onnx_target"] = Artifact.of(tmp, onnx_graphs["target"].file)
             artifacts["onnx_drafter"] = Artifact.of(tmp, onnx_graphs["drafter"].file)
@@ -141,15 +155,10 @@ def write_bundle(
                 artifacts[f"onnx_data_{i}"] = Artifact.of(tmp, name)
             sizes["onnx_bytes"] = info["bytes"]
             details["onnx"] = _count_schemes(info["quantized_nodes"])
-        if stream_quantized:
-            from mtp_edge.quantize.streaming import load_quantized_pair
-
-            del target, drafter
-            gc.collect()
-            if progress:
-                print(f"[bundle] loading {target_dir} + {drafter_dir}, quantizing while loading", file=sys.stderr, flush=True)
-            target, drafter, details["pte"] = load_quantized_pair(target_dir, drafter_dir, buffer, recipes["pte"],
-                                                                  progress=progress)
+        if "pte" in formats and (target is None or quantized["pte"] or quantized.get("onnx")):
+            report = load("pte")
+            if report:
+                details["pte"] = report
         layout = CacheLayout.from_json(cache_layout(target, max_seq_len))
         if "pte" in formats:
             info = export_pte(

@@ -35,9 +35,10 @@ from .pte import CACHE_FQN_PREFIX, ExportError, _Progress, _dtype_name, _TargetV
 OPSET = 18
 TARGET_FILE = "target.onnx"
 DRAFTER_FILE = "drafter.onnx"
-# Protobuf cannot serialize a message of 2 GiB or more; past this many bytes of weights (leaving
-# room for the graph itself) a graph keeps its weights in a .data file beside it.
-EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+# Past this many bytes of weights a graph keeps them in a .data file beside it: saved inline, a graph
+# is serialized whole in memory (its weights held twice more while it is written; 2.9 GiB peak for a
+# 2-layer E2B-width slice whose quantized weights are 0.7 GiB), and protobuf cannot serialize 2 GiB.
+EXTERNAL_DATA_THRESHOLD = 256 << 20
 
 
 def cache_input(kind: str, layer: int) -> str:
@@ -122,29 +123,43 @@ def check_graph(path: str | Path) -> None:
         raise ExportError(f"{path}: the exported graph fails onnx.checker: {str(e).splitlines()[0]}") from None
 
 
-def _export_graph(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes, external: bool,
-                  recipe=None) -> dict:
-    """torch.onnx.export one graph to `path`; with a recipe, quantize it with onnxruntime's tools.
-    Returns the quantization plan applied (node -> scheme)."""
+def _graph_bytes(module: nn.Module) -> int:
+    """Bytes of the weights a graph exported from `module` holds (parameters and buffers, shared ones once)."""
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _quantized_nodes(model, module: nn.Module) -> dict:
+    """{node name: {kind, scheme, group, weight}} for the block-quantized nodes of an exported onnx_ir model."""
+    from mtp_edge.quantize.nbits import _BlockQuantized
+
+    owners = {f"{fqn}.data": (fqn, m) for fqn, m in module.named_modules() if isinstance(m, _BlockQuantized)}
+    out = {}
+    for node in model.graph:
+        if node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        value = node.inputs[1 if node.op_type == "MatMulNBits" else 0]
+        while value.name not in owners and value.producer() is not None:  # a linear's rows, reshaped
+            value = value.producer().inputs[0]
+        fqn, m = owners[value.name]
+        out[node.name] = {"kind": "linear" if node.op_type == "MatMulNBits" else "embedding", "scheme": m.scheme,
+                          "group": m.block, "weight": fqn}
+    return out
+
+
+def _export_graph(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes, external: bool) -> dict:
+    """torch.onnx.export one graph to `path`; quantize.nbits modules become onnxruntime's block-quantized
+    nodes, their packed data the initializers. Returns the block-quantized nodes (see _quantized_nodes)."""
+    from .onnx_contrib import contrib_translations
+
     program = torch.onnx.export(
         module.eval(), args, dynamo=True, opset_version=OPSET, input_names=input_names, output_names=output_names,
         dynamic_shapes=dynamic_shapes, optimize=True, verbose=False, external_data=external,
+        custom_translation_table=contrib_translations(),
     )
-    if recipe is None or recipe.is_none:
-        program.save(path, external_data=external)
-        return {}
-    import onnx
-
-    from mtp_edge.quantize.graphs import quantize_graph
-
-    model, applied = quantize_graph(program.model_proto, recipe)
-    del program
-    if external:
-        onnx.save(model, path, save_as_external_data=True, location=f"{path.name}.data", size_threshold=1024)
-    else:
-        onnx.save(model, path)
-    return {node: {"kind": kind, "scheme": scheme, "group": group, "weight": weight}
-            for node, (kind, scheme, group, weight) in applied.items()}
+    quantized = _quantized_nodes(program.model, module)
+    program.save(path, external_data=external)
+    return quantized
 
 
 def export_onnx(
@@ -154,13 +169,14 @@ def export_onnx(
     *,
     max_seq_len: int,
     external_data: bool | None = None,
-    recipe=None,
     progress: bool = True,
 ) -> dict:
     """Write target.onnx and drafter.onnx (and their .data files when over 2 GB) into out_dir.
 
-    recipe (a quantize.recipes.PairRecipe): quantize the exported graphs with onnxruntime's tools;
-    the modules given must be unquantized.
+    The graphs hold what the modules hold: fp32 weights, or, for modules quantized on the way in
+    (quantize.streaming.load_quantized_pair(form="onnx")), onnxruntime's MatMulNBits and
+    GatherBlockQuantized nodes over their packed integers: no fp32 copy of a quantized weight is
+    ever made, so a full-size pair exports in about its quantized size.
 
     external_data: None keeps a graph's weights inside it unless they approach protobuf's 2 GB
     limit; True / False force the choice for both graphs.
@@ -172,13 +188,9 @@ def export_onnx(
     cfg = target.cfg
     if max_seq_len > target.max_seq_len:
         raise ExportError(f"max_seq_len {max_seq_len} exceeds the target's cache of {target.max_seq_len} positions.")
-    def needs_external(*tensors) -> bool:
-        if external_data is not None:
-            return external_data
-        return sum(t.numel() * t.element_size() for t in tensors) >= EXTERNAL_DATA_THRESHOLD
+    def needs_external(module: nn.Module) -> bool:
+        return external_data if external_data is not None else _graph_bytes(module) >= EXTERNAL_DATA_THRESHOLD
 
-    target_external = needs_external(*target.parameters())
-    drafter_external = needs_external(target.embed_tokens.weight, *drafter.parameters())
     started = time.perf_counter()
     step = _Progress(progress, total=4)
     i64 = dict(dtype=torch.long)
@@ -199,14 +211,15 @@ def export_onnx(
     hidden = torch.zeros(cfg.hidden_size, dtype=target.embed_tokens.weight.dtype)
     drafter_args = (torch.zeros(1, **i64), hidden, torch.zeros(1, **i64), torch.ones(1, **i64), drafter_examples)
 
+    target_module = TargetGraph(target)
     with torch.no_grad():
         quantized = {}
-        quantized["target"] = _export_graph(TargetGraph(target), target_args, out_dir / TARGET_FILE, target_inputs,
-                                            target_outputs, target_dynamic, target_external, recipe)
-        step(f"torch.onnx.export {TARGET_FILE}" + (" + quantize" if quantized["target"] else ""))
+        quantized["target"] = _export_graph(target_module, target_args, out_dir / TARGET_FILE, target_inputs,
+                                            target_outputs, target_dynamic, needs_external(target_module))
+        step(f"torch.onnx.export {TARGET_FILE}" + (f" ({len(quantized['target'])} quantized nodes)" if quantized["target"] else ""))
         quantized["drafter"] = _export_graph(drafter_module, drafter_args, out_dir / DRAFTER_FILE, drafter_inputs,
-                                             drafter_outputs, None, drafter_external, recipe)
-        step(f"torch.onnx.export {DRAFTER_FILE}" + (" + quantize" if quantized["drafter"] else ""))
+                                             drafter_outputs, None, needs_external(drafter_module))
+        step(f"torch.onnx.export {DRAFTER_FILE}" + (f" ({len(quantized['drafter'])} quantized nodes)" if quantized["drafter"] else ""))
     for name in (TARGET_FILE, DRAFTER_FILE):
         check_graph(out_dir / name)
     step("onnx.checker (full)")

@@ -28,13 +28,14 @@ class ClusteredHead(nn.Module):
         # token_ordering lists the vocabulary cluster by cluster: row c of its [centroids, per] view is cluster c.
         self.register_buffer("token_ordering", torch.arange(cfg.decoder.vocab_size, dtype=torch.long))
 
-    def forward(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden [B, T, D] -> candidate ids and logits, both [B, T, top_k * tokens_per_centroid]."""
+    def forward(self, hidden: torch.Tensor, head_rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [B, T, D] -> candidate ids and logits, both [B, T, top_k * tokens_per_centroid].
+        head_rows(ids) gathers the LM head's rows of `ids` (Gemma4Drafter.lm_head_rows)."""
         _, clusters = torch.topk(self.centroids(hidden), k=self.top_k, dim=-1)
         # embedding() gathers rows on the fast path; advanced indexing lowers to a slow generic
         # index kernel in ExecuTorch (29 of 48 ms of an E2B-width draft step).
         ids = F.embedding(clusters, self.token_ordering.view(self.num_centroids, -1)).flatten(-2)
-        rows = F.embedding(ids, lm_head_weight)  # [B, T, C, D]
+        rows = head_rows(ids)  # [B, T, C, D]
         # rows @ hidden, not hidden @ rows^T: the gathered rows are used as they lie (a transposed
         # copy of them cost more than the matmul in the exported program). A 3-D bmm, since a 4-D
         # matmul is exported with an expand_copy of its operands.
@@ -64,6 +65,14 @@ class Gemma4Drafter(nn.Module):
     @property
     def lm_head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def lm_head_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The LM head's rows of `ids`. Through the modules, not their weights: a quantized ONNX head
+        (quantize.nbits) gathers packed rows with its own operator."""
+        if self.lm_head is None:
+            return self.embed_tokens(ids)
+        rows_of = getattr(self.lm_head, "rows_of", None)
+        return rows_of(ids) if rows_of is not None else F.embedding(ids, self.lm_head.weight)
 
     def forward(
         self,
@@ -148,7 +157,7 @@ class Gemma4Drafter(nn.Module):
             logits = self.full_logits(hidden)
             ids = torch.arange(logits.shape[-1], device=logits.device).expand_as(logits)
             return ids, logits
-        return self.masked_embedding(hidden, self.lm_head_weight)
+        return self.masked_embedding(hidden, self.lm_head_rows)
 
     def scattered_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits as the reference builds them (non-candidates at min - 1): for tests and training."""

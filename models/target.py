@@ -70,8 +70,8 @@ class Gemma4Target(nn.Module):
         return (context + identity.reshape(shape)) * 2.0**-0.5
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(hidden, weight)
+        # The module, not its weight: a quantized ONNX head (quantize.nbits) is an operator, not a tensor.
+        logits = F.linear(hidden, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
         cap = self.cfg.final_logit_softcap
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -4,10 +4,11 @@
                sizes) parsed into a PairRecipe, and each format's default recipe, chosen by measurement
     modules    torchao on the PyTorch modules (the ExecuTorch path): quantize a pair in place, untie a
                tied LM head, refuse what ExecuTorch/XNNPACK cannot run
-    streaming  quantize while loading: weights quantized from row chunks as the checkpoint streams in,
-               so an fp32 model is never whole in memory
-    graphs     onnxruntime's quantization tools on the exported ONNX graphs (the ONNX path), with the
-               .pte's own integer grid so both formats hold the same integers and scales
+    streaming  quantize while loading, for both formats: weights quantized from row chunks as the
+               checkpoint streams in, so an fp32 model is never whole in memory
+    nbits      onnxruntime's block-quantized layouts (MatMulNBits, GatherBlockQuantized) as torch
+               modules over custom ops (the ONNX path): the graph is exported from them, so it holds
+               the .pte's own integers and scales and never an fp32 copy
     qat        quantization-aware fine-tuning: a target whose published weights lie on the recipe's grid
 
 export.settings.ExportSettings.quantize chooses the recipe of an export ("default", "none" or a recipe).

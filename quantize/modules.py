@@ -33,7 +33,7 @@ def grid_integers(weight: torch.Tensor, scheme: str, group: int) -> tuple[torch.
     """What torchao's quantize_ stores for a [rows, cols] `weight` under `scheme`: the integers q
     (int8 tensor, in the scheme's range) and the scales [rows, cols // block] (fp32), where a block
     is `group` columns for the grouped schemes and a whole row otherwise. Symmetric: no zero points.
-    The ONNX path (quantize/graphs.py) writes these same integers, so both formats hold one grid."""
+    The ONNX path (quantize/nbits.py) writes these same integers, so both formats hold one grid."""
     from torchao.quantization.quant_primitives import choose_qparams_affine, quantize_affine
 
     bits = 4 if BITS[scheme] == torch.int4 else 8

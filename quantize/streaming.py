@@ -17,7 +17,10 @@ from torch import nn
 from mtp_edge.models import Gemma4Drafter, Gemma4Target, load_drafter, load_target
 
 from .modules import config_for, plan_model, say_quantized, untie_lm_head
+from .nbits import block_quantized, fits, pack_rows
 from .recipes import PairRecipe, Scheme
+
+FORMS = ("torchao", "onnx")
 
 
 def _quantize_rows(rows: torch.Tensor, kind: str, scheme: str, group: int) -> torch.Tensor:
@@ -34,13 +37,21 @@ def _quantize_rows(rows: torch.Tensor, kind: str, scheme: str, group: int) -> to
 class StreamingQuantizer:
     """A loader sink (see mtp_edge.models.load): claims the checkpoint tensors that `scheme` quantizes
     and builds their quantized weights chunk by chunk. A tied LM head (the target's, untied first)
-    is quantized from the same rows as the embedding table it shares."""
+    is quantized from the same rows as the embedding table it shares.
 
-    def __init__(self, model: nn.Module, scheme: Scheme, *, name: str, progress: bool = True):
-        self.model, self.name, self.progress = model, name, progress
+    form "torchao": torchao's quantized tensors on the modules (the .pte path); "onnx": each
+    quantized module replaced by a quantize.nbits module holding onnxruntime's packed layout of the
+    same integers (the ONNX path), built from the chunks directly."""
+
+    def __init__(self, model: nn.Module, scheme: Scheme, *, name: str, progress: bool = True, form: str = "torchao"):
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+        self.model, self.name, self.progress, self.form = model, name, progress, form
         if isinstance(model, Gemma4Target):
             untie_lm_head(model)
         self.plan, self.report = plan_model(model, scheme)
+        if form == "onnx":
+            self._drop_what_onnx_cannot_hold()
         params = {id(p): key for key, p in model.named_parameters()}  # tied weights appear once, under the first name
         self.owners: dict[str, list[str]] = {}
         for fqn in self.plan:
@@ -53,6 +64,18 @@ class StreamingQuantizer:
             weight = getattr(module, "weight", None)
             if fqn not in self.plan and isinstance(weight, nn.Parameter) and params.get(id(weight)) in self.owners:
                 self.fp32_sharers.setdefault(params[id(weight)], []).append(fqn)
+
+    def _drop_what_onnx_cannot_hold(self) -> None:
+        """Keep fp32 (and say why in the report) what onnxruntime's block operators cannot take."""
+        for fqn, (kind, scheme, group) in list(self.plan.items()):
+            why = fits(scheme, group, self.model.get_submodule(fqn).weight.shape[1])
+            if why is not None:
+                del self.plan[fqn]
+                if kind == "embedding":
+                    self.report["embeddings"].remove(fqn)
+                else:
+                    del self.report["linears"][fqn]
+                self.report["skipped"][fqn] = why
 
     def claims(self, key: str) -> bool:
         return key in self.owners
@@ -70,14 +93,23 @@ class StreamingQuantizer:
                 fp32 = torch.empty((rows, *chunk.shape[1:]), dtype=chunk.dtype) if fp32 is None else fp32
                 fp32[start:start + chunk.shape[0]].copy_(chunk)
             for fqn in fqns:
-                q = _quantize_rows(chunk, *self.plan[fqn])
-                if fqn not in first:
-                    first[fqn] = q
-                    data[fqn] = [torch.empty((rows, *getattr(q, n).shape[1:]), dtype=getattr(q, n).dtype) for n in q.tensor_data_names]
-                for dest, name in zip(data[fqn], q.tensor_data_names):
-                    dest[start:start + chunk.shape[0]].copy_(getattr(q, name))
+                if self.form == "onnx":
+                    parts = pack_rows(chunk, *self.plan[fqn][1:])
+                else:
+                    q = _quantize_rows(chunk, *self.plan[fqn])
+                    parts = [getattr(q, n) for n in q.tensor_data_names]
+                    first.setdefault(fqn, q)
+                if fqn not in data:
+                    data[fqn] = [torch.empty((rows, *p.shape[1:]), dtype=p.dtype) for p in parts]
+                for dest, part in zip(data[fqn], parts):
+                    dest[start:start + chunk.shape[0]].copy_(part)
             start += chunk.shape[0]
         for fqn in fqns:
+            if self.form == "onnx":
+                kind, scheme, group = self.plan[fqn]
+                parent, _, child = fqn.rpartition(".")
+                setattr(self.model.get_submodule(parent), child, block_quantized(kind, *data[fqn], scheme, group))
+                continue
             q = first[fqn]
             weight = type(q)(*data[fqn], *(getattr(q, a) for a in q.tensor_attribute_names))
             self.model.get_submodule(fqn).weight = nn.Parameter(weight, requires_grad=False)
@@ -91,15 +123,16 @@ class StreamingQuantizer:
         return self.report
 
 
-def load_quantized_pair(target_dir, drafter_dir, max_seq_len: int, recipe: PairRecipe, *, progress: bool = True
-                        ) -> tuple[Gemma4Target, Gemma4Drafter, dict]:
-    """load_pair with `recipe` applied while the checkpoints stream in; returns the same report as quantize_pair."""
+def load_quantized_pair(target_dir, drafter_dir, max_seq_len: int, recipe: PairRecipe, *, progress: bool = True,
+                        form: str = "torchao") -> tuple[Gemma4Target, Gemma4Drafter, dict]:
+    """load_pair with `recipe` applied while the checkpoints stream in; returns the same report as
+    quantize_pair. form: "torchao" (the .pte path) or "onnx" (see StreamingQuantizer)."""
     sinks: dict[str, StreamingQuantizer] = {}
 
     def sink(role: str, scheme: Scheme):
         if scheme.is_none:
             return None
-        return lambda model: sinks.setdefault(role, StreamingQuantizer(model, scheme, name=role, progress=progress))
+        return lambda model: sinks.setdefault(role, StreamingQuantizer(model, scheme, name=role, progress=progress, form=form))
 
     target = load_target(target_dir, max_seq_len, sink=sink("target", recipe.target))
     drafter = load_drafter(drafter_dir, target=target.cfg, sink=sink("drafter", recipe.drafter))

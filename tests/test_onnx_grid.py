@@ -1,5 +1,6 @@
-"""The ONNX path stores torchao's 4-bit grid: a graph quantized by quantize.graphs, run by onnxruntime,
-reproduces exactly the weights the .pte's torchao quantization dequantizes to."""
+"""The ONNX path stores torchao's grid: quantize.nbits modules exported by torch.onnx.export and run by
+onnxruntime reproduce exactly the weights the .pte's torchao quantization dequantizes to, for every
+scheme, and the modules' own eager ops agree with onnxruntime."""
 
 from __future__ import annotations
 
@@ -8,50 +9,67 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
-from mtp_edge.quantize.graphs import quantize_graph
+from mtp_edge.export.onnx_contrib import contrib_translations
 from mtp_edge.quantize.modules import grid_integers, grid_weight
-from mtp_edge.quantize.recipes import parse_recipe
+from mtp_edge.quantize.nbits import block_quantized, fits, pack_rows
 
 K, N, ROWS = 64, 48, 40
 
 
-def _graph(weight_kn: np.ndarray, table: np.ndarray) -> onnx.ModelProto:
-    """y = x @ W (a target linear, as torch's exporter records it) and e = table[ids] (the target's embedding)."""
-    matmul = helper.make_node("MatMul", ["x", "target.layers.0.mlp.up_proj.weight.T"], ["y"], name="up_proj_matmul")
-    matmul.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=repr(["", "target.layers.0.mlp.up_proj", "linear"]))
-    gather = helper.make_node("Gather", ["target.embed_tokens.weight", "ids"], ["e"], name="embed_gather")
-    graph = helper.make_graph(
-        [matmul, gather], "grid",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K]), helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, N]), helper.make_tensor_value_info("e", TensorProto.FLOAT, [None, K])],
-        [numpy_helper.from_array(weight_kn, "target.layers.0.mlp.up_proj.weight.T"),
-         numpy_helper.from_array(table, "target.embed_tokens.weight")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+class _Pair(nn.Module):
+    """y = x @ W.T (a linear), e = table[ids] (an embedding) and r = W[ids] (a linear's rows: an untied head)."""
+
+    def __init__(self, weight, table, linear: str, embedding: str, group: int):
+        super().__init__()
+        self.linear = block_quantized("linear", *pack_rows(weight, linear, group), linear, group)
+        self.embedding = block_quantized("embedding", *pack_rows(table, embedding, group), embedding, group)
+
+    def forward(self, x, ids):
+        return self.linear(x), self.embedding(ids), self.linear.rows_of(ids)
 
 
-@pytest.mark.parametrize("group", [32, 64])
+def _run(module: nn.Module, x, ids, path) -> list[np.ndarray]:
+    program = torch.onnx.export(module, (x, ids), dynamo=True, verbose=False, custom_translation_table=contrib_translations())
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    ops = sorted(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert ops.count("MatMulNBits") == 1 and ops.count("GatherBlockQuantized") == 2, ops
+    assert not any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and i.dims[1] == K
+                   for i in onnx.load(str(path)).graph.initializer)  # no fp32 weight in the graph
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x.numpy(), "ids": ids.numpy()})
+
+
+@pytest.mark.parametrize("linear,embedding,group", [("8da4w", "emb4", 32), ("int4", "emb4", 64), ("8da8w", "emb8", 32)])
 @pytest.mark.parametrize("on_grid", [False, True], ids=["random", "qat"])
-def test_quantized_graph_holds_torchaos_integers(group, on_grid):
+def test_onnxruntime_reads_torchaos_integers(linear, embedding, group, on_grid, tmp_path):
     gen = torch.Generator().manual_seed(group)
     weight = torch.randn(N, K, generator=gen) * 0.05  # nn.Linear layout [out, in]
     table = torch.randn(ROWS, K, generator=gen)
     if on_grid:  # a QAT checkpoint: already on the grid, must be stored exactly as it is
-        weight = grid_weight(*grid_integers(weight, "8da4w", group))
-        table = grid_weight(*grid_integers(table, "emb4", group))
-    model, applied = quantize_graph(_graph(weight.T.numpy().copy(), table.numpy()),
-                                    parse_recipe(f"target=8da4w:{group}+emb4:{group}", "onnx"))
-    assert {op for op, *_ in applied.values()} == {"linear", "embedding"}
-    assert sorted(n.op_type for n in model.graph.node) == ["GatherBlockQuantized", "MatMulNBits"]
-
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        weight = grid_weight(*grid_integers(weight, linear, group))
+        table = grid_weight(*grid_integers(table, embedding, group))
+    module = _Pair(weight, table, linear, embedding, group)
     # One-hot rows read the dequantized weight out of MatMulNBits exactly (every other product is 0).
-    y, e = session.run(None, {"x": np.eye(K, dtype=np.float32), "ids": np.arange(ROWS)})
-    expected_weight = grid_weight(*grid_integers(weight, "8da4w", group))
-    expected_table = grid_weight(*grid_integers(table, "emb4", group))
+    x, ids = torch.eye(K), torch.arange(ROWS).view(2, -1)
+    y, e, r = _run(module, x, ids, tmp_path / "grid.onnx")
+    expected_weight = grid_weight(*grid_integers(weight, linear, group))
+    expected_table = grid_weight(*grid_integers(table, embedding, group))
     assert torch.equal(torch.from_numpy(y), expected_weight.T)
-    assert torch.equal(torch.from_numpy(e), expected_table)
+    assert torch.equal(torch.from_numpy(e).flatten(0, 1), expected_table)
+    assert torch.equal(torch.from_numpy(r).flatten(0, 1), expected_weight[:ROWS])
     if on_grid:
-        assert torch.equal(torch.from_numpy(y), weight.T) and torch.equal(torch.from_numpy(e), table)
+        assert torch.equal(torch.from_numpy(y), weight.T) and torch.equal(torch.from_numpy(e).flatten(0, 1), table)
+    # The modules' eager ops (what PyTorch runs) give onnxruntime's values.
+    eager = module(x, ids)
+    for ours, theirs in zip(eager, (y, e, r)):
+        torch.testing.assert_close(ours, torch.from_numpy(theirs), rtol=0, atol=1e-6)
+
+
+def test_what_the_operators_cannot_hold_is_named():
+    assert fits("8da4w", 32, 64) is None and fits("8da8w", 0, 96) is None
+    assert fits("8da4w", 32, 48) == "48 columns are not a multiple of the block of 32"
+    assert "power-of-two block of at least 16" in fits("emb4", 8, 64)
+    assert fits("emb8", 0, 40) == "40 columns are not a multiple of the block of 32"

@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--max-seq-len", type=int, default=max_seq_len)
         p.add_argument("--k", type=int, default=4)
         p.add_argument("--prefill-chunk", type=int, default=32)
+        p.add_argument("--format", default="pte", choices=("pte", "onnx"), help="the bundle's format (e2b benchmarks)")
         p.add_argument("--backend", default="xnnpack", choices=("xnnpack", "portable"), help="ExecuTorch kernels for the .pte")
         p.add_argument("--quantize", default=quantize, help="a --quantize recipe, or `default` (each format's default)")
 
@@ -140,8 +141,8 @@ def run(args) -> int:
 
 def _export_settings(args) -> dict:
     """bench_e2b_slice's export arguments; --quantize default is each format's default recipe."""
-    return dict(k=args.k, max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, backend=args.backend,
-                quantize=args.quantize)
+    return dict(formats=args.format, k=args.k, max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk,
+                backend=args.backend, quantize=args.quantize)
 
 
 def _loop(args) -> dict:

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from .export_cost import measure_export
-from .methods import eager_methods, pte_methods_in_child
+from .timing import run_in_child
+from .methods import eager_methods, methods_in_child
 
 
 def e2b_slice_configs(layers: int, preset_name: str = "e2b", vocab_size: int | None = None):
@@ -109,17 +110,22 @@ def fp32_weight_bytes(target_cfg, drafter_cfg) -> int:
 
 def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: int = 4, prefill_chunk: int = 32,
                     backend: str = "xnnpack", repeats: int = 20, eager: bool = True, keep: bool = True,
-                    vocab_size: int | None = None, quantize: str | None = "none") -> dict:
+                    vocab_size: int | None = None, quantize: str | None = "none", formats: str = "pte") -> dict:
     """Build an E2B-width slice with random weights (see e2b_slice_configs), save it as HF folders
     (bf16) under out_dir, export it to a bundle in a fresh process (wall time, peak RSS) and time its
     methods in another one (latencies, runtime peak RSS); optionally the eager latencies too.
 
     quantize: a recipe, "none" (fp32), or "default" / None (each format's default recipe).
+    formats: "pte" (backend: its ExecuTorch kernels) or "onnx"; an ONNX bundle is also checked for
+    speculative == plain on a few random prompts.
     keep=False removes the bundle and checkpoints at the end (they are GBs).
     """
     from mtp_edge.export.settings import DEFAULT, ExportSettings
     from mtp_edge.models.hf_format import save_drafter, save_target
 
+    fmt = formats
+    if fmt not in ("pte", "onnx"):
+        raise ValueError(f"an E2B benchmark exports one format, pte or onnx, not {fmt!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target_dir, drafter_dir, bundle_dir = out_dir / "target", out_dir / "drafter", out_dir / "bundle"
@@ -128,8 +134,8 @@ def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: 
         "slice": {"layers": target_cfg.num_layers, "layer_types": list(target_cfg.layer_types), "kv_shared_layers": target_cfg.num_kv_shared_layers,
                   "store_layers": target_cfg.store_layers, "hidden_size": target_cfg.hidden_size, "vocab_size": target_cfg.vocab_size,
                   "ple_table": [target_cfg.ple_vocab_size, target_cfg.num_layers * target_cfg.ple_dim], "weights": "random"},
-        "export_settings": {"k": k, "max_seq_len": max_seq_len, "prefill_chunk": prefill_chunk, "backend": backend,
-                            "quantize": quantize or "default"},
+        "export_settings": {"format": fmt, "k": k, "max_seq_len": max_seq_len, "prefill_chunk": prefill_chunk,
+                            "backend": backend if fmt == "pte" else None, "quantize": quantize or "default"},
         "fp32_weight_bytes_counted": fp32_weight_bytes(target_cfg, drafter_cfg),
     }
 
@@ -148,19 +154,24 @@ def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: 
     report["checkpoint_bytes"] = sum(f.stat().st_size for d in (target_dir, drafter_dir) for f in d.iterdir())
     say(f"saved HF folders ({report['checkpoint_bytes'] / 2**30:.2f} GiB bf16, {report['checkpoint_s']:.0f}s); exporting")
 
-    settings = ExportSettings(k=k, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk, backend=backend,
+    settings = ExportSettings(formats=fmt, k=k, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk, backend=backend,
                               quantize=quantize or DEFAULT)
     report["export"] = measure_export(target_dir, drafter_dir, bundle_dir, settings)
     e = report["export"]
-    say(f"exported in {e['export_wall_s']:.0f}s, peak RSS {e['export_peak_rss_gib']:.2f} GiB, .pte {e['pte_gib']:.2f} GiB; timing methods")
+    size = f".pte {e['pte_gib']:.2f} GiB" if fmt == "pte" else f".onnx + .data {e['onnx_bytes'] / 2**30:.2f} GiB"
+    say(f"exported in {e['export_wall_s']:.0f}s, peak RSS {e['export_peak_rss_gib']:.2f} GiB "
+        f"(own {e['export_own_peak_rss_bytes'] / 2**30:.2f}), {size}; timing methods")
 
-    child = pte_methods_in_child(bundle_dir, repeats=repeats)
-    report["pte_methods"] = child["result"]
-    report["pte_runtime_peak_rss_bytes"] = child["peak_rss_bytes"]
-    report["pte_runtime_peak_rss_gib"] = child["peak_rss_bytes"] / 2**30
+    child = methods_in_child(bundle_dir, fmt, repeats=repeats)
+    report[f"{fmt}_methods"] = child["result"]
+    report[f"{fmt}_runtime_peak_rss_bytes"] = child["peak_rss_bytes"]
+    report[f"{fmt}_runtime_peak_rss_gib"] = child["peak_rss_bytes"] / 2**30
     # The child's own high-water mark: ru_maxrss above also counts this process's (the random pair built here).
-    report["pte_runtime_own_peak_rss_bytes"] = child["own_peak_rss_bytes"]
-    say("pte: " + ", ".join(f"{n} {m['median_ms']:.1f} ms" for n, m in report["pte_methods"]["methods"].items()))
+    report[f"{fmt}_runtime_own_peak_rss_bytes"] = child["own_peak_rss_bytes"]
+    say(f"{fmt}: " + ", ".join(f"{n} {m['median_ms']:.1f} ms" for n, m in report[f"{fmt}_methods"]["methods"].items()))
+    if fmt == "onnx":
+        report["speculative_equals_plain"] = run_in_child(speculative_equals_plain, str(bundle_dir))["result"]
+        say(f"speculative == plain: {report['speculative_equals_plain']}")
 
     if eager:
         from mtp_edge.export.pte import buffer_length
@@ -175,6 +186,21 @@ def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: 
         for d in (target_dir, drafter_dir, bundle_dir):
             shutil.rmtree(d, ignore_errors=True)
     return report
+
+
+def speculative_equals_plain(bundle_dir, prompts: int = 3, new_tokens: int = 16) -> dict:
+    """Greedy, the bundle's K against plain decoding on random prompts: {"prompts", "equal"}."""
+    from mtp_edge.runtime.backends import open_bundle
+    from mtp_edge.runtime.speculative import generate
+
+    runner = open_bundle(bundle_dir, None)
+    gen = torch.Generator().manual_seed(0)
+    equal = 0
+    for i in range(prompts):
+        prompt = torch.randint(0, runner.vocab_size, (5 + 7 * i,), generator=gen).tolist()
+        equal += generate(runner, prompt, k=runner.k, max_new_tokens=new_tokens).tokens == \
+            generate(runner, prompt, k=0, max_new_tokens=new_tokens).tokens
+    return {"prompts": prompts, "equal": equal}
 
 
 def fit_line(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float]:

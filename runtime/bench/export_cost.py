@@ -48,7 +48,8 @@ def measure_export(target_dir, drafter_dir, out_dir, settings) -> dict:
         "export_own_peak_rss_bytes": child["own_peak_rss_bytes"],
         "stages": r["stages"],
         "sizes": r["sizes"],
-        "pte_bytes": r["sizes"]["pte_bytes"],
-        "pte_gib": r["sizes"]["pte_bytes"] / 2**30,
-        "weight_bytes": r["sizes"]["weight_bytes"],
+        "pte_bytes": r["sizes"].get("pte_bytes", 0),
+        "pte_gib": r["sizes"].get("pte_bytes", 0) / 2**30,
+        "onnx_bytes": sum(r["sizes"].get("onnx_bytes", {}).values()),
+        "weight_bytes": r["sizes"].get("weight_bytes"),
     }

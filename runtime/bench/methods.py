@@ -177,8 +177,8 @@ def machine(load_before: float) -> dict:
     }
 
 
-def pte_methods_in_child(bundle_dir, repeats: int = 20) -> dict:
-    """bench_methods on the .pte in a fresh process: the latencies, and the runtime's peak RSS alone."""
+def methods_in_child(bundle_dir, backend: str = "pte", repeats: int = 20) -> dict:
+    """bench_methods on the bundle's `backend` format in a fresh process: the latencies, and the runtime's peak RSS alone."""
     from .timing import run_in_child
 
-    return run_in_child(bench_methods, str(bundle_dir), "pte", repeats=repeats)
+    return run_in_child(bench_methods, str(bundle_dir), backend, repeats=repeats)
