@@ -12,7 +12,7 @@ line naming the field and the fix (ExportSettingsError, a BundleError).
 
 quantize, one rule:
     DEFAULT ("default")   each format's default recipe, chosen by measurement
-                          (quantize.recipes.default_recipe: for the .pte by the target's size); no --quantize
+                          (quantize.recipes.default_recipe: by the target's size, both formats); no --quantize
     "none"                both models stay fp32, in every format
     a recipe string       that recipe in every format (quantize.recipes: e.g. target=8da4w+emb4,drafter=8da8w)
 """
@@ -144,7 +144,7 @@ class ExportSettings:
         return tuple(range(2, self.k + 1)) if self.draft_chains is None else self.draft_chains
 
     def recipes(self, target_dir: str | Path) -> dict:
-        """Format -> quantize.recipes.PairRecipe. With DEFAULT the .pte's default depends on how many
+        """Format -> quantize.recipes.PairRecipe. With DEFAULT each format's default depends on how many
         weights one decode step of the target in target_dir reads (read from its config)."""
         from mtp_edge.quantize.recipes import decode_step_parameters, parse_recipe
 

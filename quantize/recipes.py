@@ -96,9 +96,13 @@ def _with_group(name: str, group: int) -> str:
 
 # The default per format: the fastest speculative decoding measured within the 2% budget on tokens
 # per target call (README "Quantization"; 2-core x86 machine, 480 MiB L3).
-# onnx: none. On the QAT-trained shipped pair (`mtp-edge bench recipes`): none
-# 330.6 tok/s vs 249.9 (8da4w+emb4) and 154.4 (8da8w+emb8): onnxruntime's MatMulNBits with fp32
-# activations is slower than sgemm.
+# onnx: by the same size limit as the pte. Small targets: none. On the QAT-trained shipped pair
+# (`mtp-edge bench recipes`): none 330.6 tok/s vs 249.9 (8da4w+emb4) and 154.4 (8da8w+emb8):
+# onnxruntime's MatMulNBits with fp32 activations is slower than sgemm while the weights stay in
+# cache. Above the limit 8da4w+emb4: on a 2-layer E2B-width slice (483M weights per decode step,
+# `bench methods --backend onnx`, one run each, session 9) decode 100.1 vs 123.6 ms, verify(5)
+# 158.2 vs 169.1 ms, the runtime's peak RSS 0.81 vs 4.13 GiB, the export's 1.21 vs 3.04 GiB; and a
+# full E2B target in fp32 (18.5 GB) does not fit the memory the pair must run in on a phone.
 # pte: by the weights one target decode step reads (models.sizes.target_step_reads), because which
 # recipe is faster turns with the model's size. The shipped pair (9.3M weights per decode step)
 # speculates faster at 8da8w+emb8 (301.0 vs 272.8 tok/s; tokens per call -0.3% vs -0.1%): its
@@ -114,14 +118,15 @@ def _with_group(name: str, group: int) -> str:
 # interleaved calls: draft step 0.373 -> 0.249 ms, a 4-token draft_chain 1.258 -> 0.723 ms; +1.5 MB.
 PTE_SMALL_RECIPE = "target=8da8w+emb8,drafter=8da8w"
 PTE_SMALL_MAX_STEP_PARAMETERS = 32_000_000
-DEFAULT_RECIPES = {"pte": "target=8da4w+emb4,drafter=8da4w+emb4", "onnx": "none"}  # pte: above the size limit
+SMALL_RECIPES = {"pte": PTE_SMALL_RECIPE, "onnx": "none"}  # at or below the size limit
+DEFAULT_RECIPES = {"pte": "target=8da4w+emb4,drafter=8da4w+emb4", "onnx": "target=8da4w+emb4,drafter=8da4w+emb4"}  # above it
 
 
 def default_recipe(fmt: str, step_parameters: int | None = None) -> str:
     """The default --quantize text of format `fmt` for a target whose decode step reads
     `step_parameters` weights (None: unknown, taken as large)."""
-    if fmt == "pte" and step_parameters is not None and step_parameters <= PTE_SMALL_MAX_STEP_PARAMETERS:
-        return PTE_SMALL_RECIPE
+    if step_parameters is not None and step_parameters <= PTE_SMALL_MAX_STEP_PARAMETERS:
+        return SMALL_RECIPES[fmt]
     return DEFAULT_RECIPES[fmt]
 
 

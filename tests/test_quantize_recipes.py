@@ -15,9 +15,10 @@ def test_none_and_default():
     assert not parse_recipe(None, "pte").is_none
 
 
-def test_the_pte_default_follows_the_targets_size():
-    """The shipped pair (9.3M weights per decode step) gets the 8-bit recipe, E2B the 4-bit one (the
-    sizes computed from the configs, as write_bundle does when --quantize is not given)."""
+def test_the_defaults_follow_the_targets_size():
+    """The shipped pair (9.3M weights per decode step) gets the 8-bit .pte recipe and fp32 ONNX, E2B the
+    4-bit one in both formats (the sizes computed from the configs, as write_bundle does when
+    --quantize is not given)."""
     from mtp_edge.models.config import preset
     from mtp_edge.models.sizes import target_sizes
     from mtp_edge.quantize.recipes import PTE_SMALL_RECIPE, decode_step_parameters
@@ -27,7 +28,8 @@ def test_the_pte_default_follows_the_targets_size():
     e2b = target_sizes(preset("e2b").target)["decode_step"]["parameters"]
     assert parse_recipe(None, "pte", shipped) == parse_recipe(PTE_SMALL_RECIPE)
     assert parse_recipe(None, "pte", e2b) == parse_recipe(None, "pte") == parse_recipe(DEFAULT_RECIPES["pte"])
-    assert parse_recipe(None, "onnx", shipped).is_none and parse_recipe(None, "onnx", e2b).is_none
+    assert parse_recipe(None, "onnx", shipped).is_none
+    assert parse_recipe(None, "onnx", e2b) == parse_recipe(DEFAULT_RECIPES["onnx"]) == parse_recipe(DEFAULT_RECIPES["pte"])
 
 
 def test_schemes_groups_and_round_trip():
