@@ -97,6 +97,7 @@ RUN_FIRST = [
     "tiny-portable",         # tiny pair fp32 .pte (portable): test_export_pte, test_native_runner, test_android_bridge
     "tiny-arm64",            # the same bundle: the runner cross-built for aarch64, run under qemu (test_native_arm64)
     "shipped-eval-onnx",
+    "e2b-slice-onnx",        # a 2-layer E2B-width slice to quantized ONNX in a fresh process (peak RSS)
     "optimum-exported",      # from_pretrained(export=True)
     "quantized-8da4w",       # tiny pair, quantized ONNX graphs
     "quantized-8da8w",
