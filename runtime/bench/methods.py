@@ -110,7 +110,7 @@ def _open_onnx(bundle_dir, threads=None):
 
     backend = OnnxBackend(bundle_dir, threads=threads, verify_hashes=False)
     m = backend.manifest
-    facts = {"threads": backend.session_threads, "cache_bytes": m.cache.bytes, "onnx_bytes": m.sizes.get("onnx_bytes")}
+    facts = {"threads": backend.session_threads, "cache_bytes": m.cache.bytes, "onnx_bytes": dict(m.sizes.get("onnx_bytes") or {})}
     return backend, backend.k, backend.prefill_chunk, None, facts
 
 
