@@ -149,6 +149,6 @@ class ExportSettings:
         from mtp_edge.quantize.recipes import decode_step_parameters, parse_recipe
 
         if self.quantize == DEFAULT:
-            step_parameters = decode_step_parameters(target_dir) if "pte" in self.formats else None
+            step_parameters = decode_step_parameters(target_dir)
             return {fmt: parse_recipe(None, fmt, step_parameters) for fmt in self.formats}
         return {fmt: parse_recipe(self.quantize, fmt) for fmt in self.formats}

@@ -336,15 +336,17 @@ def test_external_data_bundle(tiny_dirs, tmp_path, eager):
 def test_cli_export_onnx_then_generate(tiny_dirs, tmp_path, eager):
     exe = str(Path(sys.executable).with_name("mtp-edge"))
     out = tmp_path / "bundle"
-    # No --quantize: the default recipe, recorded in the manifest (for ONNX: none, so the tokens are the fp32 pair's).
+    # No --quantize: the default recipe, recorded in the manifest (for ONNX and a pair this small: none, so the
+    # tokens are the fp32 pair's).
     done = subprocess.run([exe, "export", "--model", str(tiny_dirs[0]), "--drafter", str(tiny_dirs[1]), "--format", "onnx",
                            "--out", str(out), "--k", "2", "--max-seq-len", "32", "--prefill-chunk", "8"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "onnx_target" in done.stdout and "[export" in done.stderr  # progress on stderr
-    from mtp_edge.quantize.recipes import parse_recipe
+    from mtp_edge.quantize.recipes import decode_step_parameters, parse_recipe
 
-    assert read_manifest(out).quantization.recipe == parse_recipe(None, "onnx").text() == parse_recipe("none", "onnx").text()
+    default = parse_recipe(None, "onnx", decode_step_parameters(tiny_dirs[0])).text()
+    assert read_manifest(out).quantization.recipe == default == parse_recipe("none", "onnx").text()
     prompt = _rand(21, 5).tolist()
     done = subprocess.run([exe, "generate", "--bundle", str(out), "--backend", "onnx", "--threads", "1", "--json",
                            "--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens", "12", "--k", "2"],

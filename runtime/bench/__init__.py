@@ -102,10 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, help="shrink the vocabulary (memory-scaling points); default the real 262144")
     export_args(p)
 
-    p = add("e2b-full", _e2b_full, "the whole E2B pair, random weights: save, export (default recipe: time, peak RSS, "
-            "sizes), time the methods")
+    p = add("e2b-full", _e2b_full, "the whole E2B (or --preset e4b) pair, random weights: save, export (default recipe: "
+            "time, peak RSS, sizes), time the methods")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--preset", default="e2b", choices=("e2b", "e4b"), help="the geometry (default e2b)")
     export_args(p, quantize="default")
 
     p = add("export-measured", _export_measured, "write_bundle in a fresh process: wall time, peak RSS, per-stage RSS")
@@ -219,7 +220,8 @@ def _e2b_scaling(args) -> dict:
 def _e2b_full(args) -> dict:
     from .e2b import bench_e2b_slice
 
-    return bench_e2b_slice(args.out_dir, layers=None, repeats=args.repeats, eager=False, **_export_settings(args))
+    return bench_e2b_slice(args.out_dir, layers=None, repeats=args.repeats, eager=False, preset_name=args.preset,
+                           **_export_settings(args))
 
 
 def _export_measured(args) -> dict:

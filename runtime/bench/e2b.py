@@ -110,12 +110,14 @@ def fp32_weight_bytes(target_cfg, drafter_cfg) -> int:
 
 def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: int = 4, prefill_chunk: int = 32,
                     backend: str = "xnnpack", repeats: int = 20, eager: bool = True, keep: bool = True,
-                    vocab_size: int | None = None, quantize: str | None = "none", formats: str = "pte") -> dict:
+                    vocab_size: int | None = None, quantize: str | None = "none", formats: str = "pte",
+                    preset_name: str = "e2b") -> dict:
     """Build an E2B-width slice with random weights (see e2b_slice_configs), save it as HF folders
     (bf16) under out_dir, export it to a bundle in a fresh process (wall time, peak RSS) and time its
     methods in another one (latencies, runtime peak RSS); optionally the eager latencies too.
 
     quantize: a recipe, "none" (fp32), or "default" / None (each format's default recipe).
+    preset_name: the geometry, "e2b" or "e4b".
     formats: "pte" (backend: its ExecuTorch kernels) or "onnx"; an ONNX bundle is also checked for
     speculative == plain on a few random prompts.
     keep=False removes the bundle and checkpoints at the end (they are GBs).
@@ -129,7 +131,7 @@ def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target_dir, drafter_dir, bundle_dir = out_dir / "target", out_dir / "drafter", out_dir / "bundle"
-    target_cfg, drafter_cfg = e2b_slice_configs(layers, vocab_size=vocab_size)
+    target_cfg, drafter_cfg = e2b_slice_configs(layers, preset_name, vocab_size=vocab_size)
     report = {
         "slice": {"layers": target_cfg.num_layers, "layer_types": list(target_cfg.layer_types), "kv_shared_layers": target_cfg.num_kv_shared_layers,
                   "store_layers": target_cfg.store_layers, "hidden_size": target_cfg.hidden_size, "vocab_size": target_cfg.vocab_size,
@@ -141,7 +143,7 @@ def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: 
 
     def say(msg: str) -> None:
         vocab = "" if vocab_size is None else f" vocab {vocab_size}"
-        print(f"[e2b-slice {target_cfg.num_layers}L{vocab}] {msg}", file=sys.stderr, flush=True)
+        print(f"[{preset_name}-slice {target_cfg.num_layers}L{vocab}] {msg}", file=sys.stderr, flush=True)
 
     say(f"building random bf16 pair: layers {list(target_cfg.layer_types)}, {target_cfg.num_kv_shared_layers} KV-shared")
     started = time.perf_counter()
