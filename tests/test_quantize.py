@@ -1,6 +1,6 @@
 """Quantized bundles: every recipe, both formats, lossless speculative decoding on the quantized pair.
 
-The ONNX graphs (onnxruntime's quantization tools) are checked on the random tiny pair, one bundle
+The ONNX graphs (onnxruntime's MatMulNBits and GatherBlockQuantized, quantize/nbits.py) are checked on the random tiny pair, one bundle
 per recipe. The .pte (torchao + XNNPACK) is checked on the shipped pair's demo program (the default
 recipe, 8da8w+emb8), which the suite exports anyway: a quantized XNNPACK export costs minutes even for
 the tiny pair (188 s for 8da4w+emb4 here, idle), so the 8da4w+emb4 program is left to `mtp-edge bench
@@ -255,7 +255,7 @@ def test_eager_quantized_modules_track_the_fp32_pair():
 # The issue's targets: at least 4x smaller than fp32, top-1 agreement >= 95%, tokens per target
 # call within 5% of the unquantized pair. The shipped target is quantization-aware trained for this
 # recipe (quantize/qat.py): its weights lie on torchao's grid, which both formats store exactly
-# (the ONNX graphs too: quantize/graphs.py writes torchao's integers), so what is left is the .pte's
+# (the ONNX graphs too: quantize/nbits.py holds torchao's integers), so what is left is the .pte's
 # int8 activations (98.6% measured) and, in ONNX, fp32 arithmetic order (99.5% measured).
 MIN_TOP1_AGREEMENT = 0.95
 
