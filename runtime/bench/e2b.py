@@ -269,4 +269,6 @@ def bench_e2b_scaling(out_dir, layer_counts=(2, 4), **slice_kwargs) -> dict:
     for i, n in enumerate(layer_counts):
         keep = keep_last and i == len(layer_counts) - 1
         reports.append(bench_e2b_slice(out_dir / f"e2b-slice-{n}L", layers=n, keep=keep, **slice_kwargs))
-    return {"slices": reports, "extrapolated": extrapolate_e2b(reports)}
+    # The extrapolation fits the .pte's figures; an ONNX scaling run reports its slices only.
+    pte = slice_kwargs.get("formats", "pte") == "pte"
+    return {"slices": reports, "extrapolated": extrapolate_e2b(reports) if pte else None}
