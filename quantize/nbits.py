@@ -44,6 +44,12 @@ def block_of(scheme: str, group: int) -> int:
     return group if bits_of(scheme) == 4 else BLOCK_8BIT
 
 
+def packing(scheme: str, group: int) -> tuple[int, int]:
+    """(bits, block): two schemes with the same packing store the same integers for the same rows
+    (grid_integers depends on nothing else), so a tied head and its embedding table can share them."""
+    return bits_of(scheme), block_of(scheme, group)
+
+
 def fits(scheme: str, group: int, columns: int) -> str | None:
     """Why a [rows, columns] weight cannot take `scheme` here (None: it can)."""
     block = block_of(scheme, group)

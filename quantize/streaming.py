@@ -17,7 +17,7 @@ from torch import nn
 from mtp_edge.models import Gemma4Drafter, Gemma4Target, load_drafter, load_target
 
 from .modules import config_for, plan_model, say_quantized, untie_lm_head
-from .nbits import block_quantized, fits, pack_rows
+from .nbits import block_quantized, fits, pack_rows, packing
 from .recipes import PairRecipe, Scheme
 
 FORMS = ("torchao", "onnx")
@@ -83,8 +83,12 @@ class StreamingQuantizer:
     def take(self, key: str, rows: int, chunks: Iterable[torch.Tensor]) -> None:
         """Quantize the `rows`-row tensor `key` from its row chunks; install it on every module that owns it."""
         fqns = self.owners.pop(key)
+        # Where the form allows it, modules that hold the same integers share one buffer: a tied
+        # head packed like its embedding table (emb4 and 8da4w on one grid) costs no second copy.
+        store = {fqn: packing(*self.plan[fqn][1:]) if self.form == "onnx" else fqn for fqn in fqns}
+        writers = list({store[fqn]: fqn for fqn in fqns}.values())  # one module per buffer fills it
         first: dict[str, torch.Tensor] = {}  # fqn -> the first chunk's quantized tensor (its type and attributes)
-        data: dict[str, list[torch.Tensor]] = {}  # fqn -> the whole tensor's qdata, scale, zero_point
+        data: dict = {}  # store key -> the whole tensor's parts (qdata, scale, zero_point; or data, scales)
         sharers = self.fp32_sharers.pop(key, [])
         fp32 = None
         start = 0
@@ -92,23 +96,23 @@ class StreamingQuantizer:
             if sharers:
                 fp32 = torch.empty((rows, *chunk.shape[1:]), dtype=chunk.dtype) if fp32 is None else fp32
                 fp32[start:start + chunk.shape[0]].copy_(chunk)
-            for fqn in fqns:
+            for fqn in writers:
                 if self.form == "onnx":
                     parts = pack_rows(chunk, *self.plan[fqn][1:])
                 else:
                     q = _quantize_rows(chunk, *self.plan[fqn])
                     parts = [getattr(q, n) for n in q.tensor_data_names]
                     first.setdefault(fqn, q)
-                if fqn not in data:
-                    data[fqn] = [torch.empty((rows, *p.shape[1:]), dtype=p.dtype) for p in parts]
-                for dest, part in zip(data[fqn], parts):
+                if store[fqn] not in data:
+                    data[store[fqn]] = [torch.empty((rows, *p.shape[1:]), dtype=p.dtype) for p in parts]
+                for dest, part in zip(data[store[fqn]], parts):
                     dest[start:start + chunk.shape[0]].copy_(part)
             start += chunk.shape[0]
         for fqn in fqns:
             if self.form == "onnx":
                 kind, scheme, group = self.plan[fqn]
                 parent, _, child = fqn.rpartition(".")
-                setattr(self.model.get_submodule(parent), child, block_quantized(kind, *data[fqn], scheme, group))
+                setattr(self.model.get_submodule(parent), child, block_quantized(kind, *data[store[fqn]], scheme, group))
                 continue
             q = first[fqn]
             weight = type(q)(*data[fqn], *(getattr(q, a) for a in q.tensor_attribute_names))

@@ -73,3 +73,20 @@ def test_what_the_operators_cannot_hold_is_named():
     assert fits("8da4w", 32, 48) == "48 columns are not a multiple of the block of 32"
     assert "power-of-two block of at least 16" in fits("emb4", 8, 64)
     assert fits("emb8", 0, 40) == "40 columns are not a multiple of the block of 32"
+
+
+@pytest.mark.parametrize("recipe,shared", [("target=8da4w+emb4", True), ("target=8da8w+emb4", False)])
+def test_a_tied_head_packed_like_its_table_shares_its_buffers(tiny_dirs, recipe, shared):
+    """Quantized while loading for ONNX, a tied head on the table's grid (8da4w and emb4, both 4-bit in
+    blocks of 32) holds the table's own bytes: the full E2B table is 250 MB at 4 bits, once, not twice."""
+    from mtp_edge.quantize.recipes import parse_recipe
+    from mtp_edge.quantize.streaming import load_quantized_pair
+
+    target, _, _ = load_quantized_pair(*tiny_dirs, 20, parse_recipe(recipe, "onnx"), progress=False, form="onnx")
+    head, table = target.lm_head, target.embed_tokens
+    same = [h.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for h, t in
+            ((head.data, table.data), (head.scales, table.scales))]
+    assert same == [shared, shared]
+    # Shared or not, the head's rows are the table's rows wherever the grids agree.
+    ids = torch.arange(8)
+    assert torch.equal(head.rows_of(ids), table(ids)) == shared
