@@ -98,28 +98,39 @@ def untie_lm_head(target: Gemma4Target) -> None:
         target.lm_head = head
 
 
-def plan_model(model: nn.Module, scheme: Scheme) -> tuple[dict[str, tuple[str, str, int]], dict]:
+def torchao_shape_rule(kind: str, scheme: str, group: int, columns: int) -> str | None:
+    """Why torchao's grouped schemes cannot take a weight of `columns` columns (None: they can)."""
+    if scheme in ("8da4w", "int4", "emb4") and columns % group:
+        what = "embedding dim" if kind == "embedding" else "in_features"
+        return f"{what} {columns} is not a multiple of group size {group}"
+    return None
+
+
+def plan_model(model: nn.Module, scheme: Scheme, shape_rule=torchao_shape_rule) -> tuple[dict[str, tuple[str, str, int]], dict]:
     """What `scheme` quantizes in `model`: {module fqn: ("embedding" | "linear", scheme, group)} and the
-    report the manifest records (what was quantized, and what was kept fp32 because of its shape)."""
+    report the manifest records (what was quantized, and what was kept fp32 because of its shape).
+
+    shape_rule(kind, scheme, group, columns) -> why a weight cannot take the scheme, or None: the
+    format's own rule (torchao's by default; quantize.nbits.shape_rule for onnxruntime's operators)."""
     plan: dict[str, tuple[str, str, int]] = {}
     report = {"embeddings": [], "linears": {}, "skipped": {}}
     for fqn, module in model.named_modules():
         if isinstance(module, nn.Embedding) and scheme.embedding != "none":
-            group = scheme.embedding_group_size
-            if scheme.embedding == "emb4" and module.embedding_dim % group:
-                report["skipped"][fqn] = f"embedding dim {module.embedding_dim} is not a multiple of group size {group}"
-                continue
-            plan[fqn] = ("embedding", scheme.embedding, group)
+            how = ("embedding", scheme.embedding, scheme.embedding_group_size)
+        elif isinstance(module, nn.Linear) and scheme.linear_for(fqn)[0] != "none":
+            how = ("linear", *scheme.linear_for(fqn))
+        else:
+            continue
+        why = shape_rule(*how, module.weight.shape[1])
+        if why is not None:
+            report["skipped"][fqn] = why
+            continue
+        plan[fqn] = how
+        kind, name, group = how
+        if kind == "embedding":
             report["embeddings"].append(fqn)
-        elif isinstance(module, nn.Linear):
-            linear, group = scheme.linear_for(fqn)
-            if linear == "none":
-                continue
-            if linear in ("8da4w", "int4") and module.in_features % group:
-                report["skipped"][fqn] = f"in_features {module.in_features} is not a multiple of group size {group}"
-                continue
-            plan[fqn] = ("linear", linear, group)
-            report["linears"][fqn] = f"{linear}:{group}" if linear in ("8da4w", "int4") else linear
+        else:
+            report["linears"][fqn] = f"{name}:{group}" if name in ("8da4w", "int4") else name
     return plan, report
 
 

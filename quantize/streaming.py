@@ -16,8 +16,8 @@ from torch import nn
 
 from mtp_edge.models import Gemma4Drafter, Gemma4Target, load_drafter, load_target
 
-from .modules import config_for, plan_model, say_quantized, untie_lm_head
-from .nbits import block_quantized, fits, pack_rows, packing
+from .modules import config_for, plan_model, say_quantized, torchao_shape_rule, untie_lm_head
+from .nbits import block_quantized, pack_rows, packing, shape_rule
 from .recipes import PairRecipe, Scheme
 
 FORMS = ("torchao", "onnx")
@@ -49,9 +49,7 @@ class StreamingQuantizer:
         self.model, self.name, self.progress, self.form = model, name, progress, form
         if isinstance(model, Gemma4Target):
             untie_lm_head(model)
-        self.plan, self.report = plan_model(model, scheme)
-        if form == "onnx":
-            self._drop_what_onnx_cannot_hold()
+        self.plan, self.report = plan_model(model, scheme, shape_rule if form == "onnx" else torchao_shape_rule)
         params = {id(p): key for key, p in model.named_parameters()}  # tied weights appear once, under the first name
         self.owners: dict[str, list[str]] = {}
         for fqn in self.plan:
@@ -64,18 +62,6 @@ class StreamingQuantizer:
             weight = getattr(module, "weight", None)
             if fqn not in self.plan and isinstance(weight, nn.Parameter) and params.get(id(weight)) in self.owners:
                 self.fp32_sharers.setdefault(params[id(weight)], []).append(fqn)
-
-    def _drop_what_onnx_cannot_hold(self) -> None:
-        """Keep fp32 (and say why in the report) what onnxruntime's block operators cannot take."""
-        for fqn, (kind, scheme, group) in list(self.plan.items()):
-            why = fits(scheme, group, self.model.get_submodule(fqn).weight.shape[1])
-            if why is not None:
-                del self.plan[fqn]
-                if kind == "embedding":
-                    self.report["embeddings"].remove(fqn)
-                else:
-                    del self.report["linears"][fqn]
-                self.report["skipped"][fqn] = why
 
     def claims(self, key: str) -> bool:
         return key in self.owners

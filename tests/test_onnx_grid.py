@@ -90,3 +90,21 @@ def test_a_tied_head_packed_like_its_table_shares_its_buffers(tiny_dirs, recipe,
     # Shared or not, the head's rows are the table's rows wherever the grids agree.
     ids = torch.arange(8)
     assert torch.equal(head.rows_of(ids), table(ids)) == shared
+
+
+def test_each_format_keeps_fp32_what_its_operators_cannot_hold():
+    """plan_model takes the format's shape rule: 8-bit rows go to onnxruntime in blocks of 32 columns,
+    which torchao's per-row int8 does not need, so a 40-wide emb8 table is quantized for the .pte only."""
+    from mtp_edge.quantize.modules import plan_model
+    from mtp_edge.quantize.nbits import shape_rule
+    from mtp_edge.quantize.recipes import parse_recipe
+
+    model = nn.ModuleDict({"narrow": nn.Linear(48, 8), "wide": nn.Linear(64, 8), "table": nn.Embedding(10, 40)})
+    scheme = parse_recipe("target=8da4w+emb8").target
+    pte_plan, pte_report = plan_model(model, scheme)
+    onnx_plan, onnx_report = plan_model(model, scheme, shape_rule)
+    assert sorted(pte_plan) == ["table", "wide"] and sorted(onnx_plan) == ["wide"]
+    assert pte_report["skipped"] == {"narrow": "in_features 48 is not a multiple of group size 32"}
+    assert onnx_report["skipped"] == {"narrow": "48 columns are not a multiple of the block of 32",
+                                      "table": "40 columns are not a multiple of the block of 32"}
+    assert onnx_report["embeddings"] == [] and list(onnx_report["linears"]) == ["wide"]
