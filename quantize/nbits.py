@@ -50,19 +50,15 @@ def packing(scheme: str, group: int) -> tuple[int, int]:
     return bits_of(scheme), block_of(scheme, group)
 
 
-def fits(scheme: str, group: int, columns: int) -> str | None:
-    """Why a [rows, columns] weight cannot take `scheme` in onnxruntime's operators (None: it can)."""
+def shape_rule(kind: str, scheme: str, group: int, columns: int) -> str | None:
+    """Why a [rows, columns] weight cannot take `scheme` in onnxruntime's operators (None: it can):
+    quantize.modules.plan_model's shape rule for the ONNX path."""
     block = block_of(scheme, group)
     if columns % block:
         return f"{columns} columns are not a multiple of the block of {block}"
     if block < 16 or block & (block - 1):
         return f"onnxruntime's block-quantized operators take a power-of-two block of at least 16, not {block}"
     return None
-
-
-def shape_rule(kind: str, scheme: str, group: int, columns: int) -> str | None:
-    """quantize.modules.plan_model's shape rule for the ONNX path."""
-    return fits(scheme, group, columns)
 
 
 # Rows are quantized this many bytes of them at a time: grid_integers' temporaries (several fp32

@@ -13,7 +13,7 @@ from torch import nn
 
 from mtp_edge.export.onnx_contrib import contrib_translations
 from mtp_edge.quantize.modules import grid_integers, grid_weight
-from mtp_edge.quantize.nbits import block_quantized, fits, pack_rows
+from mtp_edge.quantize.nbits import block_quantized, pack_rows, shape_rule
 
 K, N, ROWS = 64, 48, 40
 
@@ -69,10 +69,10 @@ def test_onnxruntime_reads_torchaos_integers(linear, embedding, group, on_grid, 
 
 
 def test_what_the_operators_cannot_hold_is_named():
-    assert fits("8da4w", 32, 64) is None and fits("8da8w", 0, 96) is None
-    assert fits("8da4w", 32, 48) == "48 columns are not a multiple of the block of 32"
-    assert "power-of-two block of at least 16" in fits("emb4", 8, 64)
-    assert fits("emb8", 0, 40) == "40 columns are not a multiple of the block of 32"
+    assert shape_rule("linear", "8da4w", 32, 64) is None and shape_rule("linear", "8da8w", 0, 96) is None
+    assert shape_rule("linear", "8da4w", 32, 48) == "48 columns are not a multiple of the block of 32"
+    assert "power-of-two block of at least 16" in shape_rule("embedding", "emb4", 8, 64)
+    assert shape_rule("embedding", "emb8", 0, 40) == "40 columns are not a multiple of the block of 32"
 
 
 @pytest.mark.parametrize("recipe,shared", [("target=8da4w+emb4", True), ("target=8da8w+emb4", False)])
@@ -96,7 +96,6 @@ def test_each_format_keeps_fp32_what_its_operators_cannot_hold():
     """plan_model takes the format's shape rule: 8-bit rows go to onnxruntime in blocks of 32 columns,
     which torchao's per-row int8 does not need, so a 40-wide emb8 table is quantized for the .pte only."""
     from mtp_edge.quantize.modules import plan_model
-    from mtp_edge.quantize.nbits import shape_rule
     from mtp_edge.quantize.recipes import parse_recipe
 
     model = nn.ModuleDict({"narrow": nn.Linear(48, 8), "wide": nn.Linear(64, 8), "table": nn.Embedding(10, 40)})
