@@ -1,14 +1,14 @@
 """The bundle contract: manifest.json as frozen dataclasses, read and checked in one place.
 
-    BundleManifest                  the whole manifest (schema_version 3)
+    BundleManifest                  the whole manifest (schema_version 4)
       .target_config                models.config.DecoderConfig of the target
       .drafter_config               models.config.DrafterConfig of the drafter
       .formats                      ("pte",), ("onnx",) or ("pte", "onnx"): what the bundle holds
       .onnx[role]                   OnnxGraph of "target" / "drafter" (ONNX bundles): file, inputs,
                                     outputs, opset, cache_inputs (graph input -> cache buffer),
                                     new_rows_outputs (target: output -> cache buffer)
-      .methods[name]                MethodSignature of the .pte's prefill / verify / draft (verify's
-                                    `lengths`: the token counts it takes, 1..K+1)
+      .methods[name]                MethodSignature of the .pte's verify / draft / draft_chain_n
+                                    (verify's `lengths`: the token counts it takes, 1..max(C, K+1))
       .backend                      the .pte's ExecuTorch kernels (xnnpack / portable)
       .cache                        CacheLayout: buffers (TensorInfo), max_seq_len, buffer_length,
                                     bytes, store_layers
@@ -44,10 +44,13 @@ from mtp_edge.models.errors import MtpEdgeError
 # 2: the .pte's verify takes any token count 1..K+1 (methods.verify.lengths; no decode method) where
 # schema 1 had a verify of exactly K + 1 tokens and a decode.
 # 3: the .pte carries its runtime metadata as constant methods (PROGRAM_METADATA).
+# 4: no prefill method: verify(tokens, start_pos, logits_at) takes a prompt chunk too
+# (methods.verify.lengths 1..max(prefill_chunk, K+1)).
 # Older bundles are refused (re-export them).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OLDER_SCHEMAS = {1: "schema 1 bundles verify at one padded length",
-                 2: "schema 2 programs carry no runtime metadata (get_k, get_max_seq_len, ...)"}
+                 2: "schema 2 programs carry no runtime metadata (get_k, get_max_seq_len, ...)",
+                 3: "schema 3 programs prefill through a separate method"}
 
 # Runtime metadata in the program itself, as ExecuTorch's and optimum-executorch's LLM exports put it:
 # constant methods (no inputs; an int, or a list of ints as that many outputs) a runner reads with
@@ -349,7 +352,7 @@ def drafter_config_from_json(d: Mapping):
 
 @dataclass(frozen=True)
 class BundleManifest:
-    """manifest.json of a bundle (schema_version 3), as write_bundle writes it.
+    """manifest.json of a bundle (schema_version 4), as write_bundle writes it.
 
     methods / backend are empty / None in a bundle without a .pte, onnx empty without ONNX graphs;
     source is None when the manifest does not record it.

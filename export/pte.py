@@ -1,17 +1,22 @@
 """ExecuTorch export of a target + drafter pair into ONE .pte whose methods share the KV cache.
 
-Methods (static shapes but for verify's token count):
-  prefill(tokens [1, C] i64, start_pos [1] i64, logits_at [1] i64) -> (logits [V], hidden [H])
-      One chunk of C = prefill_chunk prompt tokens at positions start_pos..start_pos+C-1; logits
-      and final hidden state only at chunk index logits_at. A prompt goes in chunk by chunk, the
-      last chunk padded.
-  verify(tokens [1, n] i64, start_pos [1] i64) -> (logits [n, V], hidden [n, H]), n = 1..K+1
-      Every target pass after the prompt: a speculative round's last token and its n - 1 drafts,
-      or one token (plain decoding, a round that drafted nothing). The token count is dynamic
-      (torch.export Dim.DYNAMIC, 1..K+1), so a shortened round (the adaptive draft length, an early
-      stop, the end of the budget or the cache) pays for its own tokens only, and nothing is
-      padded. The manifest gives its largest shapes ([1, K+1], [K+1, V], [K+1, H]) and
-      `lengths` [1, K+1], the token counts it takes.
+Methods (static shapes but for verify's token and row counts):
+  verify(tokens [1, n] i64, start_pos [1] i64, logits_at [m] i64) -> (logits [m, V], hidden [m, H])
+      The target's pass over n tokens at positions start_pos..start_pos+n-1, with logits and final
+      hidden states only at the token indices logits_at. Both counts are dynamic (torch.export
+      Dim.DYNAMIC): n = 1..max(C, K+1), m = 1..max(K+1, 3) (C = prefill_chunk). It serves both target calls:
+      - a prompt chunk of up to C tokens, logits_at = [n - 1] (no padding: the last chunk is as long as
+        what is left of the prompt);
+      - a speculative round's last token and its n - 1 drafts, or one token (plain decoding, a round
+        that drafted nothing), logits_at = 0..n-1: a shortened round (the adaptive draft length, an
+        early stop, the end of the budget or the cache) pays for its own tokens only.
+      The manifest gives its largest shapes and `lengths` [1, max(C, K+1)], the token counts it takes.
+      One method rather than a prefill beside the verify (schema 3): lowering a target graph is most of
+      an export's time and this removes one (shipped pair, default recipe, lowering of the methods alone,
+      one run on a busy machine: prefill 65 s + verify 125 s against 138 s for the one method), at the
+      same latency (same run, median of 150 interleaved calls, the old program / this one: a 32-token
+      chunk 9.45 / 9.52 ms, verify of 1..5 tokens 1.54 1.97 2.09 2.33 3.06 / 1.49 1.90 2.09 2.29 3.02
+      ms; the same logits and hidden states bit for bit).
   draft(token [1] i64, hidden [H], position [1] i64, validated_length [1] i64)
       -> (candidate_ids [C] i64, candidate_logits [C], hidden [H], argmax_id [1] i64)
       One drafter step: the target's scaled embedding of `token`, its store-layer K/V masked to
@@ -68,10 +73,11 @@ median of 200 calls; before -> after): prefill chunk 51.7 -> 13.6 ms, verify(5) 
 token 4.3 -> 1.7 ms, draft step 0.67 -> 0.44 ms; verify's delegates 148 -> 17 (fp32, counted before
 the RoPE stand-in).
 
-Padded writes (the last prefill chunk; a verify padded to K + 1 tokens, as schema-1 runtimes did)
-land past the usable length, so the cache buffers carry `cache_slack(k, prefill_chunk)` extra
-positions: the usable max_seq_len (what a runtime may fill) is the buffer length minus that slack,
-and no write ever leaves the buffer.
+Padded writes (the last prefill chunk before schema 4; a verify padded to K + 1 tokens, as schema-1
+runtimes did) land past the usable length, so the cache buffers carry `cache_slack(k, prefill_chunk)`
+extra positions: the usable max_seq_len (what a runtime may fill) is the buffer length minus that
+slack, and no write ever leaves the buffer. Today's runtimes pad nothing; the slack stays so that the
+cache layout (and every runtime's arithmetic on it) is unchanged.
 
 What the export needs from executorch 1.5.1 beyond its public API (patches that keep the export's
 memory down, the tanh-GELU partitioner, reading a .pte back) is in export/executorch_compat.py and
@@ -142,29 +148,23 @@ class _TargetView(nn.Module):
         self.register_buffer("embed_scale", target.embed_scale, persistent=False)
 
 
-class PrefillMethod(nn.Module):
+class VerifyMethod(nn.Module):
     def __init__(self, target: Gemma4Target):
         super().__init__()
         self.target = target
 
     def forward(self, tokens: torch.Tensor, start_pos: torch.Tensor, logits_at: torch.Tensor):
         logits, hidden = self.target(tokens, start_pos, logits_at=logits_at)
-        return logits.reshape(-1), hidden.index_select(1, logits_at).reshape(-1)
+        return logits[0], hidden.index_select(1, logits_at)[0]
 
 
-class VerifyMethod(nn.Module):
+class DecodeMethod(nn.Module):
+    """One token, flat outputs: not a method of the program any more (verify takes one token too);
+    `bench head` times it eagerly."""
+
     def __init__(self, target: Gemma4Target):
         super().__init__()
         self.target = target
-
-    def forward(self, tokens: torch.Tensor, start_pos: torch.Tensor):
-        logits, hidden = self.target(tokens, start_pos)
-        return logits[0], hidden[0]
-
-
-class DecodeMethod(VerifyMethod):
-    """One token, flat outputs: not a method of the program any more (verify takes one token too);
-    `bench head` times it eagerly."""
 
     def forward(self, tokens: torch.Tensor, start_pos: torch.Tensor):
         logits, hidden = self.target(tokens, start_pos)
@@ -249,8 +249,7 @@ def delegable_ops(*models: nn.Module, batched_matmuls: bool = True):
 
 # Input/output names per method, in call order (the manifest and the runtime read these).
 METHOD_IO = {
-    "prefill": (("tokens", "start_pos", "logits_at"), ("logits", "hidden")),
-    "verify": (("tokens", "start_pos"), ("logits", "hidden")),
+    "verify": (("tokens", "start_pos", "logits_at"), ("logits", "hidden")),
     "draft": (("token", "hidden", "position", "validated_length"), ("candidate_ids", "candidate_logits", "hidden", "argmax_id")),
 }
 DRAFT_CHAIN_IO = (("token", "hidden", "position", "validated_length"), ("draft_ids", "top_probs"))
@@ -272,41 +271,51 @@ def method_io(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def method_modules(target: Gemma4Target, drafter: Gemma4Drafter, k: int, prefill_chunk: int,
                    draft_chains: tuple[int, ...] | None = None) -> dict[str, tuple[nn.Module, tuple]]:
-    """Method name -> (module, example inputs); dynamic_shapes(k) gives the dynamic dims.
+    """Method name -> (module, example inputs); dynamic_shapes(k, prefill_chunk) gives the dynamic dims.
     draft_chains: the draft_chain_n lengths (default every length 2..k)."""
     i64 = dict(dtype=torch.long)
     hidden = torch.zeros(target.cfg.hidden_size, dtype=target.embed_tokens.weight.dtype)
     draft_inputs = (torch.zeros(1, **i64), hidden, torch.zeros(1, **i64), torch.ones(1, **i64))
+    tokens, rows = dynamic_lengths(k, prefill_chunk)["verify"][1], logits_rows(k)[1]
     return {
-        "prefill": (PrefillMethod(target), (torch.zeros(1, prefill_chunk, **i64), torch.zeros(1, **i64), torch.zeros(1, **i64))),
-        "verify": (VerifyMethod(target), (torch.zeros(1, k + 1, **i64), torch.zeros(1, **i64))),
+        "verify": (VerifyMethod(target), (torch.zeros(1, tokens, **i64), torch.zeros(1, **i64), torch.arange(rows))),
         "draft": (DraftMethod(target, drafter), draft_inputs),
         **{draft_chain_name(n): (DraftChainMethod(target, drafter, n), draft_inputs)
            for n in (draft_chain_lengths(k) if draft_chains is None else draft_chains)},
     }
 
 
-def dynamic_lengths(k: int) -> dict[str, tuple[int, int]]:
+def dynamic_lengths(k: int, prefill_chunk: int) -> dict[str, tuple[int, int]]:
     """Method name -> (lowest, highest) token count of a method whose token count is dynamic.
 
-    At K = 1 verify takes 1..3 tokens, not 1..2: torch.export assumes a dynamic size is >= 2 (see
-    dynamic_shapes), which leaves 2..2, a static size it refuses as a dynamic hint (found by
-    `mtp-edge fuzz`'s exported pairs). The runtimes never verify more than K + 1 tokens."""
-    return {"verify": (1, max(k + 1, 3))}
+    Verify takes a prompt chunk or a round: 1..max(prefill_chunk, K + 1) tokens, and at least 1..3:
+    torch.export assumes a dynamic size is >= 2 (see dynamic_shapes), which would leave 2..2 at
+    K = 1, C <= 2, a static size it refuses as a dynamic hint (found by `mtp-edge fuzz`'s exported
+    pairs). The runtimes never verify more than K + 1 tokens of a round."""
+    return {"verify": (1, max(prefill_chunk, k + 1, 3))}
 
 
-def dynamic_shapes(k: int) -> dict[str, tuple]:
-    """Method name -> torch.export dynamic_shapes (the tokens' dim 1 runs over dynamic_lengths(k)).
+def logits_rows(k: int) -> tuple[int, int]:
+    """(lowest, highest) length of verify's logits_at: one row for a prompt chunk, up to K + 1 for a
+    round (at least 1..3, as dynamic_lengths)."""
+    return 1, max(k + 1, 3)
+
+
+def dynamic_shapes(k: int, prefill_chunk: int) -> dict[str, tuple]:
+    """Method name -> torch.export dynamic_shapes (verify's tokens run over dynamic_lengths, its
+    logits_at over logits_rows).
 
     Dim.DYNAMIC, not a named Dim: the named one fails on a guard torch cannot prove (module doc).
-    torch.export still assumes the size is >= 2 (its range_constraints say 2..K+1: 0/1
+    torch.export still assumes each size is >= 2 (its range_constraints say 2..: 0/1
     specialization); the one decision it takes on that assumption (found by exporting under
     torch.fx.experimental._config.backed_size_oblivious, which turns it into a guard n != 1) is that
     attend_grouped's reshape of q copies rather than views, which gives the same values. One token
     through verify is checked against eager PyTorch (tests/test_verify_lengths.py) and matched the
     old static decode method bit for bit (shipped pair, XNNPACK 8da8w).
     """
-    return {name: ({1: torch.export.Dim.DYNAMIC(min=low, max=high)}, None) for name, (low, high) in dynamic_lengths(k).items()}
+    dynamic = torch.export.Dim.DYNAMIC
+    (low, high), (rows_low, rows_high) = dynamic_lengths(k, prefill_chunk)["verify"], logits_rows(k)
+    return {"verify": ({1: dynamic(min=low, max=high)}, None, {0: dynamic(min=rows_low, max=rows_high)})}
 
 
 # --------------------------------------------------------------------------- export
@@ -459,7 +468,7 @@ def export_pte(
 
     `metadata`: constant methods to add (manifest.program_metadata: K, context, vocabulary, ...).
 
-    `methods` keeps a subset of prefill / verify / draft / draft_chain_n (default all): a draft-only
+    `methods` keeps a subset of verify / draft / draft_chain_n (default all): a draft-only
     program is what `bench head` times. `draft_chains`: the draft_chain_n lengths (default 2..k).
 
     consume=True releases the modules' weights once the methods are traced (the modules are left
@@ -501,12 +510,12 @@ def export_pte(
 
     layout = cache_layout(target, max_seq_len)
     weight_bytes = _weight_bytes(target, drafter)
-    exported, dynamic = {}, dynamic_shapes(k)
+    exported, dynamic, lengths = {}, dynamic_shapes(k, prefill_chunk), dynamic_lengths(k, prefill_chunk)
     with torch.no_grad(), delegable_ops(target, drafter, batched_matmuls=backend == "xnnpack"):
         for name, (module, inputs) in modules.items():
             exported[name] = torch.export.export(module.eval(), inputs, dynamic_shapes=dynamic.get(name), strict=False)
             step(f"torch.export {name}")
-        signatures = {name: _signature(name, ep, dynamic_lengths(k).get(name)) for name, ep in exported.items()}
+        signatures = {name: _signature(name, ep, lengths.get(name)) for name, ep in exported.items()}
         if consume:
             del modules, module
             release_weights(target, drafter)

@@ -69,11 +69,14 @@ def test_manifest_describes_the_bundle(bundle, pte):
     manifest = read_manifest(bundle).to_json()
     assert manifest["schema_version"] == SCHEMA_VERSION
     chains = XNNPACK_CHAINS if manifest["backend"] == "xnnpack" else range(2, K + 1)
-    assert set(manifest["methods"]) == {"prefill", "verify", "draft", *(f"draft_chain_{k}" for k in chains)}
+    assert set(manifest["methods"]) == {"verify", "draft", *(f"draft_chain_{k}" for k in chains)}
     sig = manifest["methods"]
-    assert sig["prefill"]["inputs"][0] == {"name": "tokens", "shape": [1, CHUNK], "dtype": "int64"}
+    # verify takes a prompt chunk or a round: any token count up to max(CHUNK, K + 1) (the shapes give
+    # the longest), logits at up to K + 1 of them.
+    assert sig["verify"]["inputs"][0] == {"name": "tokens", "shape": [1, max(CHUNK, K + 1)], "dtype": "int64"}
+    assert sig["verify"]["inputs"][2] == {"name": "logits_at", "shape": [K + 1], "dtype": "int64"}
     assert sig["verify"]["outputs"][0] == {"name": "logits", "shape": [K + 1, 512], "dtype": "float32"}
-    assert sig["verify"]["lengths"] == [1, K + 1]  # any token count up to K + 1 (the shapes give the longest)
+    assert sig["verify"]["lengths"] == [1, max(CHUNK, K + 1)]
     assert [o["name"] for o in sig["draft"]["outputs"]] == ["candidate_ids", "candidate_logits", "hidden", "argmax_id"]
     if K in chains:
         assert sig[f"draft_chain_{K}"]["outputs"] == [{"name": "draft_ids", "shape": [K], "dtype": "int64"},
@@ -95,7 +98,7 @@ def test_manifest_describes_the_bundle(bundle, pte):
 
 
 def test_methods_match_eager(pte, eager):
-    prompt = _rand(1, 10)  # three prefill chunks, the last one padded
+    prompt = _rand(1, 10)  # three prefill chunks, the last one of 2 tokens
     for backend_out, eager_out in zip(pte.prefill(prompt), eager.prefill(prompt)):
         _close(backend_out, eager_out)
     tokens = _rand(2, K + 1)
@@ -155,7 +158,7 @@ def test_draft_reads_the_cache_verify_wrote(bundle, eager):
     program = Runtime.get().load_program(bundle / PROGRAM_FILE)
     verify, draft = program.load_method("verify"), program.load_method("draft")
     tokens = _rand(3, K + 1)
-    logits, hidden = verify.execute([tokens.view(1, -1), torch.tensor([0])])
+    logits, hidden = verify.execute([tokens.view(1, -1), torch.tensor([0]), torch.arange(K + 1)])
     ids, cand_logits, projected, best = draft.execute(
         [torch.tensor([5]), hidden[-1].contiguous(), torch.tensor([K + 1]), torch.tensor([K + 1])]
     )

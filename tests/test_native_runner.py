@@ -418,7 +418,7 @@ def test_a_program_without_runtime_metadata_is_refused(runner, bundle_copy):
     program = to_edge(torch.export.export(Old(), (torch.ones(1),))).to_executorch()
     (bundle_copy / PROGRAM_FILE).write_bytes(program.buffer)
     _relist_program(bundle_copy)
-    fix = "it was exported before bundle schema 3. Re-export the bundle with this version of mtp-edge."
+    fix = "it was exported before bundle schema 3 (which added it). Re-export the bundle with this version of mtp-edge."
     assert "the program has no runtime metadata (constant method(s) get_schema_version, get_k," in _error(_run(runner, bundle_copy))
     assert fix in _error(_run(runner, bundle_copy))
     with pytest.raises(BundleError, match="the program has no runtime metadata") as e:

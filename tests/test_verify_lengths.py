@@ -39,14 +39,22 @@ def bundle(tiny_dirs, shared_export):
 
 
 class Recording(PteBackend):
-    """PteBackend that records each method call: (name, the shape of its first input)."""
+    """PteBackend that records each method call of a round: (name, the shape of its first input).
+    Prompt chunks, which run verify too, are recorded apart, in `chunks`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.calls = []
+        self.calls, self.chunks, self._prefilling = [], [], False
+
+    def prefill(self, tokens):
+        self._prefilling = True
+        try:
+            return super().prefill(tokens)
+        finally:
+            self._prefilling = False
 
     def _run(self, name, *inputs):
-        self.calls.append((name, tuple(inputs[0].shape)))
+        (self.chunks if self._prefilling else self.calls).append((name, tuple(inputs[0].shape)))
         return super()._run(name, *inputs)
 
 
@@ -67,14 +75,25 @@ def _rand(seed: int, n: int) -> torch.Tensor:
 def test_one_verify_method_takes_every_length(bundle):
     manifest = read_manifest(bundle)
     # No decode: verify takes one token too. draft_chain_k: k greedy draft steps in one call.
-    assert set(manifest.methods) == {"prefill", "verify", "draft", *(f"draft_chain_{k}" for k in range(2, K + 1))}
+    # No prefill either: a prompt chunk is a verify with logits at its last token.
+    assert set(manifest.methods) == {"verify", "draft", *(f"draft_chain_{k}" for k in range(2, K + 1))}
     assert set(inspect_program(bundle / PROGRAM_FILE)) == set(manifest.methods)
     verify = manifest.methods["verify"]
-    assert verify.lengths == (1, K + 1)  # the shapes give the longest
-    assert verify.input("tokens").shape == (1, K + 1) and verify.input("start_pos").shape == (1,)
-    assert verify.output("logits").shape == (K + 1, 512) and verify.output("hidden").shape[0] == K + 1
-    assert manifest.methods["prefill"].lengths is None and manifest.methods["draft"].lengths is None
-    assert read_manifest(bundle).to_json()["methods"]["verify"]["lengths"] == [1, K + 1]
+    longest = max(K + 1, CHUNK)
+    assert verify.lengths == (1, longest)  # the shapes give the longest
+    assert verify.input("tokens").shape == (1, longest) and verify.input("start_pos").shape == (1,)
+    assert verify.input("logits_at").shape == (K + 1,)  # one row for a chunk, up to K + 1 for a round
+    assert verify.output("logits").shape == (K + 1, 512) and verify.output("hidden").shape == (K + 1, manifest.hidden_size)
+    assert manifest.methods["draft"].lengths is None
+    assert read_manifest(bundle).to_json()["methods"]["verify"]["lengths"] == [1, longest]
+
+
+def test_a_prompt_goes_through_verify_in_unpadded_chunks(pte, eager):
+    prompt = _rand(7, 2 * CHUNK + 1)
+    pte.chunks.clear()
+    for got, want in zip(pte.prefill(prompt), eager.prefill(prompt)):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
+    assert pte.chunks == [("verify", (1, CHUNK)), ("verify", (1, CHUNK)), ("verify", (1, 1))]
 
 
 @pytest.mark.parametrize("start", [0, 9, MAX_SEQ - K - 1])
@@ -213,10 +232,12 @@ def _edit_manifest(folder, edit) -> None:
     path.write_text(json.dumps(manifest))
 
 
-def test_schema_1_bundles_are_refused_with_the_fix(bundle_copy):
-    assert SCHEMA_VERSION == 3
-    _edit_manifest(bundle_copy, lambda m: m.update(schema_version=1))
-    with pytest.raises(BundleError, match=r"schema_version 1 is not supported.*reads schema_version 3\. Re-export the bundle") as e:
+@pytest.mark.parametrize("old, why", [(1, "verify at one padded length"), (3, "prefill through a separate method")])
+def test_older_schema_bundles_are_refused_with_the_fix(bundle_copy, old, why):
+    assert SCHEMA_VERSION == 4
+    _edit_manifest(bundle_copy, lambda m: m.update(schema_version=old))
+    with pytest.raises(BundleError, match=rf"schema_version {old} is not supported \(schema {old} \w+ {why}\).*reads "
+                                          r"schema_version 4\. Re-export the bundle") as e:
         PteBackend(bundle_copy)
     assert "\n" not in str(e.value)
 
@@ -224,7 +245,7 @@ def test_schema_1_bundles_are_refused_with_the_fix(bundle_copy):
 def test_a_verify_short_of_a_length_is_refused(bundle_copy):
     _edit_manifest(bundle_copy, lambda m: m["methods"]["verify"].update(lengths=[2, K + 1]))
     with pytest.raises(BundleError, match=rf"lists a verify of 2\.\.{K + 1} tokens; this runtime verifies 1\.\.{K + 1} tokens "
-                                          rf"\(K={K}\)\. Re-export the bundle"):
+                                          rf"\(K={K}, prefill chunks of {CHUNK}\)\. Re-export the bundle"):
         PteBackend(bundle_copy)
     _edit_manifest(bundle_copy, lambda m: m["methods"]["verify"].pop("lengths"))
     with pytest.raises(BundleError, match="lists a verify of one fixed length"):

@@ -111,6 +111,7 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
   if (version == nullptr || !version->is_number() || json::as_double(*version, "schema_version") != double(kSchemaVersion)) {
     const std::string why = version_text == "1"   ? " (schema 1 bundles verify at one padded length)"
                             : version_text == "2" ? " (schema 2 programs carry no runtime metadata (get_k, get_max_seq_len, ...))"
+                            : version_text == "3" ? " (schema 3 programs prefill through a separate method)"
                                                   : "";
     throw RunnerError(path + ": bundle schema_version " + version_text + " is not supported" + why + "; this runner reads schema_version " +
                       std::to_string(kSchemaVersion) + ". Re-export the bundle with this version of mtp-edge (or rebuild the runner from the matching sources).");
@@ -184,20 +185,21 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify_hash) {
     const Json& methods = json::at(doc, "methods", "manifest");
     const int64_t V = m.vocab_size, H = m.hidden_size, K = m.k, C = m.prefill_chunk;
     const std::string i64 = "int64", f32 = "float32";
-    check_signature(methods, "prefill", path, {{{1, C}, i64}, {{1}, i64}, {{1}, i64}}, {{{V}, f32}, {{H}, f32}});
-    // One verify for every token count 1..K+1 (dynamic): methods.verify.lengths gives its range, the
-    // signature its largest shapes.
+    // One verify, the target's only method, for a prompt chunk or a round: every token count
+    // 1..max(C, K+1) (dynamic; methods.verify.lengths gives its range, the signature its largest
+    // shapes), logits at up to max(K+1, 3) of them (export.pte.logits_rows).
+    const int64_t longest = std::max(C, K + 1), rows = std::max<int64_t>(K + 1, 3);
     const Json* lengths = json::find(json::at(methods, "verify", "methods"), "lengths");
     const auto* range = lengths == nullptr ? nullptr : &json::as_array(*lengths, "methods.verify.lengths");
     if (range == nullptr || range->size() != 2 || json::as_int((*range)[0], "methods.verify.lengths") > 1 ||
-        json::as_int((*range)[1], "methods.verify.lengths") < K + 1) {
-      throw RunnerError(path + ": method verify does not take every token count 1.." + std::to_string(K + 1) +
+        json::as_int((*range)[1], "methods.verify.lengths") < longest) {
+      throw RunnerError(path + ": method verify does not take every token count 1.." + std::to_string(longest) +
                         " (methods.verify.lengths); re-export the bundle with this version of mtp-edge.");
     }
     m.verify_capacity = json::as_int((*range)[1], "methods.verify.lengths");
     const int64_t verify_max = m.verify_capacity;
-    check_signature(methods, "verify", path, {{{1, verify_max}, i64}, {{1}, i64}},
-                    {{{verify_max, V}, f32}, {{verify_max, H}, f32}});
+    check_signature(methods, "verify", path, {{{1, verify_max}, i64}, {{1}, i64}, {{rows}, i64}},
+                    {{{rows, V}, f32}, {{rows, H}, f32}});
     m.has_drafter = json::find(methods, "draft") != nullptr;
     if (m.has_drafter) {
       const Json& outs = json::at(json::at(methods, "draft", "methods"), "outputs", "methods.draft");

@@ -33,7 +33,7 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-const char* kMethods[] = {"prefill", "verify", "draft"};
+const char* kMethods[] = {"verify", "draft"};
 
 // --draft-p-min (speculative.EarlyStop): a draft stops before a step whose drafter top probability
 // p is below p_min, judged before anything is drawn from it. k = auto does not stop drafts on its own
@@ -212,11 +212,12 @@ struct Runner::Impl {
     }
   };
 
-  std::vector<int64_t> prefill_tokens, verify_tokens, one_token, start_pos, logits_at, position, validated_length;
+  std::vector<int64_t> verify_tokens, rows, one_token, start_pos, logits_at, position, validated_length;
   std::vector<float> draft_hidden_in;
-  TensorPtr prefill_tokens_t, draft_token_t, start_pos_t, logits_at_t, position_t, validated_length_t, draft_hidden_t;
-  // verify's tokens [1, n], n = 1..K + 1 (views of verify_tokens), at index n.
-  std::vector<TensorPtr> verify_tokens_t;
+  TensorPtr draft_token_t, start_pos_t, logits_at_t, position_t, validated_length_t, draft_hidden_t;
+  // verify's tokens [1, n], n = 1..max(prefill_chunk, K + 1) (views of verify_tokens), at index n;
+  // its logits_at for a round of n tokens, 0..n-1 (views of rows), at index n.
+  std::vector<TensorPtr> verify_tokens_t, rows_t;
 
   // Outputs of the last target call: logits [n x vocab] and hidden [n x hidden], row-major.
   std::vector<float> logits, hidden;
@@ -256,18 +257,18 @@ struct Runner::Impl {
     into.assign(tensor.const_data_ptr<T>(), tensor.const_data_ptr<T>() + count);
   }
 
-  // The prompt from position 0, prefill_chunk tokens per call, the last chunk padded; logits
-  // and hidden of the last prompt token land in logits / hidden.
+  // The prompt from position 0 through verify, prefill_chunk tokens per call (the last chunk as
+  // long as what is left), logits at each chunk's last token; logits and hidden of the last prompt
+  // token land in logits / hidden.
   void prefill(const std::vector<int64_t>& prompt) {
     const int64_t total = static_cast<int64_t>(prompt.size()), chunk = m.prefill_chunk;
     std::vector<EValue> outputs;
     for (int64_t start = 0; start < total; start += chunk) {
       const int64_t n = std::min(chunk, total - start);
-      std::copy(prompt.begin() + start, prompt.begin() + start + n, prefill_tokens.begin());
-      std::fill(prefill_tokens.begin() + n, prefill_tokens.end(), m.pad_token);
+      std::copy(prompt.begin() + start, prompt.begin() + start + n, verify_tokens.begin());
       start_pos[0] = start;
       logits_at[0] = n - 1;
-      outputs = run("prefill", {*prefill_tokens_t, *start_pos_t, *logits_at_t});
+      outputs = run("verify", {*verify_tokens_t[n], *start_pos_t, *logits_at_t});
     }
     copy_out(outputs[0], logits, m.vocab_size, "prefill logits");
     copy_out(outputs[1], hidden, m.hidden_size, "prefill hidden");
@@ -283,7 +284,7 @@ struct Runner::Impl {
     }
     start_pos[0] = start;
     std::copy(tokens.begin(), tokens.end(), verify_tokens.begin());
-    const std::vector<EValue> outputs = run("verify", {*verify_tokens_t[n], *start_pos_t});
+    const std::vector<EValue> outputs = run("verify", {*verify_tokens_t[n], *start_pos_t, *rows_t[n]});
     copy_out(outputs[0], logits, n * m.vocab_size, "verify logits");
     copy_out(outputs[1], hidden, n * m.hidden_size, "verify hidden");
   }
@@ -347,8 +348,7 @@ static void check_program_metadata(Module& module, const Manifest& m, const std:
   }
   if (!absent.empty()) {
     throw RunnerError(m.program_path + ": the program has no runtime metadata (constant method(s) " + absent +
-                      "); it was exported before bundle schema " + std::to_string(kSchemaVersion) +
-                      ". Re-export the bundle with this version of mtp-edge.");
+                      "); it was exported before bundle schema 3 (which added it). Re-export the bundle with this version of mtp-edge.");
   }
   const std::vector<std::pair<const char*, std::vector<int64_t>>> expected = {
       {"get_schema_version", {kSchemaVersion}}, {"get_k", {m.k}}, {"get_max_seq_len", {m.max_seq_len}},
@@ -417,11 +417,11 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
                         "; the manifest was edited, export the bundle again.");
     }
   };
-  check_tokens("prefill", m.prefill_chunk);
   check_tokens("verify", m.verify_capacity);  // its largest token count
 
-  s.prefill_tokens.assign(m.prefill_chunk, m.pad_token);
-  s.verify_tokens.assign(m.k + 1, m.pad_token);
+  s.verify_tokens.assign(m.verify_capacity, m.pad_token);
+  s.rows.resize(m.k + 1);
+  for (int64_t i = 0; i <= m.k; ++i) s.rows[i] = i;
   s.one_token.assign(1, 0);
   s.start_pos.assign(1, 0);
   s.logits_at.assign(1, 0);
@@ -429,12 +429,14 @@ Runner::Runner(const std::string& bundle_dir, bool verify_hash) : impl_(std::mak
   s.validated_length.assign(1, 1);
   s.draft_hidden_in.assign(m.hidden_size, 0.0f);
   using Sizes = std::vector<executorch::aten::SizesType>;
-  const auto C = static_cast<executorch::aten::SizesType>(m.prefill_chunk);
   const auto H = static_cast<executorch::aten::SizesType>(m.hidden_size);
-  s.prefill_tokens_t = from_blob(s.prefill_tokens.data(), Sizes{1, C}, ScalarType::Long);
   s.verify_tokens_t.resize(1);
-  for (int64_t n = 1; n <= m.k + 1; ++n) {
+  for (int64_t n = 1; n <= m.verify_capacity; ++n) {
     s.verify_tokens_t.push_back(from_blob(s.verify_tokens.data(), Sizes{1, static_cast<executorch::aten::SizesType>(n)}, ScalarType::Long));
+  }
+  s.rows_t.resize(1);
+  for (int64_t n = 1; n <= m.k + 1; ++n) {
+    s.rows_t.push_back(from_blob(s.rows.data(), Sizes{static_cast<executorch::aten::SizesType>(n)}, ScalarType::Long));
   }
   s.draft_token_t = from_blob(s.one_token.data(), Sizes{1}, ScalarType::Long);
   s.start_pos_t = from_blob(s.start_pos.data(), Sizes{1}, ScalarType::Long);

@@ -1,11 +1,10 @@
 """The ExecuTorch backend: a bundle's .pte through the executorch.runtime Python API.
 
-The program's methods (prefill, verify, draft: see mtp_edge.export.pte) share one KV cache
-allocation, so this backend only feeds tensors and keeps the validated length. A prompt goes in
-prefill_chunk tokens at a time (the last chunk padded: the padded slots' K/V land in positions
-that are masked until a later pass overwrites them, and the cache buffers were built with enough
-spare positions that no padded write leaves them); verify takes any 1..K+1 tokens as they are
-(its token count is dynamic), so a shortened round pays for its own tokens only.
+The program's methods (verify, draft, draft_chain_k: see mtp_edge.export.pte) share one KV cache
+allocation, so this backend only feeds tensors and keeps the validated length. verify is the
+target's one method: a prompt goes through it prefill_chunk tokens at a time (the last chunk as
+long as what is left, logits at its last token only), and a round's 1..K+1 tokens as they are (its
+token count is dynamic), so a shortened round pays for its own tokens only.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from pathlib import Path
 import torch
 
 from mtp_edge.export.bundle import BundleError, read_manifest
-from mtp_edge.export.manifest import PROGRAM_METADATA, SCHEMA_VERSION, program_metadata
-from mtp_edge.export.pte import PAD_TOKEN, draft_chain_name
+from mtp_edge.export.manifest import PROGRAM_METADATA, program_metadata
+from mtp_edge.export.pte import draft_chain_name
 
 from ..backend import DraftOutput
 from ..errors import GenerationError
@@ -66,19 +65,21 @@ class PteBackend:
                 raise BundleError(f"{path}: ExecuTorch could not load method {name!r} ({e}).") from None
         verify = m.methods.get("verify")
         lengths = None if verify is None else verify.lengths
-        if lengths is None or lengths[0] > 1 or lengths[1] < self.k + 1:
+        longest = max(self.k + 1, self.prefill_chunk)
+        if lengths is None or lengths[0] > 1 or lengths[1] < longest:
             took = ("no verify method" if verify is None else "a verify of one fixed length" if lengths is None
                     else f"a verify of {lengths[0]}..{lengths[1]} tokens")
-            raise BundleError(f"{path}: manifest.json lists {took}; this runtime verifies 1..{self.k + 1} tokens "
-                              f"(K={self.k}). Re-export the bundle.")
+            raise BundleError(f"{path}: manifest.json lists {took}; this runtime verifies 1..{longest} tokens "
+                              f"(K={self.k}, prefill chunks of {self.prefill_chunk}). Re-export the bundle.")
         self.dtype = getattr(torch, verify.output("hidden").dtype)
+        self._rows = [torch.arange(n) for n in range(self.k + 2)]  # verify's logits_at for a round of n tokens
 
     def _check_metadata(self, path: Path) -> None:
         """The program's constant methods (manifest.PROGRAM_METADATA) agree with manifest.json, as the native runner checks."""
         absent = [name for name in PROGRAM_METADATA if name not in self.program.method_names]
         if absent:
             raise BundleError(f"{path}: the program has no runtime metadata (constant method(s) {', '.join(absent)}); it was "
-                              f"exported before bundle schema {SCHEMA_VERSION}. Re-export the bundle with this version of mtp-edge.")
+                              "exported before bundle schema 3 (which added it). Re-export the bundle with this version of mtp-edge.")
         m = self.manifest
         expected = program_metadata(k=m.k, max_seq_len=m.cache.max_seq_len, vocab_size=m.vocab_size,
                                     prefill_chunk=m.prefill_chunk, pad_token=m.runtime.pad_token_for_padding,
@@ -118,12 +119,9 @@ class PteBackend:
         logits = hidden = None
         for start in range(0, total, chunk):
             piece = tokens[start:start + chunk]
-            n = piece.numel()
-            if n < chunk:
-                piece = torch.cat([piece, torch.full((chunk - n,), PAD_TOKEN, dtype=torch.long)])
-            logits, hidden = self._run("prefill", piece.view(1, -1), self._pos(start), self._pos(n - 1))
+            logits, hidden = self._run("verify", piece.view(1, -1), self._pos(start), self._pos(piece.numel() - 1))
         self.validated_length = total
-        return logits, hidden
+        return logits.view(-1), hidden.view(-1)
 
     def verify(self, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = tokens.reshape(-1).to(torch.long)
@@ -131,7 +129,7 @@ class PteBackend:
         if not 1 <= n <= self.k + 1:
             raise GenerationError(f"verify takes 1..{self.k + 1} tokens on this bundle (exported with K={self.k}), got {n}.")
         self._check_span(start, n)
-        logits, hidden = self._run("verify", tokens.view(1, n), self._pos(start))
+        logits, hidden = self._run("verify", tokens.view(1, n), self._pos(start), self._rows[n])
         return logits.view(n, -1), hidden.view(n, -1)
 
     def draft(self, token: int, hidden: torch.Tensor, position: int, validated_length: int) -> DraftOutput:

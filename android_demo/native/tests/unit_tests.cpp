@@ -570,14 +570,16 @@ void test_manifest() {
   std::ofstream(dir / "manifest.json", std::ios::trunc) << "[2]";
   CHECK_THROWS(read_manifest(bundle), RunnerError, "not a bundle manifest (expected a JSON object)");
   std::ofstream(dir / "manifest.json", std::ios::trunc) << "{\"schema_version\": 99}";
-  CHECK_THROWS(read_manifest(bundle), RunnerError, "bundle schema_version 99 is not supported; this runner reads schema_version 3");
+  CHECK_THROWS(read_manifest(bundle), RunnerError, "bundle schema_version 99 is not supported; this runner reads schema_version 4");
   std::ofstream(dir / "manifest.json", std::ios::trunc) << "{\"schema_version\": 2}";
   CHECK_THROWS(read_manifest(bundle), RunnerError, "bundle schema_version 2 is not supported (schema 2 programs carry no runtime metadata");
+  std::ofstream(dir / "manifest.json", std::ios::trunc) << "{\"schema_version\": 3}";
+  CHECK_THROWS(read_manifest(bundle), RunnerError, "bundle schema_version 3 is not supported (schema 3 programs prefill through a separate method)");
   std::filesystem::remove_all(dir);
 }
 
-// A schema 3 manifest of a K = 3 bundle (hidden 8, 16 draft candidates) whose methods are `methods`
-// plus prefill, verify and draft, over a stand-in program file; the runner's sizes are made up.
+// A schema 4 manifest of a K = 3 bundle (hidden 8, 16 draft candidates, prefill chunk 4) whose methods
+// are `methods` plus verify and draft, over a stand-in program file; the runner's sizes are made up.
 std::string tensor_json(const char* name, const std::string& shape, const char* dtype) {
   return std::string("{\"name\": \"") + name + "\", \"shape\": " + shape + ", \"dtype\": \"" + dtype + "\"}";
 }
@@ -593,17 +595,15 @@ std::string draft_chain_json(int k, int outputs_of) {
 void write_bundle(const std::filesystem::path& dir, const std::string& extra_methods) {
   std::ofstream(dir / "model.pte", std::ios::trunc) << "program";
   const std::string methods =
-      "\"prefill\": {\"inputs\": [" + tensor_json("tokens", "[1, 4]", "int64") + ", " + tensor_json("start_pos", "[1]", "int64") + ", " +
-      tensor_json("logits_at", "[1]", "int64") + "], \"outputs\": [" + tensor_json("logits", "[32]", "float32") + ", " +
-      tensor_json("hidden", "[8]", "float32") + "]}, \"verify\": {\"lengths\": [1, 4], \"inputs\": [" +
-      tensor_json("tokens", "[1, 4]", "int64") + ", " + tensor_json("start_pos", "[1]", "int64") + "], \"outputs\": [" +
+      "\"verify\": {\"lengths\": [1, 4], \"inputs\": [" + tensor_json("tokens", "[1, 4]", "int64") + ", " +
+      tensor_json("start_pos", "[1]", "int64") + ", " + tensor_json("logits_at", "[4]", "int64") + "], \"outputs\": [" +
       tensor_json("logits", "[4, 32]", "float32") + ", " + tensor_json("hidden", "[4, 8]", "float32") + "]}, \"draft\": {\"inputs\": [" +
       tensor_json("token", "[1]", "int64") + ", " + tensor_json("hidden", "[8]", "float32") + ", " + tensor_json("position", "[1]", "int64") +
       ", " + tensor_json("validated_length", "[1]", "int64") + "], \"outputs\": [" + tensor_json("candidate_ids", "[16]", "int64") + ", " +
       tensor_json("candidate_logits", "[16]", "float32") + ", " + tensor_json("hidden", "[8]", "float32") + ", " +
       tensor_json("argmax_id", "[1]", "int64") + "]}" + extra_methods;
   std::ofstream(dir / "manifest.json", std::ios::trunc)
-      << "{\"schema_version\": 3, \"artifacts\": {\"program\": {\"file\": \"model.pte\", \"bytes\": 7, \"sha256\": \"" +
+      << "{\"schema_version\": 4, \"artifacts\": {\"program\": {\"file\": \"model.pte\", \"bytes\": 7, \"sha256\": \"" +
              sha256_of("program") + "\"}}, \"k\": 3, \"prefill_chunk\": 4, \"cache\": {\"max_seq_len\": 40, \"buffer_length\": 48}, "
              "\"target_config\": {\"vocab_size\": 32, \"hidden_size\": 8}, \"eos_token_ids\": [1], \"methods\": {" + methods + "}}";
 }
