@@ -221,8 +221,11 @@ def attend_grouped(q: torch.Tensor, kv, masks, matmul=torch.matmul) -> torch.Ten
     for (k, _), mask in zip(kv, masks):
         keys = k.shape[2]
         s = matmul(k, qt).transpose(-1, -2)  # [B, KV, G*T, S]; Gemma 4 uses attention scaling 1.0
-        keep = mask.reshape(mask.shape[0], 1, seq, keys).repeat(1, 1, groups, 1)  # row g*T + t: query t's mask
-        bias = torch.zeros(keep.shape, dtype=s.dtype).masked_fill(~keep, torch.finfo(s.dtype).min)
+        # The bias of one query group, then repeated (row g*T + t: query t's): the masked_fill runs in
+        # ExecuTorch's portable `where`, outside XNNPACK, at a cost per element (over the G groups it
+        # was 26% of the shipped pair's prefill chunk, `bench methods --profile`); a copy is cheaper.
+        keep = mask.reshape(mask.shape[0], 1, seq, keys)
+        bias = torch.zeros(keep.shape, dtype=s.dtype).masked_fill(~keep, torch.finfo(s.dtype).min).repeat(1, 1, groups, 1)
         scores.append(s + bias)
     # One part (a static cache) is neither concatenated nor sliced: both would copy it.
     scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)

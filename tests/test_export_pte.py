@@ -202,6 +202,38 @@ def test_memory_plan_shares_one_cache_arena(bundle):
 # --------------------------------------------------------------------------- bad inputs
 
 
+def test_profile_splits_each_call_between_xnnpack_and_other_kernels(bundle):
+    """`bench methods --profile`: ExecuTorch's own record of every kernel and delegate call, per call of the loop."""
+    from mtp_edge.runtime.bench.op_profile import profile_pte
+
+    manifest = read_manifest(bundle)
+    report = profile_pte(bundle, repeats=3, warmup=1, top=1000)
+    chains = {name for name in manifest.methods if name.startswith("draft_chain_")}
+    assert set(report) == {"prefill", "verify", "decode", "draft", *chains}
+    for name, profile in report.items():
+        assert profile["total_ms"] > 0, name
+        assert profile["xnnpack_ms"] + profile["outside_xnnpack_ms"] == pytest.approx(profile["total_ms"])
+        # Every kernel call outside a delegate is named, as often as it runs.
+        assert sum(op["calls"] for op in profile["outside_xnnpack_ops"]) == profile["operator_calls"] > 0, name
+        if manifest.backend == "xnnpack":
+            assert profile["delegate_calls"] > 0 and profile["xnnpack_ops"] and profile["outside_xnnpack_share"] < 1, name
+        else:
+            assert profile["delegate_calls"] == 0 and profile["xnnpack_ms"] == 0 and profile["outside_xnnpack_share"] == 1, name
+    # One target method serves the prompt chunk, the round and the single token: the same kernels run.
+    assert report["prefill"]["operator_calls"] == report["verify"]["operator_calls"] == report["decode"]["operator_calls"]
+
+
+def test_profile_is_for_the_pte_only():
+    import argparse
+
+    from mtp_edge.models.errors import MtpEdgeError
+    from mtp_edge.runtime.bench import _methods
+
+    args = argparse.Namespace(bundle="unused", backend="onnx", threads=None, repeats=1, fill_chunks=1, profile=True)
+    with pytest.raises(MtpEdgeError, match=r"--profile reads ExecuTorch's operator record: it profiles --backend pte only, not onnx"):
+        _methods(args)
+
+
 @pytest.fixture
 def bundle_copy(bundle, tmp_path):
     copy = tmp_path / "copy"

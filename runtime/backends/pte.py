@@ -23,7 +23,9 @@ from ..errors import GenerationError
 
 
 class PteBackend:
-    def __init__(self, bundle_dir: str | Path, *, verify_hashes: bool = True):
+    def __init__(self, bundle_dir: str | Path, *, verify_hashes: bool = True, etdump: bool = False):
+        """etdump=True records every operator and delegate call of the program (ExecuTorch's ETDump),
+        for `write_etdump`: `bench methods --profile` reads it with the devtools Inspector."""
         from executorch.runtime import Runtime
 
         try:  # registers the quantized kernels a quantized bundle's methods need; harmless otherwise
@@ -50,7 +52,7 @@ class PteBackend:
 
         path = self.bundle_dir / m.artifact("program").file
         try:
-            self.program = Runtime.get().load_program(path)
+            self.program = Runtime.get().load_program(path, enable_etdump=etdump)
         except Exception as e:  # the pybindings raise RuntimeError/ValueError with an error code
             raise BundleError(f"{path}: ExecuTorch could not load the program ({e}); re-export the bundle.") from None
         self._check_metadata(path)
@@ -90,6 +92,11 @@ class PteBackend:
                 said = got if isinstance(want, list) else (got[0] if got else None)
                 raise BundleError(f"{path}: manifest.json says {name.removeprefix('get_')} = {want}, but the program was exported "
                                   f"with {said}; the manifest was edited or belongs to another export. Export the bundle again.")
+
+    def write_etdump(self, path: str | Path) -> None:
+        """The calls recorded since the program loaded (a backend opened with etdump=True) to `path`."""
+        path = Path(path)
+        self.program.write_etdump_result_to_file(str(path), str(path.with_suffix(".debug.bin")))
 
     def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
         started = time.perf_counter()

@@ -2,6 +2,7 @@
 
     timing.py      percentiles of timed calls, RSS (now, peak, per export stage), a function in a fresh process
     methods.py     `methods`: one latency harness for any Backend (pte, onnx, eager)
+    op_profile.py  `methods --profile`: each call of a .pte operator by operator (ETDump)
     loop.py        `loop`, `eager`, `acceptance`: the loop's own overhead, eager speed, acceptance per K
     e2b.py         `e2b-slice`, `e2b-scaling`, `e2b-full`: E2B-width random pairs exported and timed, extrapolation
     adaptive.py    `adaptive`: plain, every fixed K and --k auto on eager, pte, onnx and native
@@ -71,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--fill-chunks", type=int, default=4, help="prefill chunks in the cache before the timed calls")
+    p.add_argument("--profile", action="store_true",
+                   help="also each call operator by operator (ExecuTorch's ETDump; pte only): time in XNNPACK and outside it")
 
     p = add("long-context", _long_context, "prefill and decode cost per token as the prompt grows (one bundle, "
             "one backend), and speculative == plain there; exit 1 if not")
@@ -188,7 +191,17 @@ def _head(args) -> dict:
 def _methods(args) -> dict:
     from .methods import bench_methods
 
-    return bench_methods(args.bundle, args.backend, threads=args.threads, repeats=args.repeats, fill_chunks=args.fill_chunks)
+    if args.profile and args.backend != "pte":
+        from mtp_edge.models.errors import MtpEdgeError
+
+        raise MtpEdgeError(f"bench methods --profile reads ExecuTorch's operator record: it profiles --backend pte only, "
+                           f"not {args.backend}.")
+    report = bench_methods(args.bundle, args.backend, threads=args.threads, repeats=args.repeats, fill_chunks=args.fill_chunks)
+    if args.profile:
+        from .op_profile import profile_pte
+
+        report["profile"] = profile_pte(args.bundle, repeats=args.repeats, fill_chunks=args.fill_chunks)
+    return report
 
 
 def _long_context(args) -> dict:

@@ -43,18 +43,10 @@ def ratios(methods: dict, k: int) -> dict:
     return out
 
 
-def time_methods(backend, *, k: int, prefill_chunk: int, max_seq_len: int | None = None, repeats: int = 20,
-                 warmup: int = 2, fill_chunks: int = 4, seed: int = 0, desc: str = "methods") -> dict:
-    """Latency of each call of a Backend, median / p90 over `repeats` calls after `warmup` calls.
-
-    The cache is first filled with `fill_chunks` prefill chunks of random tokens (a prompt of that
-    length through backend.prefill), then verify, decode and draft are timed at the next position
-    (so attention sees a filled cache). The prefill chunk is timed as a one-chunk prompt, at
-    position 0: every backend's target attends over its whole static cache buffer whatever the
-    position, so the work is the same. max_seq_len: the usable positions (default the backend's).
-    A backend that counts the cache bytes it copies (`bytes_copied`, ONNX) also gets them per call.
-    """
-    max_seq_len = backend.max_seq_len if max_seq_len is None else max_seq_len
+def method_calls(backend, *, k: int, prefill_chunk: int, max_seq_len: int, fill_chunks: int = 4,
+                 seed: int = 0) -> tuple[dict, int]:
+    """The calls time_methods times, by name, on a backend whose cache this fills first (see
+    time_methods); returns them and the number of positions filled."""
     fill = bench_positions(max_seq_len, k, prefill_chunk, fill_chunks)
     gen = torch.Generator().manual_seed(seed)
 
@@ -75,6 +67,23 @@ def time_methods(backend, *, k: int, prefill_chunk: int, max_seq_len: int | None
         calls["draft"] = lambda: backend.draft(token, hidden, last - 1, last)
         for n in sorted(getattr(backend, "draft_chains", ())):  # greedy drafts of n tokens in one call
             calls[f"draft_chain_{n}"] = lambda n=n: backend.draft_chain(token, hidden, last - 1, last, n)
+    return calls, fill
+
+
+def time_methods(backend, *, k: int, prefill_chunk: int, max_seq_len: int | None = None, repeats: int = 20,
+                 warmup: int = 2, fill_chunks: int = 4, seed: int = 0, desc: str = "methods") -> dict:
+    """Latency of each call of a Backend, median / p90 over `repeats` calls after `warmup` calls.
+
+    The cache is first filled with `fill_chunks` prefill chunks of random tokens (a prompt of that
+    length through backend.prefill), then verify, decode and draft are timed at the next position
+    (so attention sees a filled cache). The prefill chunk is timed as a one-chunk prompt, at
+    position 0: every backend's target attends over its whole static cache buffer whatever the
+    position, so the work is the same. max_seq_len: the usable positions (default the backend's).
+    A backend that counts the cache bytes it copies (`bytes_copied`, ONNX) also gets them per call.
+    """
+    max_seq_len = backend.max_seq_len if max_seq_len is None else max_seq_len
+    calls, fill = method_calls(backend, k=k, prefill_chunk=prefill_chunk, max_seq_len=max_seq_len,
+                               fill_chunks=fill_chunks, seed=seed)
     counts_copies = hasattr(backend, "bytes_copied")
     methods, copied = {}, {}
     for name, call in tqdm(calls.items(), desc=desc, leave=False):
