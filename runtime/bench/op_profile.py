@@ -9,8 +9,8 @@ fill before it runs the same verify method: its runs come first and are left out
 
 Per call: the time in XNNPACK delegates and outside them (kernels of the portable or optimized
 libraries: what the issue on cheap rounds wants gone from the hot path), the operators outside, and
-the XNNPACK operators inside. Times are medians per event, with the recording's own overhead
-(a few microseconds per event), so they add up to somewhat more than `bench methods` measures.
+the XNNPACK operators inside. Times are medians per event and include the recording's own
+overhead: compare calls and operators within one profile, and take latencies from `bench methods`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,16 @@ def profile_pte(bundle_dir, *, repeats: int = 20, warmup: int = 2, fill_chunks: 
 
     from mtp_edge.runtime.backends.pte import PteBackend
 
-    names = list(_call_names(bundle_dir, fill_chunks, seed))
-    report = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in tqdm(names, desc="profile", leave=False):
+    report, pending = {}, None
+    with tempfile.TemporaryDirectory() as tmp, tqdm(desc="profile", leave=False) as bar:
+        while pending is None or pending:
             backend = PteBackend(bundle_dir, verify_hashes=False, etdump=True)
             calls, _ = method_calls(backend, k=backend.k, prefill_chunk=backend.prefill_chunk,
                                     max_seq_len=backend.max_seq_len, fill_chunks=fill_chunks, seed=seed)
+            if pending is None:
+                pending = list(calls)
+                bar.total = len(pending)
+            name = pending.pop(0)
             for _ in range(warmup + repeats):
                 calls[name]()
             path = Path(tmp) / f"{name}.etdp"
@@ -47,16 +50,8 @@ def profile_pte(bundle_dir, *, repeats: int = 20, warmup: int = 2, fill_chunks: 
             blocks = [b for b in Inspector(etdump_path=str(path)).event_blocks if b.name == "Execute"]
             # The last method run is the profiled one (draft after the fill's verify; verify after its own fill).
             report[name] = summarize(blocks[-1].events, repeats, top)
+            bar.update()
     return report
-
-
-def _call_names(bundle_dir, fill_chunks: int, seed: int):
-    from mtp_edge.runtime.backends.pte import PteBackend
-
-    backend = PteBackend(bundle_dir, verify_hashes=False)
-    calls, _ = method_calls(backend, k=backend.k, prefill_chunk=backend.prefill_chunk, max_seq_len=backend.max_seq_len,
-                            fill_chunks=fill_chunks, seed=seed)
-    return calls.keys()
 
 
 def summarize(events, repeats: int, top: int = 10) -> dict:
