@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--samplings", default="greedy,T=0.7,T=0.7/coupled", help="comma-separated: greedy, T=0.7 (the rejection rule), T=0.7/coupled")
     p.add_argument("--repeats", type=int, default=3, help="runs of every configuration (median)")
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--tune", action="store_true", help="run tune first (writes tuning.json beside the demo bundle): "
+                   "auto, and the frozen policy of seeded rejection-rule runs, start from this machine's costs")
 
     p = add("head", _head, "one draft step with the clustered vs the full LM head, eager and pte, and the bytes each reads")
     p.add_argument("--preset", default="e2b", help="geometry, random weights (default e2b)")
@@ -179,7 +181,8 @@ def _adaptive(args) -> dict:
 
         raise MtpEdgeError(f"bench adaptive: unknown backend or sampling {', '.join(unknown)}; "
                            f"--backends takes {', '.join(BACKENDS)}; --samplings takes {', '.join(SAMPLINGS)}.")
-    return bench_adaptive(backends=backends, samplings=samplings, repeats=args.repeats, max_new_tokens=args.new_tokens)
+    return bench_adaptive(backends=backends, samplings=samplings, repeats=args.repeats, max_new_tokens=args.new_tokens,
+                          tune=args.tune)
 
 
 def _head(args) -> dict:

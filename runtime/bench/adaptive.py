@@ -9,6 +9,12 @@ demo counts). Greedy rows also check that every speculative output equals the pl
 
 The native rows run the C++ runner (one process per repeat, the bundle loaded once): its auto
 measures its own cost table on the device, as it does for a user.
+
+tune=True first runs `mtp-edge tune`'s measurement for each bundle backend and writes tuning.json
+beside the bundle, as a user who tunes on their machine would: auto then starts from measured costs
+and acceptance, and a seeded rejection-rule run (whose policy must run from a frozen table) uses the
+tuned table instead of the fixed default. The native runner reads no tuning.json; its sampled rows
+are given the pte backend's tuned table (the same program), as `validate` gives it one.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from tqdm import tqdm
 
 from mtp_edge.runtime.sampling import SamplingConfig
 from mtp_edge.runtime.speculative import generate
+from mtp_edge.runtime.tuning import read_tuning, write_tuning
 
 SAMPLINGS = {
     "greedy": SamplingConfig(),
@@ -50,14 +57,15 @@ def _python_run(backend, prompts, k, sampling, max_new_tokens: int, eos_ids, max
     return tokens / seconds, outputs, histogram, accepted / drafted if drafted else 0.0
 
 
-def _native_run(bundle, prompts, k, sampling, max_new_tokens: int, max_k: int) -> tuple[float, list, dict, float]:
+def _native_run(bundle, prompts, k, sampling, max_new_tokens: int, max_k: int, costs=None) -> tuple[float, list, dict, float]:
     from mtp_edge.runtime.native.validate import request, run_requests
 
     lines = []
     for i, prompt in enumerate(prompts):
         seeded = None if sampling.temperature == 0 else _for_prompt(sampling, i)
+        frozen = costs if k == "auto" and sampling.depends_on_draft_lengths else None
         lines.append(request(prompt, k=k, max_new_tokens=max_new_tokens, sampling=seeded,
-                             max_k=max_k if k == "auto" else None))
+                             max_k=max_k if k == "auto" else None, costs=frozen))
     results = run_requests(bundle, lines)
     tokens = sum(r.stats["new_tokens"] - 1 for r in results)
     seconds = sum(r.stats["decode_s"] for r in results)
@@ -70,8 +78,18 @@ def _native_run(bundle, prompts, k, sampling, max_new_tokens: int, max_k: int) -
     return tokens / seconds, [r.tokens for r in results], histogram, acceptance
 
 
+def _tune(backend, name: str, bundle, prompts, eos) -> dict:
+    """`mtp-edge tune` for one bundle backend (costs and greedy acceptance, no speed runs): writes tuning.json."""
+    from mtp_edge.runtime.commands.tune import tune_backend
+    from mtp_edge.runtime.draft_policy import CostTable
+
+    result = tune_backend(backend, prompts, eos_ids=eos, measure_speed=False, progress=False)
+    write_tuning(bundle, name, CostTable.from_json(result["costs"]), {"acceptance": result["acceptance"], "best_k": result["best_k"]})
+    return {"costs": result["costs"], "acceptance": result["acceptance"], "best_k": result["best_k"]}
+
+
 def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: int = 3, max_new_tokens: int = 64,
-                   progress: bool = True) -> dict:
+                   tune: bool = False, progress: bool = True) -> dict:
     from mtp_edge.export.cache import cached_bundle
     from mtp_edge.models.config import target_config_from_folder
     from mtp_edge.models.shipped import default_pair_dir, heldout_prompts
@@ -84,9 +102,18 @@ def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: in
     bundle = cached_bundle(pair, settings=DEMO_EXPORT) if set(backends) - {"eager"} else None
     max_k = DEMO_EXPORT.k
     configs = [0, *range(1, max_k + 1), "auto"]
-    rows = []
+    rows, tuned = [], {}
     for name in backends:
         backend = None if name == "native" else DEMO_BACKENDS[name](pair)
+        native_costs = None
+        if tune and name in ("pte", "onnx"):
+            tuned[name] = _tune(backend, name, bundle, prompts, eos)
+        elif tune and name == "native":
+            if read_tuning(bundle, "pte") is None:
+                from mtp_edge.runtime.backends import open_bundle
+
+                tuned["pte"] = _tune(open_bundle(bundle, "pte"), "pte", bundle, prompts, eos)
+            native_costs = read_tuning(bundle, "pte")
         for label in samplings:
             sampling = SAMPLINGS[label]
             if backend is not None:  # warm-up: ONNX Runtime plans memory per new input shape
@@ -98,7 +125,7 @@ def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: in
             for r in tqdm(range(repeats), desc=f"bench adaptive {name} {label}", disable=not progress, leave=False):
                 for c in configs[r % len(configs):] + configs[:r % len(configs)]:
                     if backend is None:
-                        tps, out, hist, rate = _native_run(bundle, prompts, c, sampling, max_new_tokens, max_k)
+                        tps, out, hist, rate = _native_run(bundle, prompts, c, sampling, max_new_tokens, max_k, native_costs)
                     else:
                         tps, out, hist, rate = _python_run(backend, prompts, c, sampling, max_new_tokens, eos, max_k)
                     speeds[str(c)].append(tps)
@@ -127,7 +154,7 @@ def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: in
                                     if sampling.temperature == 0 else None),
             })
     return {"bundle": str(bundle) if bundle else None, "prompts": len(prompts), "max_new_tokens": max_new_tokens, "repeats": repeats,
-            "rows": rows}
+            "tuned": tuned, "rows": rows}
 
 
 def format_adaptive(report: dict) -> str:
