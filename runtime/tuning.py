@@ -6,7 +6,7 @@ with the bundle) and tagged with the machine and the program it was measured on;
 foreign one is refused with a message and the policy measures its own costs instead. Costs only
 decide how many tokens are drafted, so they can never change greedy output (or coupled-rule
 sampling output); under the rejection rule they can, which is why seeded rejection-rule runs use a
-frozen table (tuning.json, else DEFAULT_COSTS), never live timings.
+frozen table (tuning.json, else the backend's default, default_costs), never live timings.
 
 Without tuning.json the policy times a few warm-up calls of each method before the prompt is
 prefilled (positions 0..K, overwritten by the prefill; tens of milliseconds on the shipped pair),
@@ -31,10 +31,20 @@ from .draft_policy import AcceptanceEstimate, CostTable, DraftPolicy
 TUNING_FILE = "tuning.json"
 TUNING_VERSION = 1
 
-# Relative costs for seeded rejection-rule runs without tuning.json: verify grows a quarter of a
-# decode per extra token and a draft step costs a tenth of one (the shipped pair's .pte and ONNX
-# measure 0.1x to 0.8x per extra verify token and 0.06x to 0.25x per draft step).
+# Relative costs for seeded rejection-rule runs without tuning.json, per backend (the choice must
+# not depend on timings, so that a seeded run repeats; it may depend on which backend runs).
+# The .pte (and the native runner's default_costs(), which must stay equal): verify grows a quarter
+# of a decode per extra token and a draft step costs a tenth of one (the shipped pair's default .pte
+# measures 0.2x-0.3x per extra verify token and 0.16x-0.27x per draft step; the full E2B .pte 0.5x
+# and 0.05x).
 DEFAULT_COSTS = CostTable(decode=1.0, draft_step=0.1, verify={n: 1.0 + 0.25 * (n - 1) for n in range(2, 34)})
+# Eager PyTorch and ONNX Runtime: verify is nearly flat in its token count and a draft step cheap.
+# Measured (tune's cost table, session 12): eager fp32 shipped pair verify(5) 1.3x-1.4x a decode,
+# draft step 0.055x-0.059x; ONNX fp32 shipped pair 1.06x-1.33x and 0.08x-0.10x; the full E2B pair's
+# 4-bit ONNX bundle 1.52x and 0.023x. With the .pte's table these backends drafted too little
+# (session 8's bench adaptive: seeded auto 0.72x-0.76x of the best fixed K on eager and ONNX).
+FLAT_VERIFY_COSTS = CostTable(decode=1.0, draft_step=0.06, verify={n: 1.0 + 0.1 * (n - 1) for n in range(2, 34)})
+DEFAULT_COSTS_BY_BACKEND = {"eager": FLAT_VERIFY_COSTS, "onnx": FLAT_VERIFY_COSTS}
 
 # Cost tables measured per backend object: warm-up once per backend, then kept current across generations.
 _measured: "weakref.WeakKeyDictionary[object, CostTable]" = weakref.WeakKeyDictionary()
@@ -190,10 +200,15 @@ def cost_table(backend, max_k: int, *, frozen: bool) -> tuple[CostTable, str]:
         if table is not None and table.max_k >= max_k:
             return table, TUNING_FILE
     if frozen:
-        return DEFAULT_COSTS, "default"
+        return default_costs(backend), "default"
     if backend not in _measured or _measured[backend].max_k < max_k:
         _measured[backend] = measure_costs(backend, max_k)
     return _measured[backend], "measured"
+
+
+def default_costs(backend) -> CostTable:
+    """The fixed table a frozen run without tuning.json decides from: the backend's kind's, else the .pte's."""
+    return DEFAULT_COSTS_BY_BACKEND.get(backend_name(backend), DEFAULT_COSTS)
 
 
 def remember(backend, policy: DraftPolicy) -> None:

@@ -70,6 +70,20 @@ def test_seeded_rejection_sampling_with_auto_repeats(backend_for):
     assert a.tokens == b.tokens and a.stats.policy["frozen"] and a.stats.policy["cost_source"] == "default"
 
 
+def test_frozen_default_costs_are_the_backends_kinds():
+    """Eager and ONNX verify nearly flat in the token count; the .pte (and the native runner, whose
+    default_costs() must equal it) grows a quarter of a decode per token; an unknown backend gets the .pte's."""
+    from mtp_edge.runtime.backends.eager import EagerBackend
+    from mtp_edge.runtime.backends.onnx import OnnxBackend
+    from mtp_edge.runtime.backends.pte import PteBackend
+    from mtp_edge.runtime.tuning import DEFAULT_COSTS, FLAT_VERIFY_COSTS, default_costs
+
+    kinds = {cls: default_costs(cls.__new__(cls)) for cls in (EagerBackend, OnnxBackend, PteBackend, ScriptedDrafts)}
+    assert kinds[EagerBackend] is kinds[OnnxBackend] is FLAT_VERIFY_COSTS
+    assert kinds[PteBackend] is kinds[ScriptedDrafts] is DEFAULT_COSTS
+    assert FLAT_VERIFY_COSTS.verify[5] < DEFAULT_COSTS.verify[5] and FLAT_VERIFY_COSTS.draft_step < DEFAULT_COSTS.draft_step
+
+
 def test_draft_p_min_rule():
     assert EarlyStop(p_min=0.5).stops(0.49) and not EarlyStop(p_min=0.5).stops(0.5)
     assert not EarlyStop().stops(0.0)  # p_min 0 never stops
