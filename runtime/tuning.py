@@ -151,10 +151,11 @@ def backend_name(backend) -> str:
     return getattr(backend, "name", None) or type(backend).__name__.removesuffix("Backend").lower()
 
 
-def measure_costs(backend, max_k: int, repeats: int = 3) -> CostTable:
+def measure_costs(backend, max_k: int, repeats: int = 3, *, prompt: list[int] | None = None) -> CostTable:
     """Time decode, verify at every length 2..max_k+1, one draft step and each one-call draft
-    (draft_chain) of 2..max_k tokens the backend has, from position 0 of an empty cache (the caller
-    prefills afterwards, which overwrites these positions).
+    (draft_chain) of 2..max_k tokens the backend has: from position 0 of an empty cache (the caller
+    prefills afterwards, which overwrites these positions), or, given a prompt (`mtp-edge tune`),
+    right after prefilling it, where the first round would run; the cache is rolled back after.
 
     One untimed call of each (first-call costs), then `repeats` rounds that call every method once,
     in turn; each entry is its median. In turn, because a loop never repeats one method: each call
@@ -163,24 +164,35 @@ def measure_costs(backend, max_k: int, repeats: int = 3) -> CostTable:
     on its own, fastest of two, as this did before, gave a decode of 1.33-1.54 ms on the shipped
     pair's .pte where plain decoding ran at 0.8-0.9 ms per token, and verify(2) below decode. In
     turn, 3 rounds gave 0.90-0.93 ms where the loop decoded at 0.86-0.89, in 38-40 ms of warm-up
-    (5 rounds: 62-74 ms, over the 50 ms the issue allows)."""
+    (5 rounds: 62-74 ms, over the 50 ms the issue allows). `tune` timed each method on its own too
+    until session 12: its table predicted 1.17x plain for K=2 on that .pte where the loop measured
+    1.01x, and auto started from it drafted at 0.91x plain (`bench adaptive --tune`)."""
     tokens = torch.zeros(max_k + 1, dtype=torch.long)
-    calls = {("verify", n): (lambda n=n: backend.verify(tokens[:n], 0)) for n in range(1, max_k + 2)}
+    if prompt is None:
+        start, last = 0, 0
+        if max_k > 0 and backend.has_drafter:
+            _, hidden = backend.verify(tokens[:2], 0)
+            hidden, start = hidden[-1], 2
+    else:
+        _, hidden = backend.prefill(torch.tensor(prompt, dtype=torch.long))
+        start, last = len(prompt), int(prompt[-1])
+    at = start if prompt is not None else 0  # where verify writes
+    calls = {("verify", n): (lambda n=n: backend.verify(tokens[:n], at)) for n in range(1, max_k + 2)}
     if max_k > 0 and backend.has_drafter:
-        _, hidden = backend.verify(tokens[:2], 0)
-        backend.rollback(2)
-        calls["draft_step", 1] = lambda: backend.draft(0, hidden[-1], 2, validated_length=2)
+        calls["draft_step", 1] = lambda: backend.draft(last, hidden, start, validated_length=start)
         for k in sorted(set(getattr(backend, "draft_chains", ())) & set(range(2, max_k + 1))):
-            calls["draft_call", k] = lambda k=k: backend.draft_chain(0, hidden[-1], 2, 2, k)
+            calls["draft_call", k] = lambda k=k: backend.draft_chain(last, hidden, start, start, k)
     for call in calls.values():
         call()
+        backend.rollback(start)
     samples = {key: [] for key in calls}
     for _ in range(repeats):
         for key, call in calls.items():
             started = time.perf_counter()
             call()
             samples[key].append(time.perf_counter() - started)
-    backend.rollback(0)
+            backend.rollback(start)
+    backend.rollback(0 if prompt is None else start)
     median = {key: statistics.median(times) for key, times in samples.items()}
     return CostTable(decode=median["verify", 1], draft_step=median.get(("draft_step", 1), 0.0),
                      verify={n: median["verify", n] for n in range(2, max_k + 2)},

@@ -9,45 +9,20 @@ The cost tables go to `tuning.json` beside the bundle (runtime/tuning.py), where
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 from mtp_edge.runtime.draft_policy import CostTable, DraftPolicy, best_plan, expected_tokens
 from mtp_edge.runtime.errors import GenerationError
 from mtp_edge.runtime.sampling import SamplingConfig
 from mtp_edge.runtime.speculative import generate
-from mtp_edge.runtime.tuning import TUNING_FILE, write_tuning
+from mtp_edge.runtime.tuning import TUNING_FILE, measure_costs, write_tuning
 
 
 def measure_cost_table(backend, prompt: list[int], max_k: int, repeats: int) -> CostTable:
-    """Median seconds per call after prefilling `prompt`, at the position the next round would use."""
-    logits, hidden = backend.prefill(torch.tensor(prompt, dtype=torch.long))
-    start = len(prompt)
-    tokens = torch.zeros(max_k + 1, dtype=torch.long)
-
-    def median(fn) -> float:
-        fn()  # the first call of a shape may pay for set-up
-        times = []
-        for _ in range(repeats):
-            began = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - began)
-            backend.rollback(start)
-        return statistics.median(times)
-
-    decode = median(lambda: backend.verify(tokens[:1], start))
-    verify = {n: median(lambda n=n: backend.verify(tokens[:n], start)) for n in range(2, max_k + 2)}
-    draft_step, draft_call = 0.0, {}
-    if max_k > 0:
-        draft_step = median(lambda: backend.draft(int(prompt[-1]), hidden, start, validated_length=start))
-        for k in sorted(set(getattr(backend, "draft_chains", ())) & set(range(2, max_k + 1))):  # greedy one-call drafts
-            draft_call[k] = median(lambda k=k: backend.draft_chain(int(prompt[-1]), hidden, start, start, k))
-    backend.rollback(start)
-    return CostTable(decode=decode, draft_step=draft_step, verify=verify, draft_call=draft_call)
+    """Median seconds per call after prefilling `prompt`, at the position the next round would use,
+    every method called in turn as a loop calls them (tuning.measure_costs)."""
+    return measure_costs(backend, max_k, repeats, prompt=prompt)
 
 
 def acceptance_per_position(rounds, max_k: int) -> list[float]:
