@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .draft_policy import AcceptanceEstimate, CostTable, DraftPolicy
+from .sampling import SamplingConfig
 
 TUNING_FILE = "tuning.json"
 TUNING_VERSION = 1
@@ -102,14 +103,16 @@ def write_tuning(bundle_dir: str | Path, backend_name: str, costs: CostTable, ex
     return path
 
 
-def read_tuning(bundle_dir: str | Path, backend_name: str) -> CostTable | None:
-    """backend_name's cost table from bundle_dir/tuning.json; None when there is none.
+def read_tuning(bundle_dir: str | Path, backend_name: str, *, sampled: bool = False) -> CostTable | None:
+    """backend_name's cost table from bundle_dir/tuning.json; None when there is none. sampled: the
+    table timed with sampling's work (`sampled_costs`, tune writes both), else the greedy one.
     Raises TuningError for a file that is malformed or was measured elsewhere."""
     entry = _tuning_entry(bundle_dir, backend_name)
     if entry is None:
         return None
+    key = "sampled_costs" if sampled and "sampled_costs" in entry else "costs"
     try:
-        return CostTable.from_json(entry["costs"])
+        return CostTable.from_json(entry[key])
     except (KeyError, TypeError, ValueError) as e:
         raise TuningError(f"{Path(bundle_dir) / TUNING_FILE}: the {backend_name} cost table is malformed ({e}); "
                           f"rerun `mtp-edge tune {bundle_dir}`.") from None
@@ -151,46 +154,50 @@ def backend_name(backend) -> str:
     return getattr(backend, "name", None) or type(backend).__name__.removesuffix("Backend").lower()
 
 
-def measure_costs(backend, max_k: int, repeats: int = 3, *, prompt: list[int] | None = None) -> CostTable:
+def measure_costs(backend, max_k: int, repeats: int = 3, *, prompt: list[int] | None = None,
+                  sampling: SamplingConfig | None = None) -> CostTable:
     """Time decode, verify at every length 2..max_k+1, one draft step and each one-call draft
-    (draft_chain) of 2..max_k tokens the backend has: from position 0 of an empty cache (the caller
+    (draft_chain) of 2..max_k tokens the backend has: from position 1 of an empty cache (the caller
     prefills afterwards, which overwrites these positions), or, given a prompt (`mtp-edge tune`),
     right after prefilling it, where the first round would run; the cache is rolled back after.
 
-    One untimed call of each (first-call costs), then `repeats` rounds that call every method once,
-    in turn; each entry is its median. In turn, because a loop never repeats one method: each call
-    follows another, and switching costs (a verify re-planned for a new token count, another
-    method's weights brought into cache) are part of what a round pays. Timing each method repeated
-    on its own, fastest of two, as this did before, gave a decode of 1.33-1.54 ms on the shipped
-    pair's .pte where plain decoding ran at 0.8-0.9 ms per token, and verify(2) below decode. In
-    turn, 3 rounds gave 0.90-0.93 ms where the loop decoded at 0.86-0.89, in 38-40 ms of warm-up
-    (5 rounds: 62-74 ms, over the 50 ms the issue allows). `tune` timed each method on its own too
-    until session 12: its table predicted 1.17x plain for K=2 on that .pte where the loop measured
-    1.01x, and auto started from it drafted at 0.91x plain (`bench adaptive --tune`)."""
-    tokens = torch.zeros(max_k + 1, dtype=torch.long)
+    The calls are timed as the loop times them, inside its rounds (speculative.speculative_decode:
+    a draft step with drawing its token, a verify with the accept rule), each round kind `repeats`
+    times in a row after one untimed round: plain rounds, then for each k a round of k drafts (one
+    draft_chain call where the backend has one for k and sampling is greedy, else k draft steps);
+    each entry is the median of its calls. `sampling` (default greedy): a sampled run's rounds also
+    pay for the float64 distributions of the accept rule and the drafts, which greedy rounds do not.
+
+    Inside rounds, because the calls of a round cost more than each method repeated on its own (a
+    draft brings the drafter's weights into cache, then the verify the target's): on the shipped
+    pair's .pte, methods timed alone (tune until session 12) predicted 1.17x plain for K=2 where the
+    loop measured 1.01x. Rounds of one kind in a row, because a steady loop repeats its round: a
+    verify whose token count changes from the previous call is re-planned (XNNPACK), so timing every
+    method once in turn (this function until session 12) charged every call a re-plan: a decode of
+    1.24 ms where plain decoding ran at 0.88, and auto drafting at 0.93x plain. Switching costs are
+    left to the policy's stickiness and hysteresis. About 40 ms on the shipped pair's .pte at 3 repeats."""
+    from .sampling import SplitMix64
+    from .speculative import speculative_decode
+
+    sampling = sampling or SamplingConfig()
     if prompt is None:
-        start, last = 0, 0
-        if max_k > 0 and backend.has_drafter:
-            _, hidden = backend.verify(tokens[:2], 0)
-            hidden, start = hidden[-1], 2
+        _, hidden = backend.verify(torch.zeros(1, dtype=torch.long), 0)
+        start, last, hidden = 1, 0, hidden[-1]
     else:
         _, hidden = backend.prefill(torch.tensor(prompt, dtype=torch.long))
         start, last = len(prompt), int(prompt[-1])
-    at = start if prompt is not None else 0  # where verify writes
-    calls = {("verify", n): (lambda n=n: backend.verify(tokens[:n], at)) for n in range(1, max_k + 2)}
-    if max_k > 0 and backend.has_drafter:
-        calls["draft_step", 1] = lambda: backend.draft(last, hidden, start, validated_length=start)
-        for k in sorted(set(getattr(backend, "draft_chains", ())) & set(range(2, max_k + 1))):
-            calls["draft_call", k] = lambda k=k: backend.draft_chain(last, hidden, start, start, k)
-    for call in calls.values():
-        call()
-        backend.rollback(start)
-    samples = {key: [] for key in calls}
-    for _ in range(repeats):
-        for key, call in calls.items():
-            started = time.perf_counter()
-            call()
-            samples[key].append(time.perf_counter() - started)
+    chains = set(getattr(backend, "draft_chains", ())) if sampling.greedy else set()
+    samples: dict = {}
+
+    def timer(kind: str, n: int, seconds: float) -> None:
+        if timing:
+            samples.setdefault((kind, n), []).append(seconds)
+
+    rng = SplitMix64(sampling.seed)
+    for k in range(max_k + 1 if backend.has_drafter else 1):
+        for r in range(repeats + 1):
+            timing = r > 0  # the first round of a kind is untimed (first-call costs, a re-plan)
+            speculative_decode(backend, last, hidden, start, k, sampling, rng, timer=timer, one_call=k in chains)
             backend.rollback(start)
     backend.rollback(0 if prompt is None else start)
     median = {key: statistics.median(times) for key, times in samples.items()}
@@ -199,13 +206,14 @@ def measure_costs(backend, max_k: int, repeats: int = 3, *, prompt: list[int] | 
                      draft_call={k: s for (kind, k), s in median.items() if kind == "draft_call"})
 
 
-def cost_table(backend, max_k: int, *, frozen: bool) -> tuple[CostTable, str]:
+def cost_table(backend, max_k: int, *, frozen: bool, greedy: bool = True) -> tuple[CostTable, str]:
     """The table a generation starts from, and where it came from ("tuning.json", "measured",
-    "default"). Frozen runs (seeded rejection-rule sampling) never use live timings."""
+    "default"). Frozen runs (seeded rejection-rule sampling) never use live timings; a sampled run
+    starts from tuning.json's table timed with sampling's work where it has one."""
     bundle_dir = getattr(backend, "bundle_dir", None)
     if bundle_dir is not None:
         try:
-            table = read_tuning(bundle_dir, backend_name(backend))
+            table = read_tuning(bundle_dir, backend_name(backend), sampled=not greedy)
         except TuningError as e:
             print(f"mtp-edge: warning: {e} Using {'the default' if frozen else 'measured'} costs.", file=sys.stderr)
             table = None
@@ -258,7 +266,7 @@ def starting_acceptance(backend, max_k: int, *, frozen: bool) -> AcceptanceEstim
 def make_policy(backend, max_k: int, *, frozen: bool = False, greedy: bool = True) -> tuple[DraftPolicy, str]:
     """The policy a generation starts with. Sampling drafts step by step (its accept rule needs each
     step's distribution), so its policy weighs no one-call draft."""
-    costs, source = cost_table(backend, max_k, frozen=frozen)
+    costs, source = cost_table(backend, max_k, frozen=frozen, greedy=greedy)
     if not greedy and costs.draft_call:
         costs = replace(costs, draft_call={})
     max_k = min(max_k, costs.max_k)

@@ -84,8 +84,9 @@ def _tune(backend, name: str, bundle, prompts, eos) -> dict:
     from mtp_edge.runtime.draft_policy import CostTable
 
     result = tune_backend(backend, prompts, eos_ids=eos, measure_speed=False, progress=False)
-    write_tuning(bundle, name, CostTable.from_json(result["costs"]), {"acceptance": result["acceptance"], "best_k": result["best_k"]})
-    return {"costs": result["costs"], "acceptance": result["acceptance"], "best_k": result["best_k"]}
+    write_tuning(bundle, name, CostTable.from_json(result["costs"]),
+                 {"sampled_costs": result["sampled_costs"], "acceptance": result["acceptance"], "best_k": result["best_k"]})
+    return {key: result[key] for key in ("costs", "sampled_costs", "acceptance", "best_k")}
 
 
 def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: int = 3, max_new_tokens: int = 64,
