@@ -151,7 +151,7 @@ class Runner {
   // cache; the next generate prefills again.
   std::vector<int64_t> score(const std::vector<int64_t>& tokens);
 
-  // runtime/tuning.py's measure_costs: times decode, verify of 2..max_k + 1 tokens, one draft
+  // Like runtime/tuning.py's measure_costs (which now times inside rounds): times decode, verify of 2..max_k + 1 tokens, one draft
   // step and each one-call draft (draft_chain_k, k = 2..max_k, where the bundle has it: draft_call)
   // from position 0 (one untimed call each, then `repeats` rounds calling every method in turn;
   // medians); a prefill overwrites those positions afterwards.
