@@ -19,7 +19,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -151,7 +150,9 @@ def _tuning_entry(bundle_dir: str | Path, backend_name: str) -> dict | None:
 
 
 def backend_name(backend) -> str:
-    return getattr(backend, "name", None) or type(backend).__name__.removesuffix("Backend").lower()
+    """A backend's kind as tuning.json names it ("pte", "onnx", ...); takes a backend or its class."""
+    cls = backend if isinstance(backend, type) else type(backend)
+    return cls.__name__.removesuffix("Backend").lower()
 
 
 def measure_costs(backend, max_k: int, repeats: int = 3, *, prompt: list[int] | None = None,
@@ -226,7 +227,8 @@ def cost_table(backend, max_k: int, *, frozen: bool, greedy: bool = True) -> tup
 
 
 def default_costs(backend) -> CostTable:
-    """The fixed table a frozen run without tuning.json decides from: the backend's kind's, else the .pte's."""
+    """The fixed table a frozen run without tuning.json decides from: the backend's kind's, else the .pte's.
+    Takes a backend or its class."""
     return DEFAULT_COSTS_BY_BACKEND.get(backend_name(backend), DEFAULT_COSTS)
 
 

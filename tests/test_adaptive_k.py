@@ -78,7 +78,7 @@ def test_frozen_default_costs_are_the_backends_kinds():
     from mtp_edge.runtime.backends.pte import PteBackend
     from mtp_edge.runtime.tuning import DEFAULT_COSTS, FLAT_VERIFY_COSTS, default_costs
 
-    kinds = {cls: default_costs(cls.__new__(cls)) for cls in (EagerBackend, OnnxBackend, PteBackend, ScriptedDrafts)}
+    kinds = {cls: default_costs(cls) for cls in (EagerBackend, OnnxBackend, PteBackend, ScriptedDrafts)}
     assert kinds[EagerBackend] is kinds[OnnxBackend] is FLAT_VERIFY_COSTS
     assert kinds[PteBackend] is kinds[ScriptedDrafts] is DEFAULT_COSTS
     assert FLAT_VERIFY_COSTS.verify[5] < DEFAULT_COSTS.verify[5] and FLAT_VERIFY_COSTS.draft_step < DEFAULT_COSTS.draft_step

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from mtp_edge.runtime.sampling import SamplingConfig
 from mtp_edge.runtime.speculative import generate
-from mtp_edge.runtime.tuning import read_tuning, write_tuning
+from mtp_edge.runtime.tuning import read_tuning
 
 SAMPLINGS = {
     "greedy": SamplingConfig(),
@@ -80,13 +80,9 @@ def _native_run(bundle, prompts, k, sampling, max_new_tokens: int, max_k: int, c
 
 def _tune(backend, name: str, bundle, prompts, eos) -> dict:
     """`mtp-edge tune` for one bundle backend (costs and greedy acceptance, no speed runs): writes tuning.json."""
-    from mtp_edge.runtime.commands.tune import tune_backend
-    from mtp_edge.runtime.draft_policy import CostTable
+    from mtp_edge.runtime.commands.tune import save_tuning, tune_backend
 
-    result = tune_backend(backend, prompts, eos_ids=eos, measure_speed=False, progress=False)
-    write_tuning(bundle, name, CostTable.from_json(result["costs"]),
-                 {"sampled_costs": result["sampled_costs"], "acceptance": result["acceptance"], "best_k": result["best_k"]})
-    return {key: result[key] for key in ("costs", "sampled_costs", "acceptance", "best_k")}
+    return save_tuning(bundle, name, tune_backend(backend, prompts, eos_ids=eos, measure_speed=False, progress=False))
 
 
 def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: int = 3, max_new_tokens: int = 64,
@@ -110,11 +106,12 @@ def bench_adaptive(*, backends=BACKENDS, samplings=tuple(SAMPLINGS), repeats: in
         if tune and name in ("pte", "onnx"):
             tuned[name] = _tune(backend, name, bundle, prompts, eos)
         elif tune and name == "native":
-            if read_tuning(bundle, "pte") is None:
+            native_costs = read_tuning(bundle, "pte")
+            if native_costs is None:
                 from mtp_edge.runtime.backends import open_bundle
 
                 tuned["pte"] = _tune(open_bundle(bundle, "pte"), "pte", bundle, prompts, eos)
-            native_costs = read_tuning(bundle, "pte")
+                native_costs = read_tuning(bundle, "pte")
         for label in samplings:
             sampling = SAMPLINGS[label]
             if backend is not None:  # warm-up: ONNX Runtime plans memory per new input shape

@@ -95,6 +95,16 @@ def tune_backend(backend, prompts: list[list[int]], *, max_new_tokens: int = 64,
             "acceptance_source": source, "best_k": plan.k, "rows": rows}
 
 
+# What tuning.json keeps of a tune result for one backend, beside its greedy cost table.
+SAVED_FIELDS = ("sampled_costs", "acceptance", "best_k")
+
+
+def save_tuning(bundle_dir, name: str, result: dict) -> dict:
+    """Write one backend's tune_backend result into tuning.json; returns what was saved."""
+    write_tuning(bundle_dir, name, CostTable.from_json(result["costs"]), {key: result[key] for key in SAVED_FIELDS})
+    return {key: result[key] for key in ("costs", *SAVED_FIELDS)}
+
+
 def tune_bundle(bundle_dir, *, backends=None, prompts=None, max_new_tokens: int = 64, repeats: int = 20,
                 acceptance: list[float] | None = None, plot: str | Path | None = None, progress: bool = True) -> dict:
     """Tune every requested backend of a bundle; writes tuning.json beside it (and the plot)."""
@@ -115,8 +125,7 @@ def tune_bundle(bundle_dir, *, backends=None, prompts=None, max_new_tokens: int 
                                   "give --prompts FILE with text for its tokenizer.")
         result = tune_backend(backend, prompts, max_new_tokens=max_new_tokens, repeats=repeats, acceptance=acceptance,
                               eos_ids=manifest.eos_token_ids, progress=progress)
-        write_tuning(bundle_dir, name, CostTable.from_json(result["costs"]),
-                     {"sampled_costs": result["sampled_costs"], "acceptance": result["acceptance"], "best_k": result["best_k"]})
+        save_tuning(bundle_dir, name, result)
         report["backends"][name] = result
     report["tuning_file"] = str(Path(bundle_dir) / TUNING_FILE)
     if plot is not None:
