@@ -155,6 +155,10 @@ def backend_name(backend) -> str:
     return cls.__name__.removesuffix("Backend").lower()
 
 
+# Timed rounds per round kind in one pass of measure_costs.
+ROUNDS_PER_PASS = 3
+
+
 def measure_costs(backend, max_k: int, repeats: int = 3, *, prompt: list[int] | None = None,
                   sampling: SamplingConfig | None = None) -> CostTable:
     """Time decode, verify at every length 2..max_k+1, one draft step and each one-call draft
@@ -177,7 +181,11 @@ def measure_costs(backend, max_k: int, repeats: int = 3, *, prompt: list[int] | 
     method once in turn (this function until session 12) charged every call a re-plan: a decode of
     1.24 ms where plain decoding ran at 0.88, and auto drafting at 0.93x plain. Switching costs are
     left to the policy's stickiness and hysteresis. 37-48 ms on the shipped pair's .pte at 3 repeats
-    (six calls, idle machine; the issue allows about 50)."""
+    (six calls, idle machine; the issue allows about 50).
+
+    More than ROUNDS_PER_PASS repeats (tune) run in passes over all round kinds, so that a slow stretch
+    of the machine (another process, a throttled core) falls on every kind's samples rather than on
+    one kind's whole block, which skews the ratios the policy decides from."""
     from .sampling import SplitMix64
     from .speculative import speculative_decode
 
@@ -195,10 +203,17 @@ def measure_costs(backend, max_k: int, repeats: int = 3, *, prompt: list[int] | 
         samples.setdefault((kind, n), []).append(seconds)
 
     rng = SplitMix64(sampling.seed)
-    for k in range(max_k + 1 if backend.has_drafter else 1):
-        for _ in range(repeats):
-            speculative_decode(backend, last, hidden, start, k, sampling, rng, timer=timer, one_call=k in chains)
-            backend.rollback(start)
+    kinds = range(max_k + 1 if backend.has_drafter else 1)
+    if repeats <= ROUNDS_PER_PASS:  # the live warm-up: one pass, every round timed
+        passes, untimed = [repeats], 0
+    else:  # tune: passes of ROUNDS_PER_PASS timed rounds per kind, each after one untimed round (its re-plan)
+        passes, untimed = [ROUNDS_PER_PASS] * (repeats // ROUNDS_PER_PASS) + [repeats % ROUNDS_PER_PASS], 1
+    for timed in filter(None, passes):
+        for k in kinds:
+            for i in range(untimed + timed):
+                speculative_decode(backend, last, hidden, start, k, sampling, rng, timer=timer if i >= untimed else None,
+                                   one_call=k in chains)
+                backend.rollback(start)
     backend.rollback(0 if prompt is None else start)
     median = {key: statistics.median(times) for key, times in samples.items()}
     return CostTable(decode=median["verify", 1], draft_step=median.get(("draft_step", 1), 0.0),

@@ -60,6 +60,36 @@ def test_auto_measures_costs_and_reports_them(backend_for):
     assert sum(d["k_histogram"].values()) == got.stats.rounds and d["plain_rounds"] == got.stats.k_histogram.get(0, 0)
 
 
+class _Calls:
+    """A backend that records the token count of every verify call (a round's kind: 1 + its drafts)."""
+
+    def __init__(self, inner):
+        self.inner, self.verify_lengths = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def verify(self, tokens, start):
+        self.verify_lengths.append(len(tokens))
+        return self.inner.verify(tokens, start)
+
+
+@pytest.mark.parametrize("repeats, rounds_per_kind", [(3, [3]), (7, [4, 4, 2])])
+def test_measure_costs_spreads_each_kind_over_passes(backend_for, repeats, rounds_per_kind):
+    """The live warm-up (3 repeats) runs each round kind 3 times in a row, all timed; tune's (more
+    repeats) runs passes over every kind, each kind 3 timed rounds after an untimed one per pass, so
+    that a slow stretch of the machine is shared by all kinds; the cache is rolled back after."""
+    from mtp_edge.runtime.tuning import measure_costs
+
+    backend = _Calls(backend_for(64))
+    prompt = _prompt(8, 5, backend.vocab_size)
+    table = measure_costs(backend, 2, repeats, prompt=prompt)
+    expected = [1 + k for rounds in rounds_per_kind for k in range(3) for _ in range(rounds)]
+    assert backend.verify_lengths == expected
+    assert table.max_k == 2 and table.decode > 0
+    assert generate(backend.inner, prompt, k=0, max_new_tokens=8).tokens == generate(backend_for(64), prompt, k=0, max_new_tokens=8).tokens
+
+
 def test_seeded_rejection_sampling_with_auto_repeats(backend_for):
     """Under the rejection rule the policy runs from a frozen table: a seeded run repeats exactly."""
     backend = backend_for(64)

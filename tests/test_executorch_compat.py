@@ -462,6 +462,50 @@ def test_xnnpack_still_runs_every_pass_on_every_partition():
     assert set(compat._xnnpack_pass_operators()) <= set(XNNPACKPassManager(program).passes)
 
 
+def test_xnnpack_pattern_passes_still_need_the_operators_they_are_skipped_without():
+    """When this fails, xnnpack_passes_that_apply must be re-checked: a pattern of XNNPACK's upsampling
+    or SDPA pass no longer contains every operator the patch requires before running that pass."""
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+
+    needs = compat._xnnpack_pattern_operators()
+    graphs = {"ConvertToUpsampleBilinear2d": list(bilinear_2d.get_graphs_dict()), "ConvertToSDPAPass": list(sdpa.get_graphs())}
+    for pass_, operators in needs.items():
+        assert graphs[pass_.__name__], pass_
+        for pattern in graphs[pass_.__name__]:
+            targets = {node.target for node in pattern.graph.nodes if node.op == "call_function"}
+            assert operators <= targets, (pass_.__name__, operators - targets)
+    with compat.xnnpack_passes_that_apply():
+        kept = _pass_list(_mlp_program())
+    assert not set(needs) & set(kept)
+
+
+def test_xnnpack_passes_with_nothing_to_do_return_the_graph_untraced():
+    """When this fails, xnnpack_passes_that_apply must be re-checked: XNNPACK's pass manager no longer
+    lists the passes _xnnpack_graph_conditions wraps. Under the patch each runs as its subclass, which
+    hands back the very graph module (no re-trace) where its condition finds nothing to do."""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    from executorch.backends.xnnpack._passes.xnnpack_pass import XNNPACKPass
+
+    program = _mlp_program()
+    conditions = compat._xnnpack_graph_conditions()
+    assert set(conditions) <= set(XNNPACKPassManager(program).passes)
+    with compat.xnnpack_passes_that_apply():
+        kept = XNNPACKPassManager(program).passes
+    wrapped = [p for p in kept if p.__module__ == compat.__name__]
+    assert sorted(p.__name__ for p in wrapped) == sorted(p.__name__ for p in conditions)
+    for p in wrapped:
+        assert not conditions[p.__mro__[1]](program.graph_module.graph)
+        instance = p(program) if issubclass(p, XNNPACKPass) else p()
+        result = instance.call(program.graph_module)
+        assert result.graph_module is program.graph_module and not result.modified
+
+
+def _pass_list(program) -> list:
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+
+    return XNNPACKPassManager(program).passes
+
+
 @pytest.mark.parametrize("module", [_Mlp, _Block])
 def test_lowering_patches_give_the_same_program(module):
     """Both lowering-time patches change how long lowering takes, not what it produces."""
