@@ -224,6 +224,25 @@ def test_profile_splits_each_call_between_xnnpack_and_other_kernels(bundle):
     assert report["prefill"]["operator_calls"] == report["verify"]["operator_calls"] == report["decode"]["operator_calls"]
 
 
+def test_methods_report_decode_bandwidth(bundle):
+    """`bench methods --bandwidth`: the weight bytes one decode reads (every weight of the fp32 tiny
+    target once, one row per embedding table, at 4 bytes each), over the measured decode time, beside
+    the machine's measured read bandwidth."""
+    from mtp_edge.models.config import target_config_from_folder
+    from mtp_edge.models.sizes import build_target, target_step_reads
+    from mtp_edge.runtime.bench.bandwidth import decode_bandwidth, machine_read_bandwidth
+    from mtp_edge.runtime.bench.methods import bench_methods
+
+    report = bench_methods(bundle, "pte", repeats=2, warmup=1, fill_chunks=1)
+    decode_ms = report["methods"]["decode"]["median_ms"]
+    machine = machine_read_bandwidth(size_bytes=64 << 20, repeats=2)
+    b = decode_bandwidth(bundle, "pte", decode_ms, machine)
+    reads = target_step_reads(build_target(target_config_from_folder(bundle)))
+    assert b["recipe"] == "none" and b["weight_bytes_per_decode"] == 4 * reads["parameters"] > 0
+    assert b["achieved_gb_s"] == pytest.approx(b["weight_bytes_per_decode"] / decode_ms / 1e6)
+    assert machine > 1e8 and b["fraction_of_machine"] == pytest.approx(b["achieved_gb_s"] * 1e9 / machine)
+
+
 def test_profile_is_for_the_pte_only():
     import argparse
 

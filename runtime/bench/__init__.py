@@ -4,6 +4,7 @@
     methods.py     `methods`: one latency harness for any Backend (pte, onnx, eager)
     op_profile.py  `methods --profile`: each call of a .pte operator by operator (ETDump)
     loop.py        `loop`, `eager`, `acceptance`: the loop's own overhead, eager speed, acceptance per K
+    bandwidth.py   `methods --bandwidth`, `e2b-full`: decode's achieved weight bandwidth against the machine's
     e2b.py         `e2b-slice`, `e2b-scaling`, `e2b-full`: E2B-width random pairs exported and timed, extrapolation
     adaptive.py    `adaptive`: plain, every fixed K and --k auto on eager, pte, onnx and native
     export_cost.py `export-measured`: write_bundle in a fresh process (wall time, peak RSS, per-stage RSS)
@@ -76,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--fill-chunks", type=int, default=4, help="prefill chunks in the cache before the timed calls")
     p.add_argument("--profile", action="store_true",
                    help="also each call operator by operator (ExecuTorch's ETDump; pte only): time in XNNPACK and outside it")
+    p.add_argument("--bandwidth", action="store_true",
+                   help="also decode's achieved weight bandwidth (weight bytes per decode / decode time) against this "
+                        "machine's measured read bandwidth")
 
     p = add("long-context", _long_context, "prefill and decode cost per token as the prompt grows (one bundle, "
             "one backend), and speculative == plain there; exit 1 if not")
@@ -199,7 +203,8 @@ def _methods(args) -> dict:
 
         raise MtpEdgeError(f"bench methods --profile reads ExecuTorch's operator record: it profiles --backend pte only, "
                            f"not {args.backend}.")
-    report = bench_methods(args.bundle, args.backend, threads=args.threads, repeats=args.repeats, fill_chunks=args.fill_chunks)
+    report = bench_methods(args.bundle, args.backend, threads=args.threads, repeats=args.repeats, fill_chunks=args.fill_chunks,
+                           bandwidth=args.bandwidth)
     if args.profile:
         from .op_profile import profile_pte
 

@@ -171,6 +171,11 @@ def bench_e2b_slice(out_dir, layers: int | None = 4, max_seq_len: int = 512, k: 
     # The child's own high-water mark: ru_maxrss above also counts this process's (the random pair built here).
     report[f"{fmt}_runtime_own_peak_rss_bytes"] = child["own_peak_rss_bytes"]
     say(f"{fmt}: " + ", ".join(f"{n} {m['median_ms']:.1f} ms" for n, m in report[f"{fmt}_methods"]["methods"].items()))
+    if layers is None:  # the full pair: decode's achieved weight bandwidth against the machine's, measured here
+        from .bandwidth import decode_bandwidth, format_bandwidth
+
+        report["decode_bandwidth"] = decode_bandwidth(bundle_dir, fmt, report[f"{fmt}_methods"]["methods"]["decode"]["median_ms"])
+        say(format_bandwidth(report["decode_bandwidth"]))
     if fmt == "onnx":
         report["speculative_equals_plain"] = run_in_child(speculative_equals_plain, str(bundle_dir))["result"]
         say(f"speculative == plain: {report['speculative_equals_plain']}")

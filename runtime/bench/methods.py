@@ -150,17 +150,24 @@ def eager_facts(target) -> dict:
 
 
 def bench_methods(bundle_dir, backend: str = "pte", *, threads: int | None = None, repeats: int = 20, warmup: int = 2,
-                  fill_chunks: int = 4, seed: int = 0) -> dict:
+                  fill_chunks: int = 4, seed: int = 0, bandwidth: bool = False) -> dict:
     """time_methods on a bundle: its .pte (ExecuTorch), its ONNX graphs (ONNX Runtime, `threads`
-    intra-op threads), or eagerly the checkpoint pair it was exported from."""
+    intra-op threads), or eagerly the checkpoint pair it was exported from. bandwidth: also decode's
+    achieved weight bandwidth against this machine's read bandwidth (bandwidth.py), once the backend
+    is closed."""
     load_before = loadavg()
     started = time.perf_counter()
     runner, k, chunk, max_seq_len, facts = OPENERS[backend](bundle_dir, threads)
     load_s = time.perf_counter() - started
     timed = time_methods(runner, k=k, prefill_chunk=chunk, max_seq_len=max_seq_len, repeats=repeats, warmup=warmup,
                          fill_chunks=fill_chunks, seed=seed, desc=f"{backend} methods")
-    return {"bundle": str(bundle_dir), "backend": backend, **facts, **timed, "load_s": load_s,
-            **machine(load_before)}
+    report = {"bundle": str(bundle_dir), "backend": backend, **facts, **timed, "load_s": load_s, **machine(load_before)}
+    if bandwidth:
+        from .bandwidth import decode_bandwidth
+
+        del runner  # the buffer the machine's bandwidth is measured with takes its memory
+        report["decode_bandwidth"] = decode_bandwidth(bundle_dir, backend, timed["methods"]["decode"]["median_ms"])
+    return report
 
 
 def eager_methods(target, drafter=None, *, k: int = 4, prefill_chunk: int = 32, repeats: int = 20, warmup: int = 2,
